@@ -1,0 +1,125 @@
+#pragma once
+
+#include <re2/re2.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "sshtail/batch.h"
+#include "sshtail/metric_store.h"
+#include "sshtail/rules.h"
+
+namespace sshtail {
+
+/// The labels a source adds to every series: its name and static labels.
+struct SourceLabels {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> labels;
+};
+
+/// How to read one field out of a match.
+struct FieldRef {
+  enum class Kind { kRaw, kMethod, kPath, kProtocol };
+  int group = 0;  ///< capturing group, 1-based
+  int part = 0;   ///< which variable of a shared nginx group
+  Kind kind = Kind::kRaw;
+  bool multi = false;  ///< nginx multi-value: label = last, number = sum
+};
+
+/// A label with its mapping, ready to run.
+struct CompiledLabel {
+  LabelDef def;
+  int field = -1;  ///< index into CompiledRule::fields, -1 for a constant
+  std::vector<std::pair<std::unique_ptr<RE2>, std::string>> replace;
+  std::unordered_map<std::string, std::string> map;
+};
+
+struct CompiledMetric {
+  MetricState* state = nullptr;
+  MetricType type = MetricType::kCounter;
+  int value_field = -1;  ///< -1: a counter adds 1
+  bool gauge_set = true;
+  std::vector<double> buckets;
+};
+
+/// Metrics of a rule that share their label definitions: one lookup serves
+/// them all.
+struct CompiledGroup {
+  std::vector<CompiledLabel> labels;
+  std::vector<CompiledMetric> metrics;
+};
+
+struct CompiledFilter {
+  int field = 0;
+  std::string regex;
+  bool skip = false;
+};
+
+struct CompiledRule {
+  std::string name;
+  std::string pattern;
+  int submatches = 1;  ///< groups to ask RE2 for, including $0
+  std::vector<FieldRef> fields;
+  std::vector<std::vector<std::string>> group_seps;  ///< per group (nginx)
+  NginxEscape escape = NginxEscape::kNone;
+  std::vector<CompiledFilter> filters;
+  std::vector<CompiledGroup> groups;
+};
+
+/// RE2 options used for every pattern: bytes, not UTF-8 (logs are bytes;
+/// nginx escapes the rest), and no logging of errors.
+RE2::Options PatternOptions();
+
+/// A rule set bound to the metric store. Immutable once built; shared by
+/// consumer threads.
+class CompiledRules {
+ public:
+  /// Resolves fields and binds metrics (which must be in `store`). Call with
+  /// the store's write side held or before consumers start. Throws
+  /// ConfigError.
+  static std::shared_ptr<const CompiledRules> Build(const RuleSetDef& def,
+                                                    const MetricStore& store);
+
+  const std::vector<CompiledRule>& rules() const { return rules_; }
+
+ private:
+  std::vector<CompiledRule> rules_;
+};
+
+/// Runs compiled rules over batches and updates the metrics. Counts are
+/// accumulated per batch and added to prometheus-cpp metrics once per batch
+/// and series. One per consumer thread; not thread-safe.
+class Evaluator {
+ public:
+  Evaluator(MetricStore& store, const std::vector<SourceLabels>& sources);
+  ~Evaluator();
+
+  /// Evaluates every line of `batch`. The caller holds store.ReadLock().
+  /// Returns the number of lines no rule matched.
+  uint64_t Process(const LineBatch& batch,
+                   const std::shared_ptr<const CompiledRules>& rules);
+
+  /// Evaluates one line (for tests and fuzzing); returns whether a rule
+  /// matched. Flush() makes the effect visible.
+  bool ProcessLine(std::string_view line, uint32_t source,
+                   const std::shared_ptr<const CompiledRules>& rules);
+  void Flush();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// "GET", "POST", ... for a known HTTP method, "other" for anything else.
+std::string_view NormalizeMethod(std::string_view token);
+
+/// Parses a number the way log values look: "12", "0.004", "-" (absent),
+/// or an nginx multi-value "0.004, 0.012 : 0.003" (summed, "-" skipped).
+/// Returns false when there is no number.
+bool ParseLogNumber(std::string_view text, double* out);
+
+}  // namespace sshtail

@@ -1,0 +1,68 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "sshtail/source.h"
+
+namespace sshtail {
+
+/// Every setting of the exporter: command-line flags, or the same names as
+/// keys of the --config file (flags win). Plain value type.
+struct Options {
+  std::vector<SourceSpec> sources;
+  std::string config_file;
+  std::vector<std::string> rule_files;
+  std::string format = "combined";
+  StartAt start_at = StartAt::kEnd;
+  size_t max_line_bytes = 64 * 1024;
+  bool once = false;
+  bool check_config = false;
+
+  std::string listen_address = ":9923";
+  std::string listen_address_file;
+  std::string telemetry_path = "/metrics";
+  std::string web_config_file;
+
+  size_t queue_batches = 64;
+  int consumers = 0;  ///< 0: one per CPU, at most 4
+  std::string positions_file;
+  std::chrono::milliseconds positions_interval{5000};
+  std::string log_level = "info";
+
+  std::vector<std::string> ssh_identity_files;
+  std::string ssh_known_hosts;  ///< empty: ~/.ssh/known_hosts
+  bool ssh_accept_new_host_keys = false;
+  std::string ssh_config;  ///< empty: ~/.ssh/config ("none" to skip)
+  std::string ssh_user;    ///< default user for ssh:// without user@
+  bool ssh_sudo = false;   ///< default for sources without `sudo:`
+  std::chrono::milliseconds ssh_connect_timeout{10000};
+  std::chrono::milliseconds ssh_heartbeat_interval{5000};
+  std::chrono::milliseconds ssh_max_backoff{30000};
+  int ssh_files_per_connection = 4;
+
+  std::vector<std::string> args;  ///< the command line, to reload the config
+};
+
+/// What ParseCommandLine decided.
+enum class ParseResult { kRun, kExit0, kExit2 };
+
+/// Parses flags, then the --config file (if any) for what the flags did not
+/// set. On --help/--version prints to stdout and returns kExit0; on any
+/// error prints one line to stderr and returns kExit2.
+ParseResult ParseCommandLine(int argc, const char* const argv[], Options* out);
+
+/// Parses `args` (a saved command line) again, for a reload: the config
+/// file is read anew. On error returns false with a one-line `error`.
+bool ReparseCommandLine(const std::vector<std::string>& args, Options* out,
+                        std::string* error);
+
+/// Parses "250ms", "5s", "2m", "1h". Returns false if malformed.
+bool ParseDuration(const std::string& text, std::chrono::milliseconds* out);
+
+/// The version string, e.g. "0.1.0".
+const char* Version();
+
+}  // namespace sshtail

@@ -1,0 +1,74 @@
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "sshtail/batch.h"
+
+namespace sshtail {
+
+/// Where a source is in one file it reads.
+struct FilePosition {
+  FileId file;
+  uint64_t offset = 0;
+  bool current = true;  ///< false: a rotated file still being drained
+  friend bool operator==(const FilePosition&, const FilePosition&) = default;
+};
+
+using PositionSet = std::vector<FilePosition>;
+
+/// Tracks which position of a source has been fully consumed.
+///
+/// The producer records the position after each batch it pushes; consumers
+/// report finished batches, possibly out of order. Committed() is the
+/// position after the longest prefix of finished batches. Thread-safe.
+class PositionTracker {
+ public:
+  /// Producer: batch `seq` was pushed; `after` holds once it is consumed.
+  void Pushed(uint64_t seq, PositionSet after);
+  /// Producer: the position changed without a batch (e.g. truncation).
+  void Moved(PositionSet now);
+  /// Consumer: batch `seq` is fully counted.
+  void Done(uint64_t seq);
+  /// Consumed position; empty if nothing is known yet.
+  PositionSet Committed() const;
+  /// Producer at start: what a previous run committed.
+  void Restore(PositionSet restored);
+
+ private:
+  struct Entry {
+    uint64_t seq;  // 0 for position-only entries
+    bool done;
+    PositionSet after;
+  };
+  void AdvanceLocked();
+
+  mutable std::mutex mutex_;
+  std::deque<Entry> pending_;
+  PositionSet committed_;
+};
+
+/// The positions file: source URL -> positions. Written atomically (temp
+/// file, fsync, rename).
+class PositionsFile {
+ public:
+  explicit PositionsFile(std::string path) : path_(std::move(path)) {}
+
+  /// Reads the file; a missing file is empty. Throws std::runtime_error if
+  /// it exists but cannot be parsed.
+  std::map<std::string, PositionSet> Load() const;
+  /// Returns false (with errno-style message in `error`) on failure.
+  bool Save(const std::map<std::string, PositionSet>& positions,
+            std::string* error) const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace sshtail

@@ -1,0 +1,45 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "sshtail/batch.h"
+
+namespace sshtail {
+
+/// What one SSH channel should stream. Plain value type.
+struct RemoteRequest {
+  enum class Mode {
+    kPath,   ///< follow the file at `path`
+    kInode,  ///< follow the file with identity `expect` next to `path`
+    kOnce,   ///< send the file at `path` up to its current end, then exit
+  };
+  Mode mode = Mode::kPath;
+  std::string path;
+  FileId expect;              ///< known identity (valid() false: none)
+  uint64_t offset = 0;        ///< resume here if the identity matches
+  bool same_is_noop = false;  ///< kPath: print SAME and exit if unchanged
+  bool start_at_end = false;  ///< new file: send only its tail window
+  uint64_t end_window = 0;    ///< bytes before the end sent for start_at_end
+  int heartbeat_seconds = 5;
+  std::string tag;         ///< random; starts every control line
+  std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern
+};
+
+/// The POSIX sh script (fed to `sh -s` on the remote host) that streams one
+/// file. stdout: one control line "<tag> BEGIN dev ino start size" (or
+/// "<tag> MISSING", "GONE", "NOACCESS", "SAME"), then the file's bytes from
+/// `start`; a truncation shows up in-band as the line
+/// "tail: <nonce_path>: file truncated". stderr: "H dev ino size" every
+/// heartbeat. Every value is single-quoted: no path or name can inject a
+/// command.
+std::string RemoteScript(const RemoteRequest& request);
+
+/// `s` quoted for POSIX sh: '...' with ' written as '"'"'.
+std::string ShellQuote(const std::string& s);
+
+/// Random tag and nonce path for a channel.
+std::string RandomTag();
+std::string RandomNoncePath();
+
+}  // namespace sshtail

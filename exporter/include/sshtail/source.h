@@ -1,0 +1,120 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sshtail/batch.h"
+#include "sshtail/batch_queue.h"
+#include "sshtail/positions.h"
+
+namespace sshtail {
+
+/// Where to start reading a file the first time it is seen.
+enum class StartAt { kBeginning, kEnd };
+
+/// What the user asked for: one log to follow. Plain value type.
+struct SourceSpec {
+  std::string url;   ///< as given: /abs/path, file:///abs/path, -, ssh://...
+  std::string name;  ///< the `source` label; filled in by ResolveNames
+  std::map<std::string, std::string> labels;  ///< static labels
+  bool sudo = false;  ///< ssh: run the remote reader under `sudo -n`
+
+  // Parsed form of `url`.
+  enum class Kind { kFile, kStdin, kSsh } kind = Kind::kFile;
+  std::string user;         ///< ssh: empty = from ~/.ssh/config or $USER
+  std::string host;         ///< ssh
+  int port = 0;             ///< ssh: 0 = from ~/.ssh/config or 22
+  std::string path;         ///< absolute path of the file
+  std::string config_file;  ///< where it was defined, for messages
+  int config_line = 0;
+};
+
+/// Parses a source URL. Throws std::invalid_argument with a one-line message.
+SourceSpec ParseSourceUrl(const std::string& url);
+
+/// Gives every spec without a name its default: the path for local files,
+/// "stdin" for -, the host for SSH (host:path when a host has several
+/// files). Throws std::invalid_argument if two sources end up with one name.
+void ResolveNames(std::vector<SourceSpec>& specs);
+
+/// Live state of a source that producers write and the self-metrics
+/// collector reads at scrape time. Every member is atomic or guarded.
+struct SourceStatus {
+  std::atomic<bool> up{false};
+  std::atomic<uint64_t> offset{0};
+  std::atomic<uint64_t> rotations{0};
+  std::atomic<double> last_line_time{0};  ///< unix seconds; 0 = never
+  std::atomic<bool> connected_once{false};
+
+  /// Counts a failure of `reason` (e.g. "refused", "auth").
+  void CountFailure(const std::string& reason);
+  std::map<std::string, uint64_t> Failures() const;
+
+  PositionTracker positions;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, uint64_t> failures_;
+};
+
+/// Options every producer shares.
+struct ProducerOptions {
+  StartAt start_at = StartAt::kEnd;
+  bool once = false;  ///< read to the current end, then return
+  size_t max_line_bytes = 64 * 1024;
+  size_t batch_bytes = 256 * 1024;  ///< flush a batch at this size
+};
+
+/// Builds batches for one source and pushes them to the queue. Used by the
+/// producer thread of that source only.
+class BatchBuilder {
+ public:
+  BatchBuilder(BatchQueue& queue, uint32_t source, SourceStatus& status,
+               size_t batch_bytes);
+
+  // LineSplitter sink interface.
+  void Line(std::string_view line);
+  void TooLong();
+
+  bool full() const { return batch_ && batch_->data.size() >= batch_bytes_; }
+  bool empty() const {
+    return !batch_ || (batch_->lines == 0 && batch_->too_long == 0);
+  }
+
+  /// Pushes the current batch (if it holds anything) with the source's
+  /// position after it. Blocks while the queue is full. Returns false if the
+  /// queue is closed.
+  bool Flush(const PositionSet& after, uint64_t raw_bytes);
+
+ private:
+  void Ensure();
+
+  BatchQueue& queue_;
+  const uint32_t source_;
+  SourceStatus& status_;
+  const size_t batch_bytes_;
+  uint64_t next_seq_ = 1;
+  BatchPtr batch_;
+  PositionSet last_after_;
+};
+
+/// A producer: follows one or more sources (a local file, stdin, or the
+/// files sharing one SSH connection) and pushes their lines to the queue.
+/// Run() is called on a thread of its own; RequestStop() may be called from
+/// any thread.
+class Producer {
+ public:
+  virtual ~Producer() = default;
+  /// Returns once stopped, or at the current end of the log in once mode.
+  virtual void Run() = 0;
+  /// Asks Run() to return soon. Thread-safe.
+  virtual void RequestStop() = 0;
+};
+
+}  // namespace sshtail

@@ -1,0 +1,40 @@
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sshtail/source.h"
+
+namespace sshtail {
+
+/// SSH settings shared by every ssh:// source. Plain value type.
+struct SshOptions {
+  std::vector<std::string> identity_files;
+  std::string known_hosts;  ///< empty: ~/.ssh/known_hosts
+  bool accept_new_host_keys = false;
+  std::string config_file;  ///< empty: ~/.ssh/config; "none": skip
+  std::string default_user;
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds heartbeat_interval{5000};
+  std::chrono::milliseconds max_backoff{30000};
+  int files_per_connection = 4;
+};
+
+/// An ssh:// source as the producers see it.
+struct SshSourceRef {
+  const SourceSpec* spec;
+  uint32_t index;
+  SourceStatus* status;
+};
+
+/// Groups the sources by (user, host, port, sudo) into connections of at
+/// most `files_per_connection` files and returns one producer per
+/// connection. Each producer owns its libssh session and channels on its
+/// own thread.
+std::vector<std::unique_ptr<Producer>> MakeSshProducers(
+    const std::vector<SshSourceRef>& sources, BatchQueue& queue,
+    const ProducerOptions& producer_options, const SshOptions& ssh_options);
+
+}  // namespace sshtail

@@ -1,0 +1,39 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace sshtail {
+
+/// What the web endpoint serves. Each callback may run on any web thread
+/// and must be thread-safe.
+struct WebHandlers {
+  std::function<std::string()> metrics;
+  std::function<bool()> ready;
+  std::function<bool(std::string* error)> reload;
+  std::function<std::string()> landing_page;
+};
+
+/// The HTTP(S) endpoint: telemetry path, landing page, /-/healthy,
+/// /-/ready and POST /-/reload, with optional TLS and basic auth from an
+/// exporter-toolkit web config file. Start/Stop from one thread.
+class WebServer {
+ public:
+  WebServer(std::string listen_address, std::string telemetry_path,
+            std::string web_config_file, WebHandlers handlers);
+  ~WebServer();
+
+  /// Binds and starts serving. On failure returns false with a one-line
+  /// reason in `error`.
+  bool Start(std::string* error);
+  void Stop();
+  /// host:port actually bound (after Start).
+  std::string address() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sshtail

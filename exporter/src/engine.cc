@@ -1,0 +1,559 @@
+#include "sshtail/engine.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <map>
+#include <set>
+
+namespace sshtail {
+namespace {
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+
+// Past this many cached label keys a thread's cache starts over: keys are
+// raw values (before mapping), so a capped metric fed a million distinct
+// paths must not keep a million keys.
+constexpr size_t kMaxCachedKeys = 65536;
+
+std::string_view StatusClass(std::string_view s) {
+  static const char* kClasses[] = {"0xx", "1xx", "2xx", "3xx", "4xx",
+                                   "5xx", "6xx", "7xx", "8xx", "9xx"};
+  if (s.size() == 3 && s[0] >= '0' && s[0] <= '9' && s[1] >= '0' &&
+      s[1] <= '9' && s[2] >= '0' && s[2] <= '9') {
+    return kClasses[s[0] - '0'];
+  }
+  return "other";
+}
+
+// The last of an nginx multi-value ("502, 200 : 200" -> "200").
+std::string_view LastValue(std::string_view s) {
+  size_t comma = s.rfind(", ");
+  size_t colon = s.rfind(" : ");
+  size_t cut = std::string_view::npos;
+  size_t skip = 0;
+  if (comma != std::string_view::npos) {
+    cut = comma;
+    skip = 2;
+  }
+  if (colon != std::string_view::npos &&
+      (cut == std::string_view::npos || colon > cut)) {
+    cut = colon;
+    skip = 3;
+  }
+  return cut == std::string_view::npos ? s : s.substr(cut + skip);
+}
+
+bool ParsePlain(std::string_view s, double* out) {
+  if (s.empty()) return false;
+  const char* b = s.data();
+  const char* e = b + s.size();
+  if (*b == '+') ++b;
+  auto [p, ec] = std::from_chars(b, e, *out);
+  return ec == std::errc() && p == e;
+}
+
+}  // namespace
+
+std::string_view NormalizeMethod(std::string_view t) {
+  static constexpr std::string_view kMethods[] = {
+      "GET",       "POST",    "HEAD",    "PUT",       "DELETE",
+      "PATCH",     "OPTIONS", "CONNECT", "TRACE",     "PROPFIND",
+      "PROPPATCH", "MKCOL",   "COPY",    "MOVE",      "LOCK",
+      "UNLOCK",    "SEARCH",  "REPORT",  "MKCALENDAR"};
+  for (auto m : kMethods) {
+    if (t == m) return m;
+  }
+  return "other";
+}
+
+bool ParseLogNumber(std::string_view s, double* out) {
+  if (ParsePlain(s, out)) return true;
+  if (s.find(' ') == std::string_view::npos &&
+      s.find(',') == std::string_view::npos) {
+    return false;
+  }
+  double sum = 0;
+  bool any = false;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = i;
+    while (j < s.size() && s[j] != ',' && s[j] != ' ' && s[j] != ':') ++j;
+    std::string_view item = s.substr(i, j - i);
+    double v;
+    if (!item.empty() && item != "-") {
+      if (!ParsePlain(item, &v)) return false;
+      sum += v;
+      any = true;
+    }
+    // Skip separators ", " and " : ".
+    while (j < s.size() && (s[j] == ',' || s[j] == ' ' || s[j] == ':')) ++j;
+    if (j == s.size()) break;
+    i = j;
+  }
+  if (any) *out = sum;
+  return any;
+}
+
+RE2::Options PatternOptions() {
+  RE2::Options o;
+  o.set_encoding(RE2::Options::EncodingLatin1);
+  o.set_log_errors(false);
+  o.set_max_mem(64 << 20);
+  return o;
+}
+
+std::shared_ptr<const CompiledRules> CompiledRules::Build(
+    const RuleSetDef& def, const MetricStore& store) {
+  auto out = std::shared_ptr<CompiledRules>(new CompiledRules());
+  for (const auto& r : def.rules) {
+    CompiledRule cr;
+    cr.name = r.name;
+    // Fields the metrics and filters use.
+    std::set<std::string> used;
+    for (const auto& f : r.match) used.insert(f.field);
+    for (const auto& f : r.skip) used.insert(f.field);
+    for (const auto& m : r.metrics) {
+      if (!m.value_field.empty()) used.insert(m.value_field);
+      for (const auto& l : m.labels) {
+        if (!l.field.empty()) used.insert(l.field);
+      }
+    }
+    std::map<std::string, int> index;  // field name -> fields[] index
+    auto add_field = [&](const std::string& name, FieldRef ref) {
+      index[name] = static_cast<int>(cr.fields.size());
+      cr.fields.push_back(ref);
+    };
+    if (!r.regex.empty()) {
+      // Unused named groups become non-capturing, and RE2 is asked only for
+      // groups up to the last one used.
+      std::string pattern = r.regex;
+      RE2 probe(pattern, PatternOptions());
+      if (!probe.ok()) {
+        throw ConfigError(r.loc.str() + ": bad regex: " + probe.error());
+      }
+      for (const auto& [name, group] : probe.NamedCapturingGroups()) {
+        if (used.count(name)) continue;
+        std::string token = "(?P<" + name + ">";
+        size_t at = pattern.find(token);
+        if (at != std::string::npos) pattern.replace(at, token.size(), "(?:");
+      }
+      RE2 final_re(pattern, PatternOptions());
+      if (!final_re.ok()) pattern = r.regex;  // keep the user's as is
+      RE2 re(pattern, PatternOptions());
+      int max_group = 0;
+      for (const auto& [name, group] : re.NamedCapturingGroups()) {
+        if (!used.count(name)) continue;
+        FieldRef ref;
+        ref.group = group;
+        add_field(name, ref);
+        max_group = std::max(max_group, group);
+      }
+      cr.pattern = pattern;
+      cr.submatches = max_group + 1;
+      cr.escape = NginxEscape::kNone;
+    } else {
+      std::set<std::string> wanted;
+      for (const auto& f : used) {
+        if (f == "method" || f == "path" || f == "protocol") {
+          wanted.insert("request");
+        } else {
+          wanted.insert(f);
+        }
+      }
+      NginxFormat nf;
+      try {
+        nf = CompileNginxFormat(r.log_format, r.escape, wanted);
+      } catch (const std::invalid_argument& e) {
+        throw ConfigError(r.loc.str() + ": " + e.what());
+      }
+      cr.pattern = nf.regex;
+      cr.escape = r.escape;
+      cr.submatches = static_cast<int>(nf.groups.size()) + 1;
+      for (size_t g = 0; g < nf.groups.size(); ++g) {
+        cr.group_seps.push_back(nf.groups[g].seps);
+        for (size_t p = 0; p < nf.groups[g].vars.size(); ++p) {
+          const std::string& var = nf.groups[g].vars[p];
+          FieldRef ref;
+          ref.group = static_cast<int>(g) + 1;
+          ref.part = static_cast<int>(p);
+          ref.multi = IsNginxMultiValue(var);
+          add_field(var, ref);
+          if (var == "request") {
+            for (auto [name, kind] :
+                 {std::pair{"method", FieldRef::Kind::kMethod},
+                  std::pair{"path", FieldRef::Kind::kPath},
+                  std::pair{"protocol", FieldRef::Kind::kProtocol}}) {
+              FieldRef derived = ref;
+              derived.kind = kind;
+              add_field(name, derived);
+            }
+          }
+        }
+      }
+    }
+    RE2 check(cr.pattern, PatternOptions());
+    if (!check.ok()) {
+      throw ConfigError(r.loc.str() + ": rule '" + r.name +
+                        "': pattern does not compile: " + check.error());
+    }
+    auto field_of = [&](const std::string& name, const SourceLoc& loc) {
+      auto it = index.find(name);
+      if (it == index.end()) {
+        throw ConfigError(loc.str() + ": rule '" + r.name +
+                          "': unknown field '" + name + "'");
+      }
+      return it->second;
+    };
+    for (const auto& f : r.match) {
+      cr.filters.push_back(
+          CompiledFilter{field_of(f.field, f.loc), f.regex, false});
+    }
+    for (const auto& f : r.skip) {
+      cr.filters.push_back(
+          CompiledFilter{field_of(f.field, f.loc), f.regex, true});
+    }
+    // Group metrics by their label definitions.
+    std::map<std::string, size_t> group_of;
+    for (const auto& m : r.metrics) {
+      std::string sig;
+      for (const auto& l : m.labels) sig += l.Signature() + "\x1d";
+      auto it = group_of.find(sig);
+      if (it == group_of.end()) {
+        CompiledGroup g;
+        for (const auto& l : m.labels) {
+          CompiledLabel cl;
+          cl.def = l;
+          if (!l.field.empty()) cl.field = field_of(l.field, l.loc);
+          for (const auto& rep : l.replace) {
+            auto re = std::make_unique<RE2>(rep.regex, PatternOptions());
+            if (!re->ok()) {
+              throw ConfigError(rep.loc.str() + ": bad regex: " + re->error());
+            }
+            cl.replace.emplace_back(std::move(re), rep.with);
+          }
+          for (const auto& [k, v] : l.map) cl.map.emplace(k, v);
+          g.labels.push_back(std::move(cl));
+        }
+        it = group_of.emplace(sig, cr.groups.size()).first;
+        cr.groups.push_back(std::move(g));
+      }
+      CompiledMetric cm;
+      cm.state = store.Find(m.name);
+      if (cm.state == nullptr) {
+        throw ConfigError(m.loc.str() + ": metric '" + m.name +
+                          "' is not in the store");
+      }
+      cm.type = m.type;
+      cm.value_field =
+          m.value_field.empty() ? -1 : field_of(m.value_field, m.loc);
+      cm.gauge_set = m.gauge_set;
+      cm.buckets = m.buckets;
+      cr.groups[it->second].metrics.push_back(std::move(cm));
+    }
+    out->rules_.push_back(std::move(cr));
+  }
+  return out;
+}
+
+struct Evaluator::Impl {
+  struct Acc {
+    Series* series = nullptr;
+    double add = 0;
+    double sum = 0;
+    std::vector<double> buckets;
+    double set_value = 0;
+    uint64_t set_version = 0;
+    bool has_set = false;
+    bool dirty = false;
+  };
+  struct Entry {
+    std::vector<Acc> accs;
+  };
+  using Cache = std::unordered_map<std::string, std::unique_ptr<Entry>,
+                                   StringHash, std::equal_to<>>;
+  struct GroupRt {
+    const CompiledGroup* def;
+    Cache cache;
+  };
+  struct RuleRt {
+    const CompiledRule* def;
+    std::unique_ptr<RE2> re;
+    std::vector<std::unique_ptr<RE2>> filters;
+    std::vector<GroupRt> groups;
+  };
+
+  Impl(MetricStore& s, const std::vector<SourceLabels>& src)
+      : store(s), sources(src) {}
+
+  void Bind(const std::shared_ptr<const CompiledRules>& rules) {
+    uint64_t gen = store.generation();
+    if (rules == bound && gen == generation) return;
+    // Series pointers may be gone: start over (nothing is pending here,
+    // every batch ends with a flush).
+    rule_rt.clear();
+    bound = rules;
+    generation = gen;
+    for (const auto& r : rules->rules()) {
+      RuleRt rt;
+      rt.def = &r;
+      rt.re = std::make_unique<RE2>(r.pattern, PatternOptions());
+      for (const auto& f : r.filters) {
+        rt.filters.push_back(std::make_unique<RE2>(f.regex, PatternOptions()));
+      }
+      for (const auto& g : r.groups) rt.groups.push_back(GroupRt{&g, {}});
+      max_sub = std::max(max_sub, r.submatches);
+      rule_rt.push_back(std::move(rt));
+    }
+    subs.resize(static_cast<size_t>(max_sub));
+  }
+
+  // The text of a field after its kind, before unescaping and mapping.
+  std::string_view FieldText(const CompiledRule& r, int field) const {
+    const FieldRef& f = r.fields[static_cast<size_t>(field)];
+    re2::StringPiece sp = subs[static_cast<size_t>(f.group)];
+    std::string_view t(sp.data() ? sp.data() : "", sp.size());
+    if (!r.group_seps.empty()) {
+      const auto& seps = r.group_seps[static_cast<size_t>(f.group - 1)];
+      if (!seps.empty()) {
+        // Shared group: the first occurrence of each separator splits it.
+        for (int i = 0; i < f.part; ++i) {
+          size_t at = t.find(seps[static_cast<size_t>(i)]);
+          if (at == std::string_view::npos) return {};
+          t.remove_prefix(at + seps[static_cast<size_t>(i)].size());
+        }
+        if (static_cast<size_t>(f.part) < seps.size()) {
+          t = t.substr(0, t.find(seps[static_cast<size_t>(f.part)]));
+        }
+      }
+    }
+    switch (f.kind) {
+      case FieldRef::Kind::kRaw:
+        return t;
+      case FieldRef::Kind::kMethod:
+        return NormalizeMethod(t.substr(0, t.find(' ')));
+      case FieldRef::Kind::kPath: {
+        size_t sp1 = t.find(' ');
+        if (sp1 == std::string_view::npos) return {};
+        std::string_view rest = t.substr(sp1 + 1);
+        size_t sp2 = rest.rfind(' ');
+        if (sp2 != std::string_view::npos &&
+            rest.substr(sp2 + 1).rfind("HTTP/", 0) == 0) {
+          rest = rest.substr(0, sp2);
+        }
+        return rest;
+      }
+      case FieldRef::Kind::kProtocol: {
+        size_t sp2 = t.rfind(' ');
+        if (sp2 == std::string_view::npos) return {};
+        std::string_view last = t.substr(sp2 + 1);
+        return last.rfind("HTTP/", 0) == 0 ? last : std::string_view();
+      }
+    }
+    return t;
+  }
+
+  std::string LabelValue(const CompiledRule& r, const CompiledLabel& l) {
+    if (l.field < 0) return l.def.constant;
+    std::string_view raw = FieldText(r, l.field);
+    if (r.fields[static_cast<size_t>(l.field)].multi) raw = LastValue(raw);
+    std::string value(UnescapeNginx(raw, r.escape, &scratch));
+    if (l.def.status_class) value = std::string(StatusClass(value));
+    if (!l.replace.empty()) {
+      bool hit = false;
+      for (const auto& [re, with] : l.replace) {
+        if (RE2::Replace(&value, *re, with)) {
+          hit = true;
+          break;
+        }
+      }
+      if (!hit && l.def.default_value) value = *l.def.default_value;
+    }
+    if (!l.map.empty()) {
+      auto it = l.map.find(value);
+      if (it != l.map.end()) {
+        value = it->second;
+      } else if (l.def.default_value) {
+        value = *l.def.default_value;
+      }
+    }
+    return value;
+  }
+
+  Entry* Lookup(const CompiledRule& r, GroupRt& g, uint32_t source) {
+    key.assign(reinterpret_cast<const char*>(&source), sizeof source);
+    for (const auto& l : g.def->labels) {
+      if (l.field < 0) continue;
+      std::string_view t = FieldText(r, l.field);
+      key.append(t.data(), t.size());
+      key.push_back('\0');
+    }
+    auto it = g.cache.find(std::string_view(key));
+    if (it != g.cache.end()) return it->second.get();
+    if (g.cache.size() >= kMaxCachedKeys) {
+      Flush();
+      g.cache.clear();
+    }
+    prometheus::Labels labels;
+    const SourceLabels& src = sources[source];
+    labels["source"] = src.name;
+    for (const auto& [k, v] : src.labels) labels[k] = v;
+    for (const auto& l : g.def->labels) labels[l.def.name] = LabelValue(r, l);
+    auto e = std::make_unique<Entry>();
+    for (const auto& m : g.def->metrics) {
+      Acc a;
+      a.series = m.state->Get(labels);
+      if (m.type == MetricType::kHistogram) {
+        a.buckets.assign(m.buckets.size() + 1, 0.0);
+      }
+      e->accs.push_back(std::move(a));
+    }
+    Entry* raw = e.get();
+    g.cache.emplace(key, std::move(e));
+    return raw;
+  }
+
+  void Apply(const CompiledRule& r, Entry* e, const CompiledGroup& g) {
+    for (size_t i = 0; i < g.metrics.size(); ++i) {
+      const CompiledMetric& m = g.metrics[i];
+      Acc& a = e->accs[i];
+      double v = 1;
+      if (m.value_field >= 0 &&
+          !ParseLogNumber(FieldText(r, m.value_field), &v)) {
+        continue;  // "-" or no number: nothing observed
+      }
+      switch (m.type) {
+        case MetricType::kCounter:
+          if (v < 0) continue;
+          a.add += v;
+          break;
+        case MetricType::kGauge:
+          if (m.gauge_set) {
+            a.set_value = v;
+            a.set_version = version;
+            a.has_set = true;
+          } else {
+            a.add += v;
+          }
+          break;
+        case MetricType::kHistogram: {
+          size_t b = 0;
+          size_t nb = m.buckets.size();
+          while (b < nb && m.buckets[b] < v) ++b;
+          a.buckets[b] += 1;
+          a.sum += v;
+          break;
+        }
+      }
+      if (!a.dirty) {
+        a.dirty = true;
+        dirty.push_back(&a);
+      }
+    }
+  }
+
+  bool Line(std::string_view line, uint32_t source) {
+    bool any = false;
+    re2::StringPiece text(line.data(), line.size());
+    for (auto& rt : rule_rt) {
+      const CompiledRule& r = *rt.def;
+      if (!rt.re->Match(text, 0, text.size(), RE2::ANCHOR_BOTH, subs.data(),
+                        r.submatches)) {
+        continue;
+      }
+      any = true;
+      bool pass = true;
+      for (size_t i = 0; i < r.filters.size() && pass; ++i) {
+        std::string_view f = FieldText(r, r.filters[i].field);
+        bool hit = RE2::PartialMatch(re2::StringPiece(f.data(), f.size()),
+                                     *rt.filters[i]);
+        pass = r.filters[i].skip ? !hit : hit;
+      }
+      if (!pass) continue;
+      for (auto& g : rt.groups) Apply(r, Lookup(r, g, source), *g.def);
+    }
+    return any;
+  }
+
+  void Flush() {
+    int64_t now = MetricStore::NowSeconds();
+    for (Acc* a : dirty) {
+      Series* s = a->series;
+      if (s->counter && a->add > 0) s->counter->Increment(a->add);
+      if (s->gauge) {
+        if (a->has_set) {
+          std::lock_guard lock(s->set_mutex);
+          if (a->set_version >= s->set_version) {
+            s->set_version = a->set_version;
+            s->gauge->Set(a->set_value);
+          }
+        } else if (a->add != 0) {
+          s->gauge->Increment(a->add);
+        }
+      }
+      if (s->histogram) {
+        s->histogram->ObserveMultiple(a->buckets, a->sum);
+        std::fill(a->buckets.begin(), a->buckets.end(), 0.0);
+      }
+      if (s->last_used.load(std::memory_order_relaxed) != now) {
+        s->last_used.store(now, std::memory_order_relaxed);
+      }
+      a->add = 0;
+      a->sum = 0;
+      a->has_set = false;
+      a->dirty = false;
+    }
+    dirty.clear();
+  }
+
+  MetricStore& store;
+  const std::vector<SourceLabels>& sources;
+  std::shared_ptr<const CompiledRules> bound;
+  uint64_t generation = 0;
+  std::vector<RuleRt> rule_rt;
+  std::vector<re2::StringPiece> subs;
+  int max_sub = 1;
+  std::string key;
+  std::string scratch;
+  std::vector<Acc*> dirty;
+  uint64_t version = 0;
+};
+
+Evaluator::Evaluator(MetricStore& store,
+                     const std::vector<SourceLabels>& sources)
+    : impl_(std::make_unique<Impl>(store, sources)) {}
+
+Evaluator::~Evaluator() = default;
+
+uint64_t Evaluator::Process(const LineBatch& batch,
+                            const std::shared_ptr<const CompiledRules>& rules) {
+  impl_->Bind(rules);
+  uint64_t unmatched = 0;
+  const char* p = batch.data.data();
+  const char* end = p + batch.data.size();
+  uint64_t line_no = 0;
+  while (p < end) {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', end - p));
+    if (nl == nullptr) nl = end;
+    impl_->version = batch.seq << 24 | (line_no++ & 0xffffff);
+    if (!impl_->Line(std::string_view(p, nl - p), batch.source)) ++unmatched;
+    p = nl + 1;
+  }
+  impl_->Flush();
+  return unmatched;
+}
+
+bool Evaluator::ProcessLine(std::string_view line, uint32_t source,
+                            const std::shared_ptr<const CompiledRules>& rules) {
+  impl_->Bind(rules);
+  return impl_->Line(line, source);
+}
+
+void Evaluator::Flush() { impl_->Flush(); }
+
+}  // namespace sshtail

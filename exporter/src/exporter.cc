@@ -1,0 +1,441 @@
+#include "sshtail/exporter.h"
+
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "self_metrics.h"
+#include "sshtail/batch_queue.h"
+#include "sshtail/engine.h"
+#include "sshtail/file_producer.h"
+#include "sshtail/log.h"
+#include "sshtail/metric_store.h"
+#include "sshtail/rules.h"
+#include "sshtail/ssh_producer.h"
+#include "sshtail/web_server.h"
+
+namespace sshtail {
+namespace {
+
+RuleContext ContextFor(const Options& o) {
+  RuleContext ctx;
+  ctx.default_format = o.format;
+  std::vector<std::string> reserved = {"source"};
+  for (const auto& s : o.sources) {
+    for (const auto& [k, v] : s.labels) {
+      if (std::find(reserved.begin(), reserved.end(), k) == reserved.end()) {
+        reserved.push_back(k);
+      }
+    }
+  }
+  ctx.reserved_labels = reserved;
+  return ctx;
+}
+
+std::string HtmlEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void CheckConfig(const Options& options) {
+  LoadRules(options.rule_files, ContextFor(options));
+}
+
+struct Exporter::Impl {
+  explicit Impl(Options o)
+      : options(std::move(o)),
+        queue(options.queue_batches),
+        self(options.sources, status, queue),
+        store(self.overflow()) {
+    for (size_t i = 0; i < options.sources.size(); ++i) {
+      status.push_back(std::make_unique<SourceStatus>());
+      SourceLabels sl;
+      sl.name = options.sources[i].name;
+      for (const auto& kv : options.sources[i].labels) sl.labels.push_back(kv);
+      source_labels.push_back(std::move(sl));
+    }
+    // SelfMetrics was built before `status` was filled: it keeps references
+    // and reads them at scrape time only.
+    RuleSetDef defs = LoadRules(options.rule_files, ContextFor(options));
+    store.Apply(defs);
+    rules = CompiledRules::Build(defs, store);
+    if (!options.positions_file.empty()) {
+      positions = std::make_unique<PositionsFile>(options.positions_file);
+      auto saved = positions->Load();
+      for (size_t i = 0; i < options.sources.size(); ++i) {
+        auto it = saved.find(options.sources[i].url);
+        if (it != saved.end()) status[i]->positions.Restore(it->second);
+      }
+    }
+  }
+
+  void StartConsumers() {
+    int n = options.consumers;
+    if (n <= 0) {
+      n = static_cast<int>(std::thread::hardware_concurrency());
+      n = std::clamp(n, 1, 4);
+    }
+    for (int i = 0; i < n; ++i) {
+      consumers.emplace_back([this] { ConsumerLoop(); });
+    }
+  }
+
+  void ConsumerLoop() {
+    Evaluator eval(store, source_labels);
+    while (BatchPtr b = queue.Pop()) {
+      uint64_t unmatched;
+      {
+        auto lock = store.ReadLock();
+        std::shared_ptr<const CompiledRules> r = rules;
+        unmatched = eval.Process(*b, r);
+      }
+      const SourceCounters& c = self.counters(b->source);
+      if (b->lines) c.lines->Increment(b->lines);
+      if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
+      if (b->raw_bytes) c.bytes->Increment(static_cast<double>(b->raw_bytes));
+      if (b->too_long) c.too_long->Increment(b->too_long);
+      if (b->seq) status[b->source]->positions.Done(b->seq);
+    }
+  }
+
+  void StartProducers() {
+    ProducerOptions po;
+    po.start_at = options.start_at;
+    po.once = options.once;
+    po.max_line_bytes = options.max_line_bytes;
+    std::vector<uint32_t> ssh_sources;
+    for (uint32_t i = 0; i < options.sources.size(); ++i) {
+      const SourceSpec& s = options.sources[i];
+      switch (s.kind) {
+        case SourceSpec::Kind::kFile:
+          producers.push_back(MakeFileProducer(s, i, *status[i], queue, po));
+          break;
+        case SourceSpec::Kind::kStdin:
+          producers.push_back(MakeStdinProducer(i, *status[i], queue, po));
+          break;
+        case SourceSpec::Kind::kSsh:
+          ssh_sources.push_back(i);
+          break;
+      }
+    }
+    if (!ssh_sources.empty()) {
+      SshOptions so;
+      so.identity_files = options.ssh_identity_files;
+      so.known_hosts = options.ssh_known_hosts;
+      so.accept_new_host_keys = options.ssh_accept_new_host_keys;
+      so.config_file = options.ssh_config;
+      so.default_user = options.ssh_user;
+      so.connect_timeout = options.ssh_connect_timeout;
+      so.heartbeat_interval = options.ssh_heartbeat_interval;
+      so.max_backoff = options.ssh_max_backoff;
+      so.files_per_connection = options.ssh_files_per_connection;
+      std::vector<SshSourceRef> refs;
+      for (uint32_t i : ssh_sources) {
+        refs.push_back(SshSourceRef{&options.sources[i], i, status[i].get()});
+      }
+      for (auto& p : MakeSshProducers(refs, queue, po, so)) {
+        producers.push_back(std::move(p));
+      }
+    }
+    for (auto& p : producers) {
+      Producer* raw = p.get();
+      producer_threads.emplace_back([raw] { raw->Run(); });
+    }
+  }
+
+  void JoinProducers() {
+    for (auto& t : producer_threads) t.join();
+    producer_threads.clear();
+  }
+
+  void StopAll() {
+    for (auto& p : producers) p->RequestStop();
+    JoinProducers();
+    queue.Close();
+    for (auto& t : consumers) t.join();
+    consumers.clear();
+    SavePositions();
+  }
+
+  void SavePositions() {
+    if (!positions) return;
+    std::map<std::string, PositionSet> all;
+    for (size_t i = 0; i < options.sources.size(); ++i) {
+      if (options.sources[i].kind == SourceSpec::Kind::kStdin) continue;
+      PositionSet p = status[i]->positions.Committed();
+      if (!p.empty()) all[options.sources[i].url] = std::move(p);
+    }
+    std::string error;
+    if (!positions->Save(all, &error)) {
+      Log(LogLevel::kWarn, "cannot save positions: " + error);
+    }
+  }
+
+  std::string Exposition() const {
+    std::vector<prometheus::MetricFamily> families;
+    for (auto& f : store.registry()->Collect())
+      families.push_back(std::move(f));
+    for (auto& f : self.registry()->Collect()) families.push_back(std::move(f));
+    for (auto& f : self.Collect()) families.push_back(std::move(f));
+    families.erase(std::remove_if(families.begin(), families.end(),
+                                  [](const prometheus::MetricFamily& f) {
+                                    return f.metric.empty();
+                                  }),
+                   families.end());
+    for (auto& f : families) {
+      std::sort(
+          f.metric.begin(), f.metric.end(),
+          [](const prometheus::ClientMetric& a,
+             const prometheus::ClientMetric& b) { return a.label < b.label; });
+    }
+    std::sort(
+        families.begin(), families.end(),
+        [](const prometheus::MetricFamily& a,
+           const prometheus::MetricFamily& b) { return a.name < b.name; });
+    std::ostringstream out;
+    prometheus::TextSerializer().Serialize(out, families);
+    return out.str();
+  }
+
+  bool Reload(std::string* error) {
+    std::lock_guard lock(reload_mutex);
+    try {
+      Options next = options;
+      if (!options.config_file.empty() && !options.args.empty()) {
+        // The same flags again, so the config file is read anew with the
+        // same precedence. Rules and format apply now; sources and other
+        // settings need a restart.
+        Options fresh;
+        std::string problem;
+        if (!ReparseCommandLine(options.args, &fresh, &problem)) {
+          throw ConfigError(problem);
+        }
+        next.rule_files = fresh.rule_files;
+        next.format = fresh.format;
+      }
+      RuleSetDef defs = LoadRules(next.rule_files, ContextFor(next));
+      std::shared_ptr<const CompiledRules> compiled;
+      store.Apply(defs, [&] {
+        compiled = CompiledRules::Build(defs, store);
+        rules = compiled;
+      });
+      options.rule_files = next.rule_files;
+      options.format = next.format;
+      self.reload_ok().Set(1);
+      self.reload_time().SetToCurrentTime();
+      Log(LogLevel::kInfo, "configuration reloaded");
+      return true;
+    } catch (const std::exception& e) {
+      *error = e.what();
+      self.reload_ok().Set(0);
+      self.reloads_failed().Increment();
+      Log(LogLevel::kError, std::string("reload rejected: ") + e.what());
+      return false;
+    }
+  }
+
+  bool Ready() const {
+    for (const auto& s : status) {
+      if (!s->connected_once.load()) return false;
+    }
+    return true;
+  }
+
+  std::string LandingPage() const {
+    std::string html =
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+        "<title>sshtail_exporter</title></head><body>"
+        "<h1>sshtail_exporter</h1><p>Version " +
+        std::string(Version()) + "</p><ul><li><a href=\"" +
+        HtmlEscape(options.telemetry_path) +
+        "\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>"
+        "<li><a href=\"/-/ready\">Readiness</a></li></ul><h2>Sources</h2>"
+        "<table><tr><th>source</th><th>url</th><th>up</th></tr>";
+    for (size_t i = 0; i < options.sources.size(); ++i) {
+      html += "<tr><td>" + HtmlEscape(options.sources[i].name) + "</td><td>" +
+              HtmlEscape(options.sources[i].url) + "</td><td>" +
+              (status[i]->up.load() ? "up" : "down") + "</td></tr>";
+    }
+    html += "</table></body></html>\n";
+    return html;
+  }
+
+  Options options;
+  std::vector<std::unique_ptr<SourceStatus>> status;
+  std::vector<SourceLabels> source_labels;
+  BatchQueue queue;
+  SelfMetrics self;
+  MetricStore store;
+  std::shared_ptr<const CompiledRules> rules;  // guarded by store's lock
+  std::unique_ptr<PositionsFile> positions;
+  std::vector<std::unique_ptr<Producer>> producers;
+  std::vector<std::thread> producer_threads;
+  std::vector<std::thread> consumers;
+  std::mutex reload_mutex;
+};
+
+Exporter::Exporter(Options options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Exporter::~Exporter() = default;
+
+void Exporter::Start() {
+  impl_->StartConsumers();
+  impl_->StartProducers();
+}
+
+void Exporter::Stop() { impl_->StopAll(); }
+
+std::string Exporter::Exposition() const { return impl_->Exposition(); }
+
+bool Exporter::Reload(std::string* error) { return impl_->Reload(error); }
+
+bool Exporter::Ready() const { return impl_->Ready(); }
+
+int Exporter::RunOnce(std::ostream& out) {
+  impl_->StartConsumers();
+  impl_->StartProducers();
+  impl_->JoinProducers();
+  impl_->queue.Close();
+  for (auto& t : impl_->consumers) t.join();
+  impl_->consumers.clear();
+  impl_->SavePositions();
+  out << impl_->Exposition();
+  out.flush();
+  return 0;
+}
+
+int Exporter::RunServer() {
+  // Signals go to this thread only, through sigtimedwait().
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+  WebHandlers handlers;
+  handlers.metrics = [this] { return impl_->Exposition(); };
+  handlers.ready = [this] { return impl_->Ready(); };
+  handlers.reload = [this](std::string* e) { return impl_->Reload(e); };
+  handlers.landing_page = [this] { return impl_->LandingPage(); };
+  WebServer web(impl_->options.listen_address, impl_->options.telemetry_path,
+                impl_->options.web_config_file, handlers);
+  Start();
+  std::string error;
+  if (!web.Start(&error)) {
+    std::fprintf(stderr, "sshtail_exporter: error: %s\n", error.c_str());
+    Stop();
+    return 1;
+  }
+  Log(LogLevel::kInfo, "listening on " + web.address() + " with " +
+                           std::to_string(impl_->options.sources.size()) +
+                           " source(s)");
+  if (!impl_->options.listen_address_file.empty()) {
+    std::string tmp = impl_->options.listen_address_file + ".tmp";
+    {
+      std::ofstream f(tmp);
+      f << web.address() << "\n";
+    }
+    std::rename(tmp.c_str(), impl_->options.listen_address_file.c_str());
+  }
+
+  auto next_save =
+      std::chrono::steady_clock::now() + impl_->options.positions_interval;
+  auto next_expire =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    struct timespec ts {
+      1, 0
+    };
+    int sig = sigtimedwait(&set, nullptr, &ts);
+    if (sig == SIGTERM || sig == SIGINT) {
+      Log(LogLevel::kInfo, "shutting down");
+      break;
+    }
+    if (sig == SIGHUP) {
+      std::string e;
+      impl_->Reload(&e);
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now >= next_save) {
+      impl_->SavePositions();
+      next_save = now + impl_->options.positions_interval;
+    }
+    if (now >= next_expire) {
+      impl_->store.Expire();
+      next_expire = now + std::chrono::seconds(10);
+    }
+  }
+  web.Stop();
+  Stop();
+  return 0;
+}
+
+int Main(int argc, const char* const argv[]) {
+  Options options;
+  switch (ParseCommandLine(argc, argv, &options)) {
+    case ParseResult::kExit0:
+      return 0;
+    case ParseResult::kExit2:
+      return 2;
+    case ParseResult::kRun:
+      break;
+  }
+  LogLevel level = LogLevel::kInfo;
+  ParseLogLevel(options.log_level, &level);
+  SetLogLevel(level);
+  if (options.check_config) {
+    try {
+      CheckConfig(options);
+    } catch (const std::invalid_argument& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 2;
+    }
+    std::printf("config OK: %zu source(s)\n", options.sources.size());
+    return 0;
+  }
+  std::unique_ptr<Exporter> exporter;
+  try {
+    exporter = std::make_unique<Exporter>(options);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "sshtail_exporter: error: %s\n", e.what());
+    return 2;
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "sshtail_exporter: error: %s\n", e.what());
+    return 2;
+  }
+  if (options.once) return exporter->RunOnce(std::cout);
+  return exporter->RunServer();
+}
+
+}  // namespace sshtail

@@ -1,0 +1,496 @@
+#include "sshtail/file_producer.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <list>
+#include <string>
+#include <vector>
+
+#include "sshtail/line_splitter.h"
+#include "sshtail/log.h"
+#include "unique_fd.h"
+
+namespace sshtail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A rotated file is read until it has been quiet this long: writers such as
+// nginx keep appending to it until they reopen their logs.
+constexpr auto kDrainQuiet = std::chrono::seconds(5);
+// Safety net when inotify says nothing (NFS, a directory that does not exist
+// yet, writes through mmap).
+constexpr int kFallbackPollMs = 1000;
+constexpr size_t kReadChunk = 1 << 20;
+constexpr size_t kFingerprint = 16;
+
+FileId IdOf(const struct stat& st) {
+  return FileId{static_cast<uint64_t>(st.st_dev),
+                static_cast<uint64_t>(st.st_ino)};
+}
+
+std::string DirOf(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+struct OpenFile {
+  OpenFile(size_t max_line) : splitter(max_line) {}
+  UniqueFd fd;
+  FileId id;
+  uint64_t start = 0;     // offset the splitter started at
+  uint64_t read_pos = 0;  // bytes read so far (file offset of fd)
+  LineSplitter splitter;
+  bool current = true;
+  Clock::time_point last_growth = Clock::now();
+  int wd = -1;
+  std::string tail;              // the last bytes read, to notice a rewrite
+  uint64_t eof_at = UINT64_MAX;  // once mode: stop here
+
+  uint64_t line_offset() const { return start + splitter.complete_bytes(); }
+};
+
+class FileProducer : public Producer {
+ public:
+  FileProducer(const SourceSpec& spec, uint32_t index, SourceStatus& status,
+               BatchQueue& queue, const ProducerOptions& options)
+      : spec_(spec),
+        status_(status),
+        options_(options),
+        builder_(queue, index, status, options.batch_bytes),
+        dir_(DirOf(spec.path)),
+        buf_(kReadChunk) {
+    stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    inotify_.Reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  }
+
+  void RequestStop() override {
+    stop_.store(true);
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(stop_fd_.get(), &one, sizeof one);
+  }
+
+  void Run() override {
+    if (options_.once) {
+      RunOnce();
+      return;
+    }
+    Restore();
+    while (!stop_.load()) {
+      Service();
+      if (!Publish()) return;
+      Wait();
+    }
+    Publish();
+  }
+
+ private:
+  void RunOnce() {
+    UniqueFd fd(::open(spec_.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+      Log(LogLevel::kWarn, "source " + spec_.name + ": cannot open " +
+                               spec_.path + ": " + std::strerror(errno));
+      status_.CountFailure(errno == ENOENT ? "file_missing" : "open");
+      return;
+    }
+    struct stat st {};
+    ::fstat(fd.get(), &st);
+    auto& f = files_.emplace_back(options_.max_line_bytes);
+    f.fd = std::move(fd);
+    f.id = IdOf(st);
+    f.eof_at = static_cast<uint64_t>(st.st_size);
+    status_.up.store(true);
+    status_.connected_once.store(true);
+    ReadAvailable(f);
+    Publish();
+    status_.up.store(false);
+  }
+
+  // Opens the files a previous run was reading, or the path itself.
+  void Restore() {
+    PositionSet saved = status_.positions.Committed();
+    bool have_current = false;
+    for (const auto& p : saved) {
+      if (p.current) {
+        struct stat st {};
+        if (::stat(spec_.path.c_str(), &st) == 0 && IdOf(st) == p.file) {
+          have_current = OpenAt(spec_.path, p.offset, true);
+          continue;
+        }
+      }
+      // Rotated while we were away: find it by inode next to the path.
+      std::string old = FindByInode(p.file);
+      if (!old.empty()) {
+        OpenAt(old, p.offset, false);
+      } else {
+        Log(LogLevel::kWarn, "source " + spec_.name +
+                                 ": a rotated file from the positions file is "
+                                 "gone; lines after offset " +
+                                 std::to_string(p.offset) + " in it are lost");
+      }
+    }
+    if (!saved.empty() && !have_current) {
+      // The file at the path is new since the last run: all of it is new.
+      TryOpenCurrent(/*from_start=*/true);
+    }
+    WatchDir();
+    if (files_.empty() || !HasCurrent()) {
+      TryOpenCurrent(options_.start_at == StartAt::kBeginning);
+    }
+  }
+
+  bool HasCurrent() const {
+    for (const auto& f : files_) {
+      if (f.current) return true;
+    }
+    return false;
+  }
+
+  std::string FindByInode(const FileId& id) {
+    DIR* d = ::opendir(dir_.c_str());
+    if (d == nullptr) return {};
+    std::string found;
+    while (struct dirent* e = ::readdir(d)) {
+      if (e->d_ino != id.ino) continue;
+      std::string candidate = dir_ + "/" + e->d_name;
+      struct stat st {};
+      if (::stat(candidate.c_str(), &st) == 0 && IdOf(st) == id &&
+          S_ISREG(st.st_mode)) {
+        found = candidate;
+        break;
+      }
+    }
+    ::closedir(d);
+    return found;
+  }
+
+  bool OpenAt(const std::string& path, uint64_t offset, bool current) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) return false;
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      if (!S_ISREG(st.st_mode) && !warned_not_regular_) {
+        warned_not_regular_ = true;
+        Log(LogLevel::kWarn,
+            "source " + spec_.name + ": " + path + " is not a regular file");
+      }
+      return false;
+    }
+    if (static_cast<uint64_t>(st.st_size) < offset) {
+      Log(LogLevel::kInfo, "source " + spec_.name + ": " + path +
+                               " is shorter than the saved offset; reading "
+                               "it from the start");
+      status_.rotations.fetch_add(1);
+      offset = 0;
+    }
+    if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
+      return false;
+    }
+    auto& f = files_.emplace_back(options_.max_line_bytes);
+    f.fd = std::move(fd);
+    f.id = IdOf(st);
+    f.start = offset;
+    f.read_pos = offset;
+    f.current = current;
+    WatchFile(f);
+    if (current) {
+      status_.up.store(true);
+      status_.connected_once.store(true);
+    }
+    return true;
+  }
+
+  // Opens the file at the path as the current one. At the end means: after
+  // the last complete line, so a line being written now is still counted.
+  void TryOpenCurrent(bool from_start) {
+    UniqueFd fd(::open(spec_.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) {
+      if (!warned_missing_) {
+        warned_missing_ = true;
+        Log(LogLevel::kWarn, "source " + spec_.name + ": waiting for " +
+                                 spec_.path + ": " + std::strerror(errno));
+        status_.CountFailure(errno == ENOENT ? "file_missing" : "open");
+      }
+      return;
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return;
+    for (const auto& f : files_) {
+      if (f.id == IdOf(st)) return;  // already reading it
+    }
+    warned_missing_ = false;
+    uint64_t offset = 0;
+    bool mid_line = false;
+    if (!from_start && st.st_size > 0) {
+      offset = static_cast<uint64_t>(st.st_size);
+      // Back up to just after the last newline.
+      size_t window = std::min<uint64_t>(offset, options_.max_line_bytes + 2);
+      std::string tail(window, '\0');
+      ssize_t n = ::pread(fd.get(), tail.data(), window,
+                          static_cast<off_t>(offset - window));
+      if (n == static_cast<ssize_t>(window)) {
+        size_t nl = tail.rfind('\n');
+        if (nl != std::string::npos) {
+          offset = offset - window + nl + 1;
+        } else if (window < offset) {
+          mid_line = true;  // a giant line: skip its rest
+        } else {
+          offset = 0;
+        }
+      }
+    }
+    ::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET);
+    auto& f = files_.emplace_back(options_.max_line_bytes);
+    f.fd = std::move(fd);
+    f.id = IdOf(st);
+    f.start = offset;
+    f.read_pos = offset;
+    if (mid_line) f.splitter.SkipToNextLine();
+    WatchFile(f);
+    status_.up.store(true);
+    status_.connected_once.store(true);
+  }
+
+  void WatchDir() {
+    if (!inotify_ || dir_wd_ >= 0) return;
+    dir_wd_ = ::inotify_add_watch(
+        inotify_.get(), dir_.c_str(),
+        IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB);
+  }
+
+  void WatchFile(OpenFile& f) {
+    if (!inotify_) return;
+    std::string proc = "/proc/self/fd/" + std::to_string(f.fd.get());
+    f.wd = ::inotify_add_watch(inotify_.get(), proc.c_str(),
+                               IN_MODIFY | IN_ATTRIB);
+  }
+
+  void Unwatch(OpenFile& f) {
+    if (f.wd < 0) return;
+    bool shared = false;  // inotify gives one wd per inode
+    for (const auto& o : files_) {
+      if (&o != &f && o.wd == f.wd) shared = true;
+    }
+    if (!shared) ::inotify_rm_watch(inotify_.get(), f.wd);
+    f.wd = -1;
+  }
+
+  void Service() {
+    WatchDir();
+    for (auto& f : files_) ReadAvailable(f);
+    CheckRotation();
+    // Close drained files.
+    auto now = Clock::now();
+    for (auto it = files_.begin(); it != files_.end();) {
+      if (!it->current && now - it->last_growth >= kDrainQuiet) {
+        ReadAvailable(*it);
+        Unwatch(*it);
+        it = files_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Truncated (size below what we read) or rewritten (the bytes before our
+  // position changed): the copytruncate case.
+  bool Truncated(OpenFile& f) {
+    struct stat st {};
+    if (::fstat(f.fd.get(), &st) != 0) return false;
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size < f.read_pos) return true;
+    if (f.tail.empty() || f.read_pos < f.tail.size()) return false;
+    char now[kFingerprint];
+    ssize_t n = ::pread(f.fd.get(), now, f.tail.size(),
+                        static_cast<off_t>(f.read_pos - f.tail.size()));
+    return n != static_cast<ssize_t>(f.tail.size()) ||
+           std::memcmp(now, f.tail.data(), f.tail.size()) != 0;
+  }
+
+  void ReadAvailable(OpenFile& f) {
+    if (!options_.once && Truncated(f)) {
+      Log(LogLevel::kInfo, "source " + spec_.name + ": file truncated; " +
+                               "reading it from the start");
+      Publish();
+      status_.rotations.fetch_add(1);
+      ::lseek(f.fd.get(), 0, SEEK_SET);
+      f.start = 0;
+      f.read_pos = 0;
+      f.tail.clear();
+      f.splitter.Reset();
+    }
+    while (f.read_pos < f.eof_at) {
+      size_t want = buf_.size();
+      if (f.eof_at != UINT64_MAX) {
+        want = std::min<uint64_t>(want, f.eof_at - f.read_pos);
+      }
+      ssize_t n = ::read(f.fd.get(), buf_.data(), want);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      f.read_pos += static_cast<uint64_t>(n);
+      f.last_growth = Clock::now();
+      size_t keep = std::min<size_t>(kFingerprint, static_cast<size_t>(n));
+      if (keep == kFingerprint) {
+        f.tail.assign(buf_.data() + n - keep, keep);
+      } else {
+        f.tail.append(buf_.data(), keep);
+        if (f.tail.size() > kFingerprint) {
+          f.tail.erase(0, f.tail.size() - kFingerprint);
+        }
+      }
+      uint64_t before = f.splitter.complete_bytes();
+      f.splitter.Feed(std::string_view(buf_.data(), static_cast<size_t>(n)),
+                      builder_);
+      pending_raw_ += f.splitter.complete_bytes() - before;
+      if (builder_.full() && !Publish()) return;
+    }
+  }
+
+  void CheckRotation() {
+    struct stat st {};
+    bool exists = ::stat(spec_.path.c_str(), &st) == 0;
+    for (auto& f : files_) {
+      if (!f.current) continue;
+      if (exists && IdOf(st) == f.id) return;  // no change
+      // Renamed away or replaced: drain it, then follow the new file.
+      f.current = false;
+      f.last_growth = Clock::now();
+      status_.rotations.fetch_add(1);
+      status_.up.store(false);
+      Log(LogLevel::kInfo, "source " + spec_.name + ": " + spec_.path +
+                               " was rotated; draining the old file");
+    }
+    if (exists) TryOpenCurrent(/*from_start=*/true);
+  }
+
+  PositionSet Positions() const {
+    PositionSet set;
+    for (const auto& f : files_) {
+      set.push_back(FilePosition{f.id, f.line_offset(), f.current});
+    }
+    return set;
+  }
+
+  bool Publish() {
+    PositionSet pos = Positions();
+    for (const auto& p : pos) {
+      if (p.current) status_.offset.store(p.offset);
+    }
+    uint64_t raw = pending_raw_;
+    pending_raw_ = 0;
+    return builder_.Flush(pos, raw);
+  }
+
+  void Wait() {
+    int timeout = kFallbackPollMs;
+    auto now = Clock::now();
+    for (const auto& f : files_) {
+      if (f.current) continue;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      f.last_growth + kDrainQuiet - now)
+                      .count() +
+                  1;
+      timeout = static_cast<int>(std::clamp<long long>(left, 0, timeout));
+    }
+    struct pollfd fds[2] = {{stop_fd_.get(), POLLIN, 0},
+                            {inotify_.get(), POLLIN, 0}};
+    int nfds = inotify_ ? 2 : 1;
+    if (!inotify_) timeout = std::min(timeout, 250);
+    int r = ::poll(fds, nfds, timeout);
+    if (r > 0 && nfds == 2 && (fds[1].revents & POLLIN)) {
+      alignas(struct inotify_event) char events[16384];
+      while (::read(inotify_.get(), events, sizeof events) > 0) {
+      }
+    }
+  }
+
+  const SourceSpec spec_;
+  SourceStatus& status_;
+  const ProducerOptions options_;
+  BatchBuilder builder_;
+  const std::string dir_;
+  std::vector<char> buf_;
+  std::list<OpenFile> files_;
+  UniqueFd stop_fd_;
+  UniqueFd inotify_;
+  int dir_wd_ = -1;
+  std::atomic<bool> stop_{false};
+  uint64_t pending_raw_ = 0;
+  bool warned_missing_ = false;
+  bool warned_not_regular_ = false;
+};
+
+class StdinProducer : public Producer {
+ public:
+  StdinProducer(uint32_t index, SourceStatus& status, BatchQueue& queue,
+                const ProducerOptions& options)
+      : status_(status),
+        builder_(queue, index, status, options.batch_bytes),
+        splitter_(options.max_line_bytes),
+        buf_(kReadChunk) {
+    stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  }
+
+  void RequestStop() override {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(stop_fd_.get(), &one, sizeof one);
+  }
+
+  void Run() override {
+    status_.up.store(true);
+    status_.connected_once.store(true);
+    for (;;) {
+      struct pollfd fds[2] = {{stop_fd_.get(), POLLIN, 0},
+                              {STDIN_FILENO, POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
+      if (fds[0].revents & POLLIN) break;
+      if (!(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = ::read(STDIN_FILENO, buf_.data(), buf_.size());
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) break;
+      uint64_t before = splitter_.complete_bytes();
+      splitter_.Feed(std::string_view(buf_.data(), static_cast<size_t>(n)),
+                     builder_);
+      if (!builder_.Flush({}, splitter_.complete_bytes() - before)) break;
+    }
+    status_.up.store(false);
+  }
+
+ private:
+  SourceStatus& status_;
+  BatchBuilder builder_;
+  LineSplitter splitter_;
+  std::vector<char> buf_;
+  UniqueFd stop_fd_;
+};
+
+}  // namespace
+
+std::unique_ptr<Producer> MakeFileProducer(const SourceSpec& spec,
+                                           uint32_t index, SourceStatus& status,
+                                           BatchQueue& queue,
+                                           const ProducerOptions& options) {
+  return std::make_unique<FileProducer>(spec, index, status, queue, options);
+}
+
+std::unique_ptr<Producer> MakeStdinProducer(uint32_t index,
+                                            SourceStatus& status,
+                                            BatchQueue& queue,
+                                            const ProducerOptions& options) {
+  return std::make_unique<StdinProducer>(index, status, queue, options);
+}
+
+}  // namespace sshtail

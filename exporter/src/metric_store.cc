@@ -1,0 +1,159 @@
+#include "sshtail/metric_store.h"
+
+#include <chrono>
+
+namespace sshtail {
+
+int64_t MetricStore::NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+MetricState::MetricState(const MetricDef& def, prometheus::Registry& registry,
+                         prometheus::Counter* overflow_counter)
+    : def_(def),
+      registry_(registry),
+      overflow_counter_(overflow_counter),
+      max_series_(def.max_series),
+      ttl_seconds_(def.ttl.count()) {
+  switch (def.type) {
+    case MetricType::kCounter:
+      counters_ =
+          &prometheus::BuildCounter().Name(def.name).Help(def.help).Register(
+              registry);
+      break;
+    case MetricType::kGauge:
+      gauges_ =
+          &prometheus::BuildGauge().Name(def.name).Help(def.help).Register(
+              registry);
+      break;
+    case MetricType::kHistogram:
+      histograms_ =
+          &prometheus::BuildHistogram().Name(def.name).Help(def.help).Register(
+              registry);
+      break;
+  }
+}
+
+MetricState::~MetricState() {
+  if (counters_) registry_.Remove(*counters_);
+  if (gauges_) registry_.Remove(*gauges_);
+  if (histograms_) registry_.Remove(*histograms_);
+}
+
+void MetricState::Redefine(const MetricDef& def) {
+  std::lock_guard lock(mutex_);
+  def_ = def;
+  max_series_.store(def.max_series);
+  ttl_seconds_.store(def.ttl.count());
+}
+
+size_t MetricState::size() const {
+  std::lock_guard lock(mutex_);
+  return series_.size();
+}
+
+Series* MetricState::Create(const prometheus::Labels& labels) {
+  auto s = std::make_unique<Series>();
+  if (counters_) s->counter = &counters_->Add(labels);
+  if (gauges_) s->gauge = &gauges_->Add(labels);
+  if (histograms_) s->histogram = &histograms_->Add(labels, def_.buckets);
+  s->last_used.store(MetricStore::NowSeconds());
+  return s.release();
+}
+
+Series* MetricState::Get(const prometheus::Labels& labels) {
+  std::lock_guard lock(mutex_);
+  auto it = series_.find(labels);
+  if (it != series_.end()) return it->second.get();
+  if (series_.size() < max_series_.load()) {
+    Series* s = Create(labels);
+    series_.emplace(labels, std::unique_ptr<Series>(s));
+    return s;
+  }
+  if (overflow_counter_) overflow_counter_->Increment();
+  if (!overflow_) {
+    prometheus::Labels over;
+    for (const auto& [k, v] : labels) over[k] = "__overflow__";
+    overflow_.reset(Create(over));
+    overflow_->overflow = true;
+  }
+  return overflow_.get();
+}
+
+size_t MetricState::Expire(int64_t now_seconds) {
+  int64_t ttl = ttl_seconds_.load();
+  if (ttl <= 0) return 0;
+  std::lock_guard lock(mutex_);
+  size_t removed = 0;
+  for (auto it = series_.begin(); it != series_.end();) {
+    Series* s = it->second.get();
+    if (now_seconds - s->last_used.load() > ttl) {
+      if (s->counter) counters_->Remove(s->counter);
+      if (s->gauge) gauges_->Remove(s->gauge);
+      if (s->histogram) histograms_->Remove(s->histogram);
+      it = series_.erase(it);
+      ++removed;
+    } else {
+      ++it;
+    }
+  }
+  return removed;
+}
+
+MetricStore::MetricStore(prometheus::Family<prometheus::Counter>& overflow)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      overflow_(overflow) {}
+
+void MetricStore::Apply(const RuleSetDef& rules,
+                        const std::function<void()>& publish) {
+  std::unique_lock lock(world_);
+  std::map<std::string, std::unique_ptr<MetricState>> next;
+  for (const auto& rule : rules.rules) {
+    for (const auto& def : rule.metrics) {
+      if (next.count(def.name)) continue;  // shared by several rules
+      auto it = metrics_.find(def.name);
+      if (it != metrics_.end() &&
+          it->second->def().Signature() == def.Signature() &&
+          it->second->def().help == def.help) {
+        it->second->Redefine(def);
+        next.emplace(def.name, std::move(it->second));
+        metrics_.erase(it);
+        continue;
+      }
+      if (it != metrics_.end()) metrics_.erase(it);  // changed: start over
+      next.emplace(def.name, std::make_unique<MetricState>(
+                                 def, *registry_,
+                                 &overflow_.Add({{"metric", def.name}})));
+    }
+  }
+  metrics_.clear();  // removed from the rules: drop their families
+  metrics_ = std::move(next);
+  if (publish) publish();
+  generation_.fetch_add(1);
+}
+
+MetricState* MetricStore::Find(const std::string& name) const {
+  auto it = metrics_.find(name);
+  return it == metrics_.end() ? nullptr : it->second.get();
+}
+
+size_t MetricStore::Expire() {
+  bool any_ttl = false;
+  {
+    auto lock = ReadLock();
+    for (const auto& [name, m] : metrics_) {
+      if (m->def().ttl.count() > 0) any_ttl = true;
+    }
+  }
+  if (!any_ttl) return 0;
+  std::unique_lock lock(world_);
+  size_t removed = 0;
+  int64_t now = NowSeconds();
+  for (auto& [name, m] : metrics_) removed += m->Expire(now);
+  if (removed) generation_.fetch_add(1);
+  return removed;
+}
+
+}  // namespace sshtail

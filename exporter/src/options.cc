@@ -1,0 +1,533 @@
+#include "sshtail/options.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+
+#include "sshtail/rules.h"
+
+#ifndef SSHTAIL_VERSION
+#define SSHTAIL_VERSION "0.0.0"
+#endif
+
+namespace sshtail {
+namespace {
+
+namespace fs = std::filesystem;
+
+enum class Kind { kBool, kValue, kList };
+
+struct Flag {
+  std::string name;
+  std::string help;
+  Kind kind;
+  std::string metavar;
+  std::function<void(const std::string&, const std::string& base_dir)> set;
+};
+
+size_t ParseSize(const std::string& flag, const std::string& v) {
+  size_t pos = 0;
+  unsigned long long n = 0;
+  try {
+    n = std::stoull(v, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos != v.size() || v.empty() || v[0] == '-' || n == 0) {
+    throw std::invalid_argument(
+        "--" + flag + ": expected a positive whole number, got '" + v + "'");
+  }
+  return static_cast<size_t>(n);
+}
+
+std::chrono::milliseconds Duration(const std::string& flag,
+                                   const std::string& v) {
+  std::chrono::milliseconds d;
+  if (!ParseDuration(v, &d) || d.count() <= 0) {
+    throw std::invalid_argument("--" + flag +
+                                ": expected a duration such as 500ms, 5s, 2m; "
+                                "got '" +
+                                v + "'");
+  }
+  return d;
+}
+
+bool ParseBool(const std::string& flag, const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes") return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  throw std::invalid_argument("--" + flag + ": expected true or false, got '" +
+                              v + "'");
+}
+
+// Relative paths in the config file are relative to the config file.
+std::string Resolve(const std::string& path, const std::string& base) {
+  if (base.empty() || path.empty() || path[0] == '/' || path == "-") {
+    return path;
+  }
+  return (fs::path(base) / path).lexically_normal().string();
+}
+
+std::vector<Flag> Flags(Options* o) {
+  std::vector<Flag> f;
+  auto add =
+      [&](std::string name, Kind kind, std::string metavar, std::string help,
+          std::function<void(const std::string&, const std::string&)> set) {
+        f.push_back(Flag{std::move(name), std::move(help), kind,
+                         std::move(metavar), std::move(set)});
+      };
+  add("config", Kind::kValue, "FILE",
+      "YAML config: sources (with names, static labels, sudo), rules, and "
+      "any flag below by its name",
+      [o](const std::string& v, const std::string&) { o->config_file = v; });
+  add("rules", Kind::kList, "FILE",
+      "rule file (repeatable); default: the built-in rules/nginx.yml",
+      [o](const std::string& v, const std::string& base) {
+        o->rule_files.push_back(Resolve(v, base));
+      });
+  add("format", Kind::kValue, "FORMAT",
+      "nginx log_format for the built-in rules: combined, timed, main, or "
+      "a literal format string (default: combined)",
+      [o](const std::string& v, const std::string&) { o->format = v; });
+  add("start-at", Kind::kValue, "WHERE",
+      "where to start a file seen for the first time: beginning or end "
+      "(default: end)",
+      [o](const std::string& v, const std::string&) {
+        if (v == "beginning") {
+          o->start_at = StartAt::kBeginning;
+        } else if (v == "end") {
+          o->start_at = StartAt::kEnd;
+        } else {
+          throw std::invalid_argument(
+              "--start-at: expected beginning or end, got '" + v + "'");
+        }
+      });
+  add("max-line-bytes", Kind::kValue, "N",
+      "longer lines are skipped whole and counted (default: 65536)",
+      [o](const std::string& v, const std::string&) {
+        o->max_line_bytes = ParseSize("max-line-bytes", v);
+      });
+  add("once", Kind::kBool, "",
+      "read every source from its beginning to its current end, print the "
+      "metrics to stdout, exit",
+      [o](const std::string& v, const std::string&) {
+        o->once = ParseBool("once", v);
+      });
+  add("check-config", Kind::kBool, "",
+      "load config and rules, report the first problem as file:line, exit 0 "
+      "or 2",
+      [o](const std::string& v, const std::string&) {
+        o->check_config = ParseBool("check-config", v);
+      });
+  add("web.listen-address", Kind::kValue, "ADDR",
+      "[host]:port to serve metrics on; port 0 picks a free one (default: "
+      ":9923)",
+      [o](const std::string& v, const std::string&) { o->listen_address = v; });
+  add("web.listen-address-file", Kind::kValue, "FILE",
+      "once listening, write the actual host:port here",
+      [o](const std::string& v, const std::string& base) {
+        o->listen_address_file = Resolve(v, base);
+      });
+  add("web.telemetry-path", Kind::kValue, "PATH",
+      "path of the metrics endpoint (default: /metrics)",
+      [o](const std::string& v, const std::string&) {
+        if (v.empty() || v[0] != '/') {
+          throw std::invalid_argument(
+              "--web.telemetry-path: must start with '/'");
+        }
+        o->telemetry_path = v;
+      });
+  add("web.config.file", Kind::kValue, "FILE",
+      "TLS and basic-auth settings, in the Prometheus exporter-toolkit "
+      "format",
+      [o](const std::string& v, const std::string& base) {
+        o->web_config_file = Resolve(v, base);
+      });
+  add("queue.batches", Kind::kValue, "N",
+      "capacity of the queue between readers and parsers, in batches of up "
+      "to 256 KiB (default: 64)",
+      [o](const std::string& v, const std::string&) {
+        o->queue_batches = ParseSize("queue.batches", v);
+      });
+  add("consumers", Kind::kValue, "N",
+      "parser threads (default: one per CPU, at most 4)",
+      [o](const std::string& v, const std::string&) {
+        size_t n = ParseSize("consumers", v);
+        if (n > 64) throw std::invalid_argument("--consumers: at most 64");
+        o->consumers = static_cast<int>(n);
+      });
+  add("positions-file", Kind::kValue, "FILE",
+      "remember where each source is, so a restart neither loses nor "
+      "recounts lines",
+      [o](const std::string& v, const std::string& base) {
+        o->positions_file = Resolve(v, base);
+      });
+  add("positions.sync-interval", Kind::kValue, "DURATION",
+      "how often the positions file is written (default: 5s)",
+      [o](const std::string& v, const std::string&) {
+        o->positions_interval = Duration("positions.sync-interval", v);
+      });
+  add("log.level", Kind::kValue, "LEVEL",
+      "debug, info, warn or error (default: info)",
+      [o](const std::string& v, const std::string&) {
+        if (v != "debug" && v != "info" && v != "warn" && v != "error") {
+          throw std::invalid_argument(
+              "--log.level: expected debug, info, warn or error, got '" + v +
+              "'");
+        }
+        o->log_level = v;
+      });
+  add("ssh.identity-file", Kind::kList, "FILE",
+      "private key to offer (repeatable); the agent and ~/.ssh/config's "
+      "IdentityFile are used too",
+      [o](const std::string& v, const std::string& base) {
+        o->ssh_identity_files.push_back(Resolve(v, base));
+      });
+  add("ssh.known-hosts", Kind::kValue, "FILE",
+      "known_hosts file to check host keys against (default: "
+      "~/.ssh/known_hosts)",
+      [o](const std::string& v, const std::string& base) {
+        o->ssh_known_hosts = Resolve(v, base);
+      });
+  add("ssh.accept-new-host-keys", Kind::kBool, "",
+      "trust and record the key of a host not yet in known_hosts (a changed "
+      "key is always refused)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_accept_new_host_keys = ParseBool("ssh.accept-new-host-keys", v);
+      });
+  add("ssh.config", Kind::kValue, "FILE",
+      "OpenSSH client config to read (default: ~/.ssh/config; 'none' to "
+      "skip)",
+      [o](const std::string& v, const std::string& base) {
+        o->ssh_config = v == "none" ? v : Resolve(v, base);
+      });
+  add("ssh.user", Kind::kValue, "USER",
+      "user for ssh:// sources without user@ (default: ~/.ssh/config, then "
+      "$USER)",
+      [o](const std::string& v, const std::string&) { o->ssh_user = v; });
+  add("ssh.sudo", Kind::kBool, "",
+      "read remote files through `sudo -n` (per source: `sudo:` in the "
+      "config)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_sudo = ParseBool("ssh.sudo", v);
+      });
+  add("ssh.connect-timeout", Kind::kValue, "DURATION",
+      "TCP connect and handshake timeout (default: 10s)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_connect_timeout = Duration("ssh.connect-timeout", v);
+      });
+  add("ssh.heartbeat-interval", Kind::kValue, "DURATION",
+      "the remote side reports every this often; a connection silent for 3 "
+      "intervals is dead (default: 5s)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_heartbeat_interval = Duration("ssh.heartbeat-interval", v);
+        if (o->ssh_heartbeat_interval.count() < 1000) {
+          throw std::invalid_argument("--ssh.heartbeat-interval: at least 1s");
+        }
+      });
+  add("ssh.max-backoff", Kind::kValue, "DURATION",
+      "longest wait between reconnect attempts (default: 30s)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_max_backoff = Duration("ssh.max-backoff", v);
+      });
+  add("ssh.files-per-connection", Kind::kValue, "N",
+      "files of one host that share an SSH connection; sshd's MaxSessions "
+      "(default 10) must allow twice this plus one (default: 4)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_files_per_connection =
+            static_cast<int>(ParseSize("ssh.files-per-connection", v));
+      });
+  return f;
+}
+
+std::string Where(const std::string& file, const YAML::Node& n) {
+  return file + ":" + std::to_string(n.Mark().line + 1);
+}
+
+SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
+                          const std::string& base) {
+  SourceSpec spec;
+  std::string url;
+  if (n.IsScalar()) {
+    url = n.Scalar();
+  } else if (n.IsMap()) {
+    for (const auto& kv : n) {
+      std::string k = kv.first.Scalar();
+      if (k != "url" && k != "name" && k != "labels" && k != "sudo") {
+        throw ConfigError(Where(file, kv.first) + ": unknown key '" + k +
+                          "' in source (expected url, name, labels, sudo)");
+      }
+    }
+    if (!n["url"] || !n["url"].IsScalar()) {
+      throw ConfigError(Where(file, n) + ": source needs a url");
+    }
+    url = n["url"].Scalar();
+  } else {
+    throw ConfigError(Where(file, n) +
+                      ": a source is a URL or a mapping with url:");
+  }
+  if (!url.empty() && url[0] != '/' && url != "-" &&
+      url.find("://") == std::string::npos) {
+    url = Resolve(url, base);
+  }
+  try {
+    spec = ParseSourceUrl(url);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(Where(file, n) + ": " + e.what());
+  }
+  spec.config_file = file;
+  spec.config_line = n.Mark().line + 1;
+  if (n.IsMap()) {
+    if (n["name"]) {
+      spec.name = n["name"].Scalar();
+      if (spec.name.empty()) {
+        throw ConfigError(Where(file, n["name"]) + ": empty source name");
+      }
+    }
+    if (n["sudo"]) {
+      try {
+        spec.sudo = n["sudo"].as<bool>();
+      } catch (const YAML::Exception&) {
+        throw ConfigError(Where(file, n["sudo"]) +
+                          ": sudo must be true or false");
+      }
+      if (spec.kind != SourceSpec::Kind::kSsh && spec.sudo) {
+        throw ConfigError(Where(file, n["sudo"]) +
+                          ": sudo applies to ssh:// sources only");
+      }
+    }
+    if (n["labels"]) {
+      if (!n["labels"].IsMap()) {
+        throw ConfigError(Where(file, n["labels"]) +
+                          ": labels must be a mapping");
+      }
+      for (const auto& kv : n["labels"]) {
+        std::string k = kv.first.Scalar();
+        bool ok = !k.empty() && k.rfind("__", 0) != 0;
+        for (size_t i = 0; i < k.size() && ok; ++i) {
+          char c = k[i];
+          ok = std::isalpha(static_cast<unsigned char>(c)) || c == '_' ||
+               (i > 0 && std::isdigit(static_cast<unsigned char>(c)));
+        }
+        if (!ok || k == "source") {
+          throw ConfigError(Where(file, kv.first) + ": invalid label name '" +
+                            k + "'");
+        }
+        if (!kv.second.IsScalar()) {
+          throw ConfigError(Where(file, kv.second) +
+                            ": a label value must be a string");
+        }
+        spec.labels[k] = kv.second.Scalar();
+      }
+    }
+  }
+  return spec;
+}
+
+// Flattens nested maps: {web: {listen-address: x}} -> "web.listen-address".
+void Flatten(const YAML::Node& map, const std::string& prefix,
+             std::vector<std::pair<std::string, YAML::Node>>* out) {
+  for (const auto& kv : map) {
+    std::string key = prefix + kv.first.Scalar();
+    if (kv.second.IsMap() && key != "sources") {
+      Flatten(kv.second, key + ".", out);
+    } else {
+      out->emplace_back(key, kv.second);
+    }
+  }
+}
+
+void LoadConfig(const std::string& file, const std::vector<Flag>& flags,
+                CLI::App& app, Options* o) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file);
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(file + ": cannot read config file");
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(file + ":" + std::to_string(e.mark.line + 1) + ": " +
+                      e.msg);
+  }
+  if (!root || root.IsNull()) return;
+  if (!root.IsMap()) throw ConfigError(file + ":1: config must be a mapping");
+  std::string base = fs::path(file).parent_path().string();
+  std::vector<std::pair<std::string, YAML::Node>> items;
+  Flatten(root, "", &items);
+  bool cli_sources = !o->sources.empty();
+  for (const auto& [key, node] : items) {
+    if (key == "sources") {
+      if (!node.IsSequence()) {
+        throw ConfigError(Where(file, node) + ": sources must be a list");
+      }
+      if (cli_sources) continue;  // sources on the command line win
+      for (const auto& s : node) {
+        o->sources.push_back(SourceFromYaml(s, file, base));
+      }
+      continue;
+    }
+    const Flag* flag = nullptr;
+    for (const auto& f : flags) {
+      if (f.name == key) flag = &f;
+    }
+    if (flag == nullptr || key == "config" || key == "once" ||
+        key == "check-config") {
+      throw ConfigError(Where(file, node) + ": unknown setting '" + key + "'");
+    }
+    if (app.get_option("--" + key)->count() > 0) continue;  // the flag wins
+    try {
+      if (node.IsSequence()) {
+        if (flag->kind != Kind::kList) {
+          throw std::invalid_argument("--" + key + " takes one value");
+        }
+        for (const auto& v : node) flag->set(v.Scalar(), base);
+      } else if (node.IsScalar()) {
+        flag->set(node.Scalar(), base);
+      } else {
+        throw std::invalid_argument("--" + key + ": expected a value");
+      }
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(Where(file, node) + ": " + e.what());
+    }
+  }
+}
+
+}  // namespace
+
+const char* Version() { return SSHTAIL_VERSION; }
+
+bool ParseDuration(const std::string& text, std::chrono::milliseconds* out) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    ++i;
+  }
+  if (i == 0 || i > 12) return false;
+  long long n = std::stoll(text.substr(0, i));
+  std::string unit = text.substr(i);
+  long long ms;
+  if (unit == "ms") {
+    ms = n;
+  } else if (unit == "s") {
+    ms = n * 1000;
+  } else if (unit == "m") {
+    ms = n * 60000;
+  } else if (unit == "h") {
+    ms = n * 3600000;
+  } else {
+    return false;
+  }
+  *out = std::chrono::milliseconds(ms);
+  return true;
+}
+
+namespace {
+
+ParseResult Parse(int argc, const char* const argv[], Options* o,
+                  std::string* problem) {
+  CLI::App app(
+      "sshtail_exporter: follows nginx access logs, local or on remote hosts "
+      "over SSH\n(nothing installed there), and serves Prometheus metrics "
+      "from every line.",
+      "sshtail_exporter");
+  app.set_version_flag("--version",
+                       std::string("sshtail_exporter ") + SSHTAIL_VERSION);
+  app.footer(
+      "SOURCE is /abs/path or file:///abs/path (a local file), - (stdin), or\n"
+      "ssh://[user@]host[:port]/abs/path. See README.md for every metric.");
+  std::vector<Flag> flags = Flags(o);
+  std::map<std::string, std::string> single;
+  std::map<std::string, std::vector<std::string>> lists;
+  for (const auto& f : flags) {
+    CLI::Option* opt = nullptr;
+    if (f.kind == Kind::kBool) {
+      opt = app.add_flag("--" + f.name, f.help);
+    } else if (f.kind == Kind::kValue) {
+      opt = app.add_option("--" + f.name, single[f.name], f.help);
+      opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    } else {
+      opt = app.add_option("--" + f.name, lists[f.name], f.help);
+      opt->allow_extra_args(false);
+    }
+    if (!f.metavar.empty()) opt->type_name(f.metavar);
+  }
+  std::vector<std::string> positional;
+  app.add_option("SOURCE", positional, "logs to follow")->type_name("");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return ParseResult::kExit0;
+  } catch (const CLI::CallForVersion& e) {
+    std::cout << e.what() << "\n";
+    return ParseResult::kExit0;
+  } catch (const CLI::ParseError& e) {
+    *problem = std::string(e.what()) + " (see --help)";
+    return ParseResult::kExit2;
+  }
+  try {
+    for (const auto& f : flags) {
+      auto* opt = app.get_option("--" + f.name);
+      if (opt->count() == 0) continue;
+      if (f.kind == Kind::kBool) {
+        f.set("true", "");
+      } else if (f.kind == Kind::kValue) {
+        f.set(single[f.name], "");
+      } else {
+        for (const auto& v : lists[f.name]) f.set(v, "");
+      }
+    }
+    for (const auto& p : positional) o->sources.push_back(ParseSourceUrl(p));
+    if (!o->config_file.empty()) LoadConfig(o->config_file, flags, app, o);
+    for (auto& s : o->sources) {
+      if (s.kind == SourceSpec::Kind::kSsh && !s.sudo && o->ssh_sudo) {
+        s.sudo = true;
+      }
+    }
+    ResolveNames(o->sources);
+    int stdin_count = 0;
+    for (const auto& s : o->sources) {
+      stdin_count += s.kind == SourceSpec::Kind::kStdin;
+    }
+    if (stdin_count > 1) {
+      throw std::invalid_argument("stdin (-) can be given only once");
+    }
+    if (o->sources.empty() && !o->check_config) {
+      throw std::invalid_argument(
+          "no sources: give at least one SOURCE (a path, ssh://host/path or "
+          "-), or sources: in --config");
+    }
+  } catch (const std::invalid_argument& e) {
+    *problem = e.what();
+    return ParseResult::kExit2;
+  }
+  o->args.assign(argv, argv + argc);
+  return ParseResult::kRun;
+}
+
+}  // namespace
+
+ParseResult ParseCommandLine(int argc, const char* const argv[], Options* o) {
+  std::string problem;
+  ParseResult r = Parse(argc, argv, o, &problem);
+  if (r == ParseResult::kExit2) {
+    std::fprintf(stderr, "sshtail_exporter: error: %s\n", problem.c_str());
+  }
+  return r;
+}
+
+bool ReparseCommandLine(const std::vector<std::string>& args, Options* out,
+                        std::string* error) {
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  ParseResult r = Parse(static_cast<int>(argv.size()), argv.data(), out, error);
+  if (r == ParseResult::kExit0) *error = "unexpected --help or --version";
+  return r == ParseResult::kRun;
+}
+
+}  // namespace sshtail

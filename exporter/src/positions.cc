@@ -1,0 +1,143 @@
+#include "sshtail/positions.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <utility>
+
+namespace sshtail {
+
+void PositionTracker::Pushed(uint64_t seq, PositionSet after) {
+  std::lock_guard lock(mutex_);
+  pending_.push_back(Entry{seq, false, std::move(after)});
+}
+
+void PositionTracker::Moved(PositionSet now) {
+  std::lock_guard lock(mutex_);
+  if (pending_.empty()) {
+    committed_ = std::move(now);
+  } else {
+    pending_.push_back(Entry{0, true, std::move(now)});
+  }
+}
+
+void PositionTracker::Done(uint64_t seq) {
+  std::lock_guard lock(mutex_);
+  for (auto& e : pending_) {
+    if (e.seq == seq) {
+      e.done = true;
+      break;
+    }
+  }
+  AdvanceLocked();
+}
+
+void PositionTracker::AdvanceLocked() {
+  while (!pending_.empty() && pending_.front().done) {
+    committed_ = std::move(pending_.front().after);
+    pending_.pop_front();
+  }
+}
+
+PositionSet PositionTracker::Committed() const {
+  std::lock_guard lock(mutex_);
+  return committed_;
+}
+
+void PositionTracker::Restore(PositionSet restored) {
+  std::lock_guard lock(mutex_);
+  pending_.clear();
+  committed_ = std::move(restored);
+}
+
+std::map<std::string, PositionSet> PositionsFile::Load() const {
+  std::map<std::string, PositionSet> out;
+  std::ifstream in(path_);
+  if (!in) {
+    if (errno == ENOENT) return out;
+    throw std::runtime_error(path_ + ": " + std::strerror(errno));
+  }
+  YAML::Node root;
+  try {
+    root = YAML::Load(in);
+  } catch (const YAML::Exception& e) {
+    throw std::runtime_error(path_ + ":" + std::to_string(e.mark.line + 1) +
+                             ": " + e.msg);
+  }
+  if (!root || root.IsNull()) return out;
+  YAML::Node sources = root["sources"];
+  if (!sources || !sources.IsMap()) return out;
+  try {
+    for (const auto& kv : sources) {
+      PositionSet set;
+      for (const auto& item : kv.second) {
+        FilePosition p;
+        p.file.dev = item["dev"].as<uint64_t>();
+        p.file.ino = item["ino"].as<uint64_t>();
+        p.offset = item["offset"].as<uint64_t>();
+        p.current = item["current"] ? item["current"].as<bool>() : false;
+        set.push_back(p);
+      }
+      out[kv.first.as<std::string>()] = std::move(set);
+    }
+  } catch (const YAML::Exception& e) {
+    throw std::runtime_error(path_ + ":" + std::to_string(e.mark.line + 1) +
+                             ": " + e.msg);
+  }
+  return out;
+}
+
+bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
+                         std::string* error) const {
+  YAML::Emitter em;
+  em << YAML::BeginMap << YAML::Key << "sources" << YAML::Value
+     << YAML::BeginMap;
+  for (const auto& [url, set] : positions) {
+    em << YAML::Key << url << YAML::Value << YAML::BeginSeq;
+    for (const auto& p : set) {
+      em << YAML::Flow << YAML::BeginMap << YAML::Key << "dev" << YAML::Value
+         << p.file.dev << YAML::Key << "ino" << YAML::Value << p.file.ino
+         << YAML::Key << "offset" << YAML::Value << p.offset << YAML::Key
+         << "current" << YAML::Value << p.current << YAML::EndMap;
+    }
+    em << YAML::EndSeq;
+  }
+  em << YAML::EndMap << YAML::EndMap;
+  std::string text = "# sshtail_exporter positions (written atomically)\n";
+  text += em.c_str();
+  text += "\n";
+
+  std::string tmp = path_ + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  auto fail = [&](const char* what) {
+    *error = std::string(what) + " " + tmp + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    return false;
+  };
+  if (fd < 0) return fail("open");
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail("fsync");
+  if (::close(fd) != 0) {
+    fd = -1;
+    return fail("close");
+  }
+  fd = -1;
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) return fail("rename");
+  return true;
+}
+
+}  // namespace sshtail

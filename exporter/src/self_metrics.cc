@@ -1,0 +1,156 @@
+#include "self_metrics.h"
+
+#include <prometheus/metric_family.h>
+#include <re2/re2.h>
+
+#include "sshtail/options.h"
+
+namespace sshtail {
+namespace {
+
+prometheus::MetricFamily Family(const std::string& name,
+                                const std::string& help,
+                                prometheus::MetricType type) {
+  prometheus::MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  return f;
+}
+
+prometheus::ClientMetric Gauge(
+    std::vector<prometheus::ClientMetric::Label> labels, double v) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.gauge.value = v;
+  return m;
+}
+
+prometheus::ClientMetric Counter(
+    std::vector<prometheus::ClientMetric::Label> labels, double v) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.counter.value = v;
+  return m;
+}
+
+}  // namespace
+
+SelfMetrics::SelfMetrics(
+    const std::vector<SourceSpec>& specs,
+    const std::vector<std::unique_ptr<SourceStatus>>& status,
+    const BatchQueue& queue)
+    : specs_(specs),
+      status_(status),
+      queue_(queue),
+      registry_(std::make_shared<prometheus::Registry>()) {
+  auto& lines = prometheus::BuildCounter()
+                    .Name("sshtail_lines_total")
+                    .Help("Lines read, per source.")
+                    .Register(*registry_);
+  auto& unmatched = prometheus::BuildCounter()
+                        .Name("sshtail_lines_unmatched_total")
+                        .Help("Lines that no rule matched, per source.")
+                        .Register(*registry_);
+  auto& bytes = prometheus::BuildCounter()
+                    .Name("sshtail_bytes_total")
+                    .Help("Bytes of complete lines read, per source.")
+                    .Register(*registry_);
+  auto& too_long = prometheus::BuildCounter()
+                       .Name("sshtail_lines_too_long_total")
+                       .Help("Lines skipped for exceeding --max-line-bytes.")
+                       .Register(*registry_);
+  for (const auto& s : specs) {
+    prometheus::Labels l{{"source", s.name}};
+    counters_.push_back(SourceCounters{&lines.Add(l), &unmatched.Add(l),
+                                       &bytes.Add(l), &too_long.Add(l)});
+  }
+  overflow_ = &prometheus::BuildCounter()
+                   .Name("sshtail_series_overflow_total")
+                   .Help(
+                       "Lines whose new label set went to the overflow "
+                       "series because the metric reached max_series.")
+                   .Register(*registry_);
+  auto& build = prometheus::BuildGauge()
+                    .Name("sshtail_build_info")
+                    .Help("Build information; always 1.")
+                    .Register(*registry_);
+  build.Add({{"version", Version()}}).Set(1);
+  reload_ok_ = &prometheus::BuildGauge()
+                    .Name("sshtail_config_last_reload_successful")
+                    .Help("1 if the last configuration reload succeeded.")
+                    .Register(*registry_)
+                    .Add({});
+  reload_ok_->Set(1);
+  reload_time_ =
+      &prometheus::BuildGauge()
+           .Name("sshtail_config_last_reload_success_timestamp_seconds")
+           .Help("When the configuration was last loaded successfully.")
+           .Register(*registry_)
+           .Add({});
+  reload_time_->SetToCurrentTime();
+  reloads_failed_ = &prometheus::BuildCounter()
+                         .Name("sshtail_config_reloads_failed_total")
+                         .Help("Configuration reloads that were rejected.")
+                         .Register(*registry_)
+                         .Add({});
+}
+
+std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  auto queue = Family("sshtail_queue_batches",
+                      "Batches waiting in the queue between readers and "
+                      "parsers.",
+                      MetricType::Gauge);
+  queue.metric.push_back(Gauge({}, static_cast<double>(queue_.Size())));
+  out.push_back(std::move(queue));
+  auto capacity =
+      Family("sshtail_queue_capacity_batches",
+             "Capacity of the queue, in batches.", MetricType::Gauge);
+  capacity.metric.push_back(Gauge({}, static_cast<double>(queue_.capacity())));
+  out.push_back(std::move(capacity));
+
+  auto up = Family("sshtail_source_up",
+                   "1 while the source is being read (file open, or SSH "
+                   "stream running).",
+                   MetricType::Gauge);
+  auto offset = Family("sshtail_source_offset_bytes",
+                       "Offset in the current file just past the last "
+                       "complete line read.",
+                       MetricType::Gauge);
+  auto rotations =
+      Family("sshtail_rotations_total",
+             "Rotations (rename or truncation) seen.", MetricType::Counter);
+  auto last = Family("sshtail_source_last_line_timestamp_seconds",
+                     "When the last line of the source was read (unix time; "
+                     "0 = never).",
+                     MetricType::Gauge);
+  auto reconnects = Family("sshtail_ssh_reconnects_total",
+                           "SSH connection or stream failures, by reason.",
+                           MetricType::Counter);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const SourceStatus& s = *status_[i];
+    std::vector<prometheus::ClientMetric::Label> l{{"source", specs_[i].name}};
+    up.metric.push_back(Gauge(l, s.up.load() ? 1 : 0));
+    offset.metric.push_back(Gauge(l, static_cast<double>(s.offset.load())));
+    rotations.metric.push_back(
+        Counter(l, static_cast<double>(s.rotations.load())));
+    last.metric.push_back(Gauge(l, s.last_line_time.load()));
+    if (specs_[i].kind == SourceSpec::Kind::kSsh) {
+      for (const auto& [reason, n] : s.Failures()) {
+        reconnects.metric.push_back(
+            Counter({{"reason", reason}, {"source", specs_[i].name}},
+                    static_cast<double>(n)));
+      }
+    }
+  }
+  out.push_back(std::move(up));
+  out.push_back(std::move(offset));
+  out.push_back(std::move(rotations));
+  out.push_back(std::move(last));
+  out.push_back(std::move(reconnects));
+  return out;
+}
+
+}  // namespace sshtail

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sshtail/batch_queue.h"
+#include "sshtail/source.h"
+
+namespace sshtail {
+
+/// Per-source counters the consumers update (cached handles).
+struct SourceCounters {
+  prometheus::Counter* lines = nullptr;
+  prometheus::Counter* unmatched = nullptr;
+  prometheus::Counter* bytes = nullptr;
+  prometheus::Counter* too_long = nullptr;
+};
+
+/// The exporter's own metrics (sshtail_*). Counters live in a registry the
+/// consumers update; producer state is read from SourceStatus at scrape
+/// time, so producers never touch the registry. Thread-safe.
+class SelfMetrics : public prometheus::Collectable {
+ public:
+  SelfMetrics(const std::vector<SourceSpec>& specs,
+              const std::vector<std::unique_ptr<SourceStatus>>& status,
+              const BatchQueue& queue);
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  const SourceCounters& counters(uint32_t source) const {
+    return counters_[source];
+  }
+  prometheus::Family<prometheus::Counter>& overflow() { return *overflow_; }
+  prometheus::Gauge& reload_ok() { return *reload_ok_; }
+  prometheus::Gauge& reload_time() { return *reload_time_; }
+  prometheus::Counter& reloads_failed() { return *reloads_failed_; }
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+ private:
+  const std::vector<SourceSpec>& specs_;
+  const std::vector<std::unique_ptr<SourceStatus>>& status_;
+  const BatchQueue& queue_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::vector<SourceCounters> counters_;
+  prometheus::Family<prometheus::Counter>* overflow_;
+  prometheus::Gauge* reload_ok_;
+  prometheus::Gauge* reload_time_;
+  prometheus::Counter* reloads_failed_;
+};
+
+}  // namespace sshtail

@@ -1,0 +1,172 @@
+#include "sshtail/web_server.h"
+
+#include <civetweb.h>
+
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "sshtail/log.h"
+#include "web_config.h"
+
+namespace sshtail {
+
+struct WebServer::Impl {
+  std::string listen_address;
+  std::string telemetry_path;
+  std::string web_config_file;
+  WebHandlers handlers;
+  WebConfig config;
+  struct mg_context* ctx = nullptr;
+  std::string bound;
+
+  static void Send(struct mg_connection* conn, int status,
+                   const char* content_type, const std::string& body,
+                   const char* extra_headers = "") {
+    const char* reason = mg_get_response_code_text(conn, status);
+    mg_printf(conn,
+              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+              "Cache-Control: no-store\r\n%s\r\n",
+              status, reason, content_type, body.size(), extra_headers);
+    const auto* info = mg_get_request_info(conn);
+    if (std::strcmp(info->request_method, "HEAD") != 0) {
+      mg_write(conn, body.data(), body.size());
+    }
+  }
+
+  // Basic auth from the web config; true if the request may proceed.
+  bool Authorized(struct mg_connection* conn) {
+    if (!config.auth_enabled()) return true;
+    const char* header = mg_get_header(conn, "Authorization");
+    if (header != nullptr && config.CheckAuthorization(header)) return true;
+    Send(conn, 401, "text/plain; charset=utf-8", "Unauthorized\n",
+         "WWW-Authenticate: Basic realm=\"sshtail_exporter\"\r\n");
+    return false;
+  }
+
+  static int Handle(struct mg_connection* conn, void* data) {
+    auto* self = static_cast<Impl*>(data);
+    const auto* info = mg_get_request_info(conn);
+    std::string uri = info->local_uri ? info->local_uri : "/";
+    std::string method = info->request_method;
+    if (!self->Authorized(conn)) return 401;
+    bool get = method == "GET" || method == "HEAD";
+    if (uri == self->telemetry_path) {
+      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
+      Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
+           self->handlers.metrics());
+      return 200;
+    }
+    if (uri == "/-/healthy") {
+      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
+      Send(conn, 200, "text/plain; charset=utf-8", "Healthy.\n");
+      return 200;
+    }
+    if (uri == "/-/ready") {
+      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
+      bool ready = self->handlers.ready();
+      Send(conn, ready ? 200 : 503, "text/plain; charset=utf-8",
+           ready ? "Ready.\n" : "Not ready: a source has not connected yet.\n");
+      return ready ? 200 : 503;
+    }
+    if (uri == "/-/reload") {
+      if (method != "POST" && method != "PUT") {
+        return MethodNotAllowed(conn, "POST, PUT");
+      }
+      std::string error;
+      bool ok = self->handlers.reload(&error);
+      Send(conn, ok ? 200 : 500, "text/plain; charset=utf-8",
+           ok ? "Reloaded.\n" : "Reload failed: " + error + "\n");
+      return ok ? 200 : 500;
+    }
+    if (uri == "/") {
+      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
+      Send(conn, 200, "text/html; charset=utf-8",
+           self->handlers.landing_page());
+      return 200;
+    }
+    Send(conn, 404, "text/plain; charset=utf-8", "Not found.\n");
+    return 404;
+  }
+
+  static int MethodNotAllowed(struct mg_connection* conn, const char* allow) {
+    std::string extra = std::string("Allow: ") + allow + "\r\n";
+    Send(conn, 405, "text/plain; charset=utf-8", "Method not allowed.\n",
+         extra.c_str());
+    return 405;
+  }
+
+  static int LogMessage(const struct mg_connection*, const char* message) {
+    Log(LogLevel::kWarn, std::string("web: ") + message);
+    return 1;
+  }
+};
+
+WebServer::WebServer(std::string listen_address, std::string telemetry_path,
+                     std::string web_config_file, WebHandlers handlers)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->listen_address = std::move(listen_address);
+  impl_->telemetry_path = std::move(telemetry_path);
+  impl_->web_config_file = std::move(web_config_file);
+  impl_->handlers = std::move(handlers);
+}
+
+WebServer::~WebServer() { Stop(); }
+
+bool WebServer::Start(std::string* error) {
+  if (!impl_->web_config_file.empty()) {
+    try {
+      impl_->config = WebConfig::Load(impl_->web_config_file);
+    } catch (const std::exception& e) {
+      *error = e.what();
+      return false;
+    }
+  }
+  // ":9923" -> "9923" (all IPv4 addresses); "[::1]:9923" stays as is.
+  std::string ports = impl_->listen_address;
+  if (!ports.empty() && ports[0] == ':') ports = ports.substr(1);
+  if (ports.empty()) {
+    *error = "--web.listen-address: empty";
+    return false;
+  }
+  if (impl_->config.tls_enabled()) ports += "s";
+  std::vector<const char*> options = {
+      "listening_ports",    ports.c_str(), "num_threads",       "8",
+      "request_timeout_ms", "30000",       "enable_keep_alive", "yes"};
+  options.push_back(nullptr);
+  struct mg_callbacks callbacks {};
+  callbacks.log_message = &Impl::LogMessage;
+  if (impl_->config.tls_enabled()) {
+    if (!impl_->config.PrepareTls(&callbacks, error)) return false;
+  }
+  mg_init_library(impl_->config.tls_enabled() ? MG_FEATURES_TLS : 0);
+  impl_->ctx = mg_start(&callbacks, &impl_->config, options.data());
+  if (impl_->ctx == nullptr) {
+    *error = "cannot listen on " + impl_->listen_address +
+             " (address in use, or not a valid [host]:port)";
+    return false;
+  }
+  mg_set_request_handler(impl_->ctx, "/", &Impl::Handle, impl_.get());
+  struct mg_server_port sp[4];
+  int n = mg_get_server_ports(impl_->ctx, 4, sp);
+  if (n > 0) {
+    std::string host = impl_->listen_address;
+    size_t colon = host.rfind(':');
+    host = colon == std::string::npos ? "" : host.substr(0, colon);
+    if (host.empty()) host = "0.0.0.0";
+    impl_->bound = host + ":" + std::to_string(sp[0].port);
+  }
+  return true;
+}
+
+void WebServer::Stop() {
+  if (impl_ && impl_->ctx) {
+    mg_stop(impl_->ctx);
+    impl_->ctx = nullptr;
+  }
+}
+
+std::string WebServer::address() const { return impl_->bound; }
+
+}  // namespace sshtail

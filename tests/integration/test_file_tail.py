@@ -1,0 +1,113 @@
+"""Server mode on local files: appends, rotation by rename and by
+copytruncate while a writer appends at 20k lines/s; scraped over HTTP,
+counts compared with the generator's ground truth."""
+import os
+import shutil
+import time
+
+import harness
+import promtext
+
+
+def scrape_truth(exp, truth, source, timed=True):
+    harness.check_truth(exp.metrics(), truth, source, timed)
+
+
+def test_tail_rename_and_copytruncate_exact():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'access.log')
+    old_lines, _ = harness.generate(5000, 'timed', seed=99)
+    with open(path, 'w') as f:  # existing content: before we start
+        f.write('\n'.join(old_lines) + '\n')
+    lines, truth = harness.generate(120000, 'timed', seed=5)
+    exp = harness.Exporter(['--format', 'timed', path], d)
+    exp.wait_value('sshtail_source_up', 1, source=path)
+    w = harness.Writer(path, lines, rate=20000)
+    w.start()
+
+    # Rotation by rename, as logrotate + nginx do it: rename, the writer
+    # keeps writing to the old file for a moment, then reopens the path.
+    w.wait_written(30000)
+    os.rename(path, path + '.1')
+    time.sleep(0.3)
+    w.reopen()
+
+    # Rotation by copytruncate while the writer keeps writing.
+    w.wait_written(70000)
+    w.pause()  # copytruncate loses what is written between copy and
+    exp.wait_value('sshtail_lines_total', w.written, source=path)  # truncate
+    shutil.copy(path, path + '.2')
+    with open(path, 'r+') as f:
+        f.truncate(0)
+    w.resume()
+
+    w.finish()
+    exp.wait_value('sshtail_lines_total', len(lines), source=path)
+    scrape_truth(exp, truth, path)
+    assert exp.value('sshtail_rotations_total', source=path) == 2
+    assert exp.value('sshtail_lines_unmatched_total', source=path) == 0
+    assert exp.stop() == 0
+
+
+def test_missing_file_is_waited_for_and_read_from_start():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'later', 'access.log')
+    exp = harness.Exporter(['--format', 'timed', path], d)
+    assert exp.value('sshtail_source_up', source=path) == 0
+    os.makedirs(os.path.dirname(path))
+    lines, truth = harness.generate(3000, 'timed', seed=8)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    exp.wait_value('sshtail_lines_total', 3000, source=path)
+    scrape_truth(exp, truth, path)
+    assert exp.stop() == 0
+
+
+def test_start_at_end_counts_a_line_being_written():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    lines, truth = harness.generate(1001, 'timed', seed=4)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines[:1000]) + '\n' + lines[1000][:40])  # half a line
+    exp = harness.Exporter(['--format', 'timed', path], d)
+    exp.wait_value('sshtail_source_up', 1, source=path)
+    with open(path, 'a') as f:
+        f.write(lines[1000][40:] + '\n')
+    exp.wait_value('sshtail_lines_total', 1, source=path)
+    m = exp.metrics()
+    assert promtext.total(m, 'nginx_http_requests_total', source=path) == 1
+    assert exp.stop() == 0
+
+
+def test_positions_file_resumes_after_restart():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    pos = os.path.join(d, 'positions.yml')
+    lines, truth = harness.generate(20000, 'timed', seed=12)
+    open(path, 'w').close()
+    args = ['--format', 'timed', '--positions-file', pos, path]
+    exp = harness.Exporter(args, d, name='first')
+    with open(path, 'a') as f:
+        f.write('\n'.join(lines[:8000]) + '\n')
+    exp.wait_value('sshtail_lines_total', 8000, source=path)
+    _, truth_first = harness.generate(8000, 'timed', seed=12)
+    harness.check_truth(exp.metrics(), truth_first, path)
+    assert exp.stop() == 0
+    with open(path, 'a') as f:  # written while the exporter is down
+        f.write('\n'.join(lines[8000:15000]) + '\n')
+    exp2 = harness.Exporter(args, d, name='second')
+    with open(path, 'a') as f:
+        f.write('\n'.join(lines[15000:]) + '\n')
+    exp2.wait_value('sshtail_lines_total', 12000, source=path)
+    # Every line counted once across the two runs: the first saw lines
+    # [0, 8000), the second [8000, 20000), including those written while
+    # no exporter ran.
+    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, truth_first), path)
+    assert exp2.stop() == 0
+
+
+if __name__ == '__main__':
+    harness.main([test_tail_rename_and_copytruncate_exact,
+                  test_missing_file_is_waited_for_and_read_from_start,
+                  test_start_at_end_counts_a_line_being_written,
+                  test_positions_file_resumes_after_restart])

@@ -1,0 +1,264 @@
+"""SSH sources against a real OpenSSH sshd on loopback: exact counts while a
+writer appends at 20k lines/s through connection kills, sshd restarts,
+rotations and exporter restarts; host-key trust; injection; failures."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import harness
+import promtext
+
+
+def check_prefix(exp, source, n, seed, fmt='timed'):
+    """The exporter counted exactly the first n generator lines."""
+    _, truth = harness.generate(n, fmt, seed)
+    exp.wait_value('sshtail_lines_total', n, source=source)
+    harness.check_truth(exp.metrics(), truth, source, timed=(fmt == 'timed'))
+
+
+def test_faults_mid_stream_exact():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'access.log')
+    pos = os.path.join(d, 'positions.yml')
+    open(path, 'w').close()
+    seed = 21
+    lines, truth = harness.generate(260000, 'timed', seed)
+    args = ['--format', 'timed', '--positions-file', pos,
+            '--positions.sync-interval', '500ms'] + sshd.exporter_args() + [sshd.url(path)]
+    exp = harness.Exporter(args, d, name='exp1')
+    src = '127.0.0.1'
+    exp.wait_value('sshtail_source_up', 1, source=src)
+    w = harness.Writer(path, lines, rate=20000)
+    w.start()
+
+    # (a) the TCP connection is killed while lines flow.
+    w.wait_written(20000)
+    sshd.kill_connections()
+    w.wait_written(40000)
+    w.pause()
+    check_prefix(exp, src, w.written, seed)
+    assert exp.value('sshtail_ssh_reconnects_total', source=src, reason='disconnect') >= 1
+    w.resume()
+
+    # (b) sshd stops (sessions end) and comes back on the same port.
+    w.wait_written(60000)
+    sshd.stop()
+    w.wait_written(80000)
+    sshd.start(sshd.port)
+    w.wait_written(90000)
+    w.pause()
+    check_prefix(exp, src, w.written, seed)
+    w.resume()
+
+    # (c) rotation by rename; the writer reopens a little later.
+    w.wait_written(110000)
+    os.rename(path, path + '.1')
+    w.wait_written(115000)
+    w.reopen()
+    w.wait_written(140000)
+    w.pause()
+    check_prefix(exp, src, w.written, seed)
+    w.resume()
+
+    # (d) rotation by copytruncate.
+    w.wait_written(160000)
+    w.pause()
+    exp.wait_value('sshtail_lines_total', w.written, source=src)
+    shutil.copy(path, path + '.2')
+    with open(path, 'r+') as f:
+        f.truncate(0)
+    w.resume()
+    w.wait_written(190000)
+    w.pause()
+    check_prefix(exp, src, w.written, seed)
+    assert exp.value('sshtail_rotations_total', source=src) == 2
+
+    # (e) the exporter restarts; lines written while it is down count once.
+    counted_first = w.written
+    assert exp.stop() == 0
+    w.resume()
+    w.wait_written(210000)
+    exp2 = harness.Exporter(args, d, name='exp2')
+    w.finish()
+    exp2.wait_value('sshtail_lines_total', len(lines) - counted_first, source=src)
+    _, first = harness.generate(counted_first, 'timed', seed)
+    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, first), src)
+    assert exp2.stop() == 0
+
+
+def test_silent_dead_connection_is_noticed():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'quiet.log')
+    open(path, 'w').close()
+    exp = harness.Exporter(['--format', 'timed'] + sshd.exporter_args() + [sshd.url(path)], d)
+    exp.wait_value('sshtail_source_up', 1, source='127.0.0.1')
+    # Freeze the sshd processes serving us: TCP stays up, nothing arrives.
+    children = subprocess.run(['pgrep', '-P', str(sshd.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children
+    for pid in children:
+        os.kill(int(pid), signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        exp.wait_value('sshtail_ssh_reconnects_total', 1, timeout=30, source='127.0.0.1',
+                       reason='stalled')
+        assert time.monotonic() - start < 10  # heartbeat 1s: noticed after ~3s
+        exp.wait_value('sshtail_source_up', 1, source='127.0.0.1')
+        lines, truth = harness.generate(500, 'timed', 2)
+        with open(path, 'a') as f:
+            f.write('\n'.join(lines) + '\n')
+        check_prefix(exp, '127.0.0.1', 500, 2)
+    finally:
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert exp.stop() == 0
+
+
+def test_host_keys_strict():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'a.log')
+    local = os.path.join(d, 'local.log')
+    for p in (path, local):
+        open(p, 'w').close()
+    base = ['--ssh.identity-file', sshd.key, '--ssh.config', 'none',
+            '--ssh.heartbeat-interval', '1s', '--ssh.max-backoff', '2s']
+
+    # Unknown host key: refused, the source stays down, the rest is served.
+    empty = os.path.join(d, 'known_hosts_empty')
+    open(empty, 'w').close()
+    exp = harness.Exporter(base + ['--ssh.known-hosts', empty, sshd.url(path), local], d,
+                           name='unknown')
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='127.0.0.1',
+                   reason='hostkey_unknown')
+    lines, _ = harness.generate(100, 'timed', 1)
+    with open(local, 'a') as f:
+        f.write('\n'.join(lines) + '\n')
+    exp.wait_value('sshtail_lines_total', 100, source=local)
+    assert exp.value('sshtail_source_up', source='127.0.0.1') == 0
+    assert exp.get('/-/healthy')[0] == 200
+    assert exp.stop() == 0
+    assert os.path.getsize(empty) == 0  # nothing was recorded
+
+    # Changed host key: refused even with --ssh.accept-new-host-keys.
+    other = os.path.join(d, 'other_key')
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', other], check=True)
+    changed = os.path.join(d, 'known_hosts_changed')
+    with open(changed, 'w') as f:
+        f.write(sshd.host_key_line(other + '.pub'))
+    before = open(changed).read()
+    exp = harness.Exporter(base + ['--ssh.known-hosts', changed, '--ssh.accept-new-host-keys',
+                                   sshd.url(path)], d, name='changed')
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='127.0.0.1',
+                   reason='hostkey_changed')
+    assert exp.value('sshtail_source_up', source='127.0.0.1') == 0
+    assert exp.stop() == 0
+    assert open(changed).read() == before
+
+    # Accept-new records an unknown key (like OpenSSH's accept-new) and works.
+    fresh = os.path.join(d, 'known_hosts_fresh')
+    exp = harness.Exporter(base + ['--ssh.known-hosts', fresh, '--ssh.accept-new-host-keys',
+                                   sshd.url(path)], d, name='acceptnew')
+    exp.wait_value('sshtail_source_up', 1, source='127.0.0.1')
+    with open(path, 'a') as f:
+        f.write('\n'.join(lines) + '\n')
+    exp.wait_value('sshtail_lines_total', 100, source='127.0.0.1')
+    assert exp.stop() == 0
+    with open(sshd.host_key + '.pub') as f:
+        assert f.read().split()[1] in open(fresh).read()
+
+
+def test_wrong_key_dns_refused_missing_reasons():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    wrong = os.path.join(d, 'wrong_key')
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', wrong], check=True)
+    closed_port = harness.free_port()
+    sources = [
+        'ssh://%s@127.0.0.1:%d/tmp/x.log' % (sshd.user, sshd.port),
+    ]
+    exp = harness.Exporter(['--ssh.identity-file', wrong, '--ssh.known-hosts', sshd.known_hosts,
+                            '--ssh.config', 'none', '--ssh.max-backoff', '2s'] + sources, d,
+                           name='wrongkey', env={'SSH_AUTH_SOCK': ''})
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='127.0.0.1', reason='auth')
+    assert exp.stop() == 0
+
+    missing = os.path.join(d, 'not-yet.log')
+    srcs = [sshd.url(missing),
+            'ssh://nonexistent-host.invalid/var/log/x.log',
+            'ssh://127.0.0.1:%d/var/log/x.log' % closed_port]
+    exp = harness.Exporter(['--format', 'timed'] + sshd.exporter_args() +
+                           ['--ssh.max-backoff', '2s'] + srcs, d, name='reasons')
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='nonexistent-host.invalid',
+                   reason='dns')
+    names = [s for s in ('127.0.0.1:' + missing, '127.0.0.1:/var/log/x.log')]
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source=names[0], reason='file_missing')
+    harness.wait_for(lambda: exp.value('sshtail_ssh_reconnects_total', source=names[1],
+                                       reason='refused') >= 1, 30, what='refused reason')
+    # The missing file appears: it is read from its start.
+    lines, truth = harness.generate(300, 'timed', 6)
+    with open(missing, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    exp.wait_value('sshtail_lines_total', 300, source=names[0])
+    harness.check_truth(exp.metrics(), truth, names[0])
+    assert exp.stop() == 0
+
+
+def test_path_injection_reads_the_literal_file():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    marker = 'sshtail-pwned-%d' % os.getpid()
+    home = os.path.expanduser('~' + sshd.user)
+    # Runs in the remote shell's directory (the home) if ever executed.
+    name = "we ird;'q\"$(touch %s)`touch %s`|&$HOME;touch %s.log" % (marker, marker, marker)
+    path = os.path.join(d, name)
+    lines, truth = harness.generate(400, 'timed', 9)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    from urllib.parse import quote
+    url = 'ssh://%s@127.0.0.1:%d%s' % (sshd.user, sshd.port, quote(path))
+    r = harness.run_once(['--format', 'timed'] + sshd.exporter_args() + [url])
+    assert r.returncode == 0, r.stderr
+    harness.check_truth(promtext.parse(r.stdout), truth, '127.0.0.1')
+    # A name that does not exist is reported missing, never run.
+    url2 = 'ssh://%s@127.0.0.1:%d%s' % (sshd.user, sshd.port,
+                                        quote(os.path.join(d, '$(touch %s)' % marker)))
+    r = harness.run_once(sshd.exporter_args() + [url2])
+    assert r.returncode == 0, r.stderr
+    for where in (home, d, '/'):
+        assert not os.path.exists(os.path.join(where, marker)), where
+
+
+def test_fifty_sources_every_line():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    paths = [os.path.join(d, 'f%02d.log' % i) for i in range(50)]
+    for p in paths:
+        open(p, 'w').close()
+    exp = harness.Exporter(['--format', 'timed'] + sshd.exporter_args() +
+                           [sshd.url(p) for p in paths], d)
+    names = ['127.0.0.1:' + p for p in paths]
+    harness.wait_for(lambda: exp.value('sshtail_source_up') == 50, 60, 0.1, 'all 50 sources up')
+    truths = {}
+    for i, p in enumerate(paths):
+        lines, truths[p] = harness.generate(2000 + i, 'timed', 100 + i)
+        with open(p, 'a') as f:
+            f.write('\n'.join(lines) + '\n')
+    exp.wait_value('sshtail_lines_total', sum(t['lines'] for t in truths.values()), timeout=120)
+    m = exp.metrics()
+    for p, n in zip(paths, names):
+        harness.check_truth(m, truths[p], n)
+    assert exp.stop() == 0
+
+
+if __name__ == '__main__':
+    harness.main([test_faults_mid_stream_exact, test_silent_dead_connection_is_noticed,
+                  test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
+                  test_path_injection_reads_the_literal_file, test_fifty_sources_every_line])

@@ -1,0 +1,202 @@
+#include "sshtail/nginx_format.h"
+
+#include <re2/re2.h>
+
+#include <catch2/catch.hpp>
+#include <map>
+#include <string>
+
+#include "sshtail/engine.h"
+
+namespace sshtail {
+namespace {
+
+// Matches `line` against a compiled format and returns variable -> text.
+std::map<std::string, std::string> Fields(const NginxFormat& f,
+                                          const std::string& line) {
+  RE2 re(f.regex, PatternOptions());
+  REQUIRE(re.ok());
+  std::vector<re2::StringPiece> sub(f.groups.size() + 1);
+  std::map<std::string, std::string> out;
+  if (!re.Match(line, 0, line.size(), RE2::ANCHOR_BOTH, sub.data(),
+                static_cast<int>(sub.size()))) {
+    return out;
+  }
+  out["$0"] = std::string(sub[0]);
+  for (size_t g = 0; g < f.groups.size(); ++g) {
+    std::string_view text(sub[g + 1].data(), sub[g + 1].size());
+    const auto& grp = f.groups[g];
+    for (size_t i = 0; i < grp.vars.size(); ++i) {
+      std::string_view part = text;
+      if (i < grp.seps.size()) part = text.substr(0, text.find(grp.seps[i]));
+      out[grp.vars[i]] = std::string(part);
+      if (i < grp.seps.size()) {
+        text.remove_prefix(part.size() + grp.seps[i].size());
+      }
+    }
+  }
+  return out;
+}
+
+const char* kCombinedLine =
+    "203.0.113.9 - alice [25/Nov/2026:08:15:21 +0000] \"GET /a?b=c HTTP/1.1\" "
+    "200 512 \"https://example.com/\" \"curl/7.88.1\"";
+
+TEST_CASE("named formats expand") {
+  NginxEscape e = NginxEscape::kDefault;
+  CHECK(ExpandNginxFormat("combined", &e) ==
+        "$remote_addr - $remote_user [$time_local] \"$request\" $status "
+        "$body_bytes_sent \"$http_referer\" \"$http_user_agent\"");
+  CHECK(ExpandNginxFormat("timed", &e) ==
+        ExpandNginxFormat("combined", &e) +
+            " $request_time $upstream_response_time");
+  CHECK(ExpandNginxFormat("$status", &e) == "$status");
+}
+
+TEST_CASE("a pasted log_format directive is parsed like nginx does") {
+  NginxEscape e = NginxEscape::kDefault;
+  std::string f = ExpandNginxFormat(
+      "log_format  main escape=json '$remote_addr - \"$request\" '\n"
+      "    '$status';",
+      &e);
+  CHECK(f == "$remote_addr - \"$request\" $status");
+  CHECK(e == NginxEscape::kJson);
+  CHECK_THROWS_AS(ExpandNginxFormat("log_format x 'abc", &e),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(ExpandNginxFormat("log_format x escape=xml '$a';", &e),
+                  std::invalid_argument);
+}
+
+TEST_CASE("combined format captures what is wanted") {
+  NginxEscape e = NginxEscape::kDefault;
+  auto f = CompileNginxFormat(ExpandNginxFormat("combined", &e), e,
+                              {"request", "status", "body_bytes_sent",
+                               "http_user_agent", "remote_user"});
+  auto m = Fields(f, kCombinedLine);
+  REQUIRE(!m.empty());
+  CHECK(m["request"] == "GET /a?b=c HTTP/1.1");
+  CHECK(m["status"] == "200");
+  CHECK(m["body_bytes_sent"] == "512");
+  CHECK(m["http_user_agent"] == "curl/7.88.1");
+  CHECK(m["remote_user"] == "alice");
+  CHECK(f.variables.size() == 8);
+}
+
+TEST_CASE("neighbouring wanted variables share a group") {
+  NginxEscape e = NginxEscape::kDefault;
+  auto f = CompileNginxFormat(ExpandNginxFormat("timed", &e), e,
+                              {"request", "status", "body_bytes_sent",
+                               "request_time", "upstream_response_time"});
+  // request+status+bytes, then request_time+upstream: two groups, so RE2's
+  // one-pass matcher (at most 4 groups) applies.
+  REQUIRE(f.groups.size() == 2);
+  CHECK(f.groups[0].vars ==
+        std::vector<std::string>{"request", "status", "body_bytes_sent"});
+  CHECK(f.groups[1].vars ==
+        std::vector<std::string>{"request_time", "upstream_response_time"});
+  auto m =
+      Fields(f, std::string(kCombinedLine) + " 0.016 0.004, 0.012 : 0.003");
+  CHECK(m["request"] == "GET /a?b=c HTTP/1.1");
+  CHECK(m["status"] == "200");
+  CHECK(m["body_bytes_sent"] == "512");
+  CHECK(m["request_time"] == "0.016");
+  CHECK(m["upstream_response_time"] == "0.004, 0.012 : 0.003");
+  auto dash = Fields(f, std::string(kCombinedLine) + " 0.000 -");
+  CHECK(dash["upstream_response_time"] == "-");
+}
+
+TEST_CASE("unwanted variables are not captured") {
+  NginxEscape e = NginxEscape::kDefault;
+  auto f = CompileNginxFormat(ExpandNginxFormat("combined", &e), e, {"status"});
+  REQUIRE(f.groups.size() == 1);
+  RE2 re(f.regex, PatternOptions());
+  CHECK(re.NumberOfCapturingGroups() == 1);
+}
+
+TEST_CASE("literal regex metacharacters in a format are matched literally") {
+  std::string fmt =
+      "($status) [$request_time] {$remote_addr} *+?|^\\$body_bytes_sent.";
+  auto f = CompileNginxFormat(
+      fmt, NginxEscape::kDefault,
+      {"status", "request_time", "remote_addr", "body_bytes_sent"});
+  auto m = Fields(f, "(404) [0.002] {10.0.0.1} *+?|^\\17.");
+  REQUIRE(!m.empty());
+  CHECK(m["status"] == "404");
+  CHECK(m["request_time"] == "0.002");
+  CHECK(m["remote_addr"] == "10.0.0.1");
+  CHECK(m["body_bytes_sent"] == "17");
+  CHECK(Fields(f, "(404) [0.002] {10.0.0.1} XX?|^\\17.").empty());
+  CHECK(Fields(f, "(404) [0.002] {10.0.0.1} *+?|^\\17X").empty());
+}
+
+TEST_CASE("custom format from the issue") {
+  std::string fmt =
+      "$remote_addr [$time_local] \"$request\" $status $body_bytes_sent";
+  auto f = CompileNginxFormat(fmt, NginxEscape::kDefault,
+                              {"request", "status", "body_bytes_sent"});
+  auto m =
+      Fields(f, "::1 [25/Nov/2026:08:15:21 +0000] \"POST /x HTTP/2.0\" 201 0");
+  CHECK(m["request"] == "POST /x HTTP/2.0");
+  CHECK(m["status"] == "201");
+  CHECK(m["body_bytes_sent"] == "0");
+  CHECK(Fields(f, "::1 [x] \"POST /x HTTP/2.0\" 2011 0").empty());
+}
+
+TEST_CASE("${var} syntax and errors") {
+  CHECK(NginxVariables("${status}x$request_time") ==
+        std::vector<std::string>{"status", "request_time"});
+  CHECK_THROWS_AS(NginxVariables("abc"), std::invalid_argument);
+  CHECK_THROWS_AS(NginxVariables("$"), std::invalid_argument);
+  CHECK_THROWS_AS(NginxVariables("${status"), std::invalid_argument);
+}
+
+TEST_CASE("default escaping: \\x22 inside a quoted field") {
+  auto f =
+      CompileNginxFormat("\"$http_user_agent\" $status", NginxEscape::kDefault,
+                         {"http_user_agent", "status"});
+  auto m = Fields(f, "\"say \\x22hi\\x22\" 200");
+  REQUIRE(!m.empty());
+  CHECK(m["http_user_agent"] == "say \\x22hi\\x22");
+  std::string scratch;
+  CHECK(UnescapeNginx(m["http_user_agent"], NginxEscape::kDefault, &scratch) ==
+        "say \"hi\"");
+  CHECK(UnescapeNginx("a\\x5Cb\\xZZ", NginxEscape::kDefault, &scratch) ==
+        "a\\b\\xZZ");
+  // A raw quote cannot be inside a default-escaped field.
+  CHECK(Fields(f, "\"say \"hi\"\" 200").empty());
+}
+
+TEST_CASE("json escaping: \\\" and \\\\ inside a quoted field") {
+  auto f =
+      CompileNginxFormat("{\"ua\":\"$http_user_agent\",\"s\":$status}",
+                         NginxEscape::kJson, {"http_user_agent", "status"});
+  auto m = Fields(f, "{\"ua\":\"a \\\"q\\\" \\\\ b\\u0007\",\"s\":503}");
+  REQUIRE(!m.empty());
+  CHECK(m["status"] == "503");
+  std::string scratch;
+  CHECK(UnescapeNginx(m["http_user_agent"], NginxEscape::kJson, &scratch) ==
+        "a \"q\" \\ b\a");
+}
+
+TEST_CASE("escape=none: raw values up to the next literal") {
+  auto f = CompileNginxFormat("$request|$status", NginxEscape::kNone,
+                              {"request", "status"});
+  auto m = Fields(f, "GET /\\x|200");
+  CHECK(m["request"] == "GET /\\x");
+  std::string scratch;
+  CHECK(UnescapeNginx("GET /\\x22", NginxEscape::kNone, &scratch) ==
+        "GET /\\x22");
+}
+
+TEST_CASE("multi-value upstream fields match") {
+  auto f = CompileNginxFormat("$upstream_status $upstream_response_time end",
+                              NginxEscape::kDefault,
+                              {"upstream_status", "upstream_response_time"});
+  auto m = Fields(f, "502, 504 : 200 0.004, 0.012 : 0.003 end");
+  REQUIRE(!m.empty());
+  CHECK(m["upstream_status"] == "502, 504 : 200");
+  CHECK(m["upstream_response_time"] == "0.004, 0.012 : 0.003");
+}
+
+}  // namespace
+}  // namespace sshtail

@@ -1,0 +1,100 @@
+#pragma once
+
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "sshtail/engine.h"
+#include "sshtail/metric_store.h"
+#include "sshtail/rules.h"
+
+namespace sshtail {
+
+/// A rule set loaded from YAML text, bound to its own store: what the
+/// consumers run, without the threads.
+struct RuleHarness {
+  explicit RuleHarness(const std::string& yaml,
+                       std::vector<SourceLabels> srcs = {{"src", {}}},
+                       RuleContext ctx = {})
+      : sources(std::move(srcs)),
+        overflow_registry(std::make_shared<prometheus::Registry>()),
+        overflow(prometheus::BuildCounter()
+                     .Name("sshtail_series_overflow_total")
+                     .Help("x")
+                     .Register(*overflow_registry)),
+        store(overflow) {
+    RuleSetDef defs = ParseRules(yaml, "test.yml", ctx);
+    ValidateRules(defs, ctx);
+    store.Apply(defs);
+    rules = CompiledRules::Build(defs, store);
+    eval = std::make_unique<Evaluator>(store, sources);
+  }
+
+  /// Feeds lines (each without '\n') as one batch; returns unmatched count.
+  uint64_t Feed(const std::vector<std::string>& lines, uint32_t source = 0) {
+    LineBatch b;
+    b.source = source;
+    b.seq = ++seq;
+    for (const auto& l : lines) {
+      b.data += l;
+      b.data += '\n';
+      ++b.lines;
+    }
+    auto lock = store.ReadLock();
+    return eval->Process(b, rules);
+  }
+
+  /// Value of a counter/gauge sample, or of a histogram's _count/_sum
+  /// (name with that suffix); -1 if absent.
+  double Value(const std::string& name,
+               const std::map<std::string, std::string>& labels) const {
+    for (const auto& fam : store.registry()->Collect()) {
+      std::string base = fam.name;
+      for (const auto& m : fam.metric) {
+        std::map<std::string, std::string> got;
+        for (const auto& l : m.label) got[l.name] = l.value;
+        if (got != labels) continue;
+        if (name == base) {
+          return fam.type == prometheus::MetricType::Counter ? m.counter.value
+                                                             : m.gauge.value;
+        }
+        if (name == base + "_count") {
+          return static_cast<double>(m.histogram.sample_count);
+        }
+        if (name == base + "_sum") return m.histogram.sample_sum;
+      }
+    }
+    return -1;
+  }
+
+  size_t SeriesCount(const std::string& name) const {
+    for (const auto& fam : store.registry()->Collect()) {
+      if (fam.name == name) return fam.metric.size();
+    }
+    return 0;
+  }
+
+  double Overflow(const std::string& metric) const {
+    for (const auto& fam : overflow_registry->Collect()) {
+      for (const auto& m : fam.metric) {
+        if (m.label.size() == 1 && m.label[0].value == metric) {
+          return m.counter.value;
+        }
+      }
+    }
+    return -1;
+  }
+
+  std::vector<SourceLabels> sources;
+  std::shared_ptr<prometheus::Registry> overflow_registry;
+  prometheus::Family<prometheus::Counter>& overflow;
+  MetricStore store;
+  std::shared_ptr<const CompiledRules> rules;
+  std::unique_ptr<Evaluator> eval;
+  uint64_t seq = 0;
+};
+
+}  // namespace sshtail
