@@ -51,6 +51,33 @@ std::string_view LastValue(std::string_view s) {
 
 bool ParsePlain(std::string_view s, double* out) {
   if (s.empty()) return false;
+  // Fast path: up to 15 digits with an optional fraction. The mantissa and
+  // the power of ten are exact doubles, so one division rounds correctly,
+  // exactly as from_chars would.
+  static constexpr double kPow10[] = {1,    1e1,  1e2,  1e3, 1e4,  1e5,
+                                      1e6,  1e7,  1e8,  1e9, 1e10, 1e11,
+                                      1e12, 1e13, 1e14, 1e15};
+  uint64_t mantissa = 0;
+  int digits = 0;
+  int frac = -1;
+  size_t i = 0;
+  for (; i < s.size() && digits <= 15; ++i) {
+    char c = s[i];
+    if (c >= '0' && c <= '9') {
+      mantissa = mantissa * 10 + static_cast<uint64_t>(c - '0');
+      ++digits;
+      if (frac >= 0) ++frac;
+    } else if (c == '.' && frac < 0) {
+      frac = 0;
+    } else {
+      break;
+    }
+  }
+  if (i == s.size() && digits > 0 && digits <= 15) {
+    double v = static_cast<double>(mantissa);
+    *out = frac > 0 ? v / kPow10[frac] : v;
+    return true;
+  }
   const char* b = s.data();
   const char* e = b + s.size();
   if (*b == '+') ++b;
@@ -175,6 +202,35 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       cr.pattern = nf.regex;
       cr.escape = r.escape;
       cr.submatches = static_cast<int>(nf.groups.size()) + 1;
+      if (!nf.scan.empty()) {
+        // Scan mode: steps up to the last variable a metric uses.
+        int last = -1;
+        for (size_t v = 0; v < nf.variables.size(); ++v) {
+          if (wanted.count(nf.variables[v])) last = static_cast<int>(v);
+        }
+        cr.scan.assign(nf.scan.begin(), nf.scan.begin() + (last + 1));
+        cr.submatches = 0;
+        std::set<std::string> done;
+        for (size_t v = 0; v < cr.scan.size(); ++v) {
+          const std::string& var = nf.variables[v];
+          if (!wanted.count(var) || !done.insert(var).second) continue;
+          FieldRef ref;
+          ref.slot = static_cast<int>(v);
+          ref.multi = IsNginxMultiValue(var);
+          add_field(var, ref);
+          if (var == "request") {
+            for (auto [name, kind] :
+                 {std::pair{"method", FieldRef::Kind::kMethod},
+                  std::pair{"path", FieldRef::Kind::kPath},
+                  std::pair{"protocol", FieldRef::Kind::kProtocol}}) {
+              FieldRef derived = ref;
+              derived.kind = kind;
+              add_field(name, derived);
+            }
+          }
+        }
+        nf.groups.clear();
+      }
       for (size_t g = 0; g < nf.groups.size(); ++g) {
         cr.group_seps.push_back(nf.groups[g].seps);
         for (size_t p = 0; p < nf.groups[g].vars.size(); ++p) {
@@ -286,6 +342,10 @@ struct Evaluator::Impl {
     std::unique_ptr<RE2> re;
     std::vector<std::unique_ptr<RE2>> filters;
     std::vector<GroupRt> groups;
+    // Per line: field texts computed so far, and scanned variable spans.
+    std::vector<std::string_view> memo;
+    std::vector<uint64_t> memo_line;
+    std::vector<std::string_view> spans;
   };
 
   Impl(MetricStore& s, const std::vector<SourceLabels>& src)
@@ -307,18 +367,54 @@ struct Evaluator::Impl {
         rt.filters.push_back(std::make_unique<RE2>(f.regex, PatternOptions()));
       }
       for (const auto& g : r.groups) rt.groups.push_back(GroupRt{&g, {}});
+      rt.memo.resize(r.fields.size());
+      rt.memo_line.assign(r.fields.size(), 0);
+      rt.spans.resize(r.scan.size());
       max_sub = std::max(max_sub, r.submatches);
       rule_rt.push_back(std::move(rt));
     }
-    subs.resize(static_cast<size_t>(max_sub));
+    subs.resize(static_cast<size_t>(std::max(max_sub, 1)));
+  }
+
+  // Splits a matched line into its variables (scan mode).
+  static void Scan(const CompiledRule& r, std::string_view line,
+                   std::vector<std::string_view>& spans) {
+    const char* p = line.data();
+    const char* end = p + line.size();
+    for (size_t i = 0; i < r.scan.size(); ++i) {
+      const auto& step = r.scan[i];
+      p += step.skip;
+      if (p > end) p = end;  // cannot happen after a match; stay in bounds
+      const char* stop = step.to_end
+                             ? end
+                             : static_cast<const char*>(std::memchr(
+                                   p, step.stop, static_cast<size_t>(end - p)));
+      if (stop == nullptr) stop = end;
+      spans[i] = std::string_view(p, static_cast<size_t>(stop - p));
+      p = stop;
+    }
   }
 
   // The text of a field after its kind, before unescaping and mapping.
-  std::string_view FieldText(const CompiledRule& r, int field) const {
+  // Computed once per line and field.
+  std::string_view FieldText(RuleRt& rt, int field) {
+    size_t i = static_cast<size_t>(field);
+    if (rt.memo_line[i] == line_id) return rt.memo[i];
+    rt.memo_line[i] = line_id;
+    return rt.memo[i] = ComputeField(rt, field);
+  }
+
+  std::string_view ComputeField(const RuleRt& rt, int field) const {
+    const CompiledRule& r = *rt.def;
     const FieldRef& f = r.fields[static_cast<size_t>(field)];
-    re2::StringPiece sp = subs[static_cast<size_t>(f.group)];
-    std::string_view t(sp.data() ? sp.data() : "", sp.size());
-    if (!r.group_seps.empty()) {
+    std::string_view t;
+    if (f.slot >= 0) {
+      t = rt.spans[static_cast<size_t>(f.slot)];
+    } else {
+      re2::StringPiece sp = subs[static_cast<size_t>(f.group)];
+      t = std::string_view(sp.data() ? sp.data() : "", sp.size());
+    }
+    if (f.slot < 0 && !r.group_seps.empty()) {
       const auto& seps = r.group_seps[static_cast<size_t>(f.group - 1)];
       if (!seps.empty()) {
         // Shared group: the first occurrence of each separator splits it.
@@ -358,9 +454,10 @@ struct Evaluator::Impl {
     return t;
   }
 
-  std::string LabelValue(const CompiledRule& r, const CompiledLabel& l) {
+  std::string LabelValue(RuleRt& rt, const CompiledLabel& l) {
+    const CompiledRule& r = *rt.def;
     if (l.field < 0) return l.def.constant;
-    std::string_view raw = FieldText(r, l.field);
+    std::string_view raw = FieldText(rt, l.field);
     if (r.fields[static_cast<size_t>(l.field)].multi) raw = LastValue(raw);
     std::string value(UnescapeNginx(raw, r.escape, &scratch));
     if (l.def.status_class) value = std::string(StatusClass(value));
@@ -385,11 +482,11 @@ struct Evaluator::Impl {
     return value;
   }
 
-  Entry* Lookup(const CompiledRule& r, GroupRt& g, uint32_t source) {
+  Entry* Lookup(RuleRt& rt, GroupRt& g, uint32_t source) {
     key.assign(reinterpret_cast<const char*>(&source), sizeof source);
     for (const auto& l : g.def->labels) {
       if (l.field < 0) continue;
-      std::string_view t = FieldText(r, l.field);
+      std::string_view t = FieldText(rt, l.field);
       key.append(t.data(), t.size());
       key.push_back('\0');
     }
@@ -403,7 +500,7 @@ struct Evaluator::Impl {
     const SourceLabels& src = sources[source];
     labels["source"] = src.name;
     for (const auto& [k, v] : src.labels) labels[k] = v;
-    for (const auto& l : g.def->labels) labels[l.def.name] = LabelValue(r, l);
+    for (const auto& l : g.def->labels) labels[l.def.name] = LabelValue(rt, l);
     auto e = std::make_unique<Entry>();
     for (const auto& m : g.def->metrics) {
       Acc a;
@@ -418,13 +515,13 @@ struct Evaluator::Impl {
     return raw;
   }
 
-  void Apply(const CompiledRule& r, Entry* e, const CompiledGroup& g) {
+  void Apply(RuleRt& rt, Entry* e, const CompiledGroup& g) {
     for (size_t i = 0; i < g.metrics.size(); ++i) {
       const CompiledMetric& m = g.metrics[i];
       Acc& a = e->accs[i];
       double v = 1;
       if (m.value_field >= 0 &&
-          !ParseLogNumber(FieldText(r, m.value_field), &v)) {
+          !ParseLogNumber(FieldText(rt, m.value_field), &v)) {
         continue;  // "-" or no number: nothing observed
       }
       switch (m.type) {
@@ -459,6 +556,7 @@ struct Evaluator::Impl {
 
   bool Line(std::string_view line, uint32_t source) {
     bool any = false;
+    ++line_id;
     re2::StringPiece text(line.data(), line.size());
     for (auto& rt : rule_rt) {
       const CompiledRule& r = *rt.def;
@@ -467,15 +565,16 @@ struct Evaluator::Impl {
         continue;
       }
       any = true;
+      if (!r.scan.empty()) Scan(r, line, rt.spans);
       bool pass = true;
       for (size_t i = 0; i < r.filters.size() && pass; ++i) {
-        std::string_view f = FieldText(r, r.filters[i].field);
+        std::string_view f = FieldText(rt, r.filters[i].field);
         bool hit = RE2::PartialMatch(re2::StringPiece(f.data(), f.size()),
                                      *rt.filters[i]);
         pass = r.filters[i].skip ? !hit : hit;
       }
       if (!pass) continue;
-      for (auto& g : rt.groups) Apply(r, Lookup(r, g, source), *g.def);
+      for (auto& g : rt.groups) Apply(rt, Lookup(rt, g, source), *g.def);
     }
     return any;
   }
@@ -517,11 +616,12 @@ struct Evaluator::Impl {
   uint64_t generation = 0;
   std::vector<RuleRt> rule_rt;
   std::vector<re2::StringPiece> subs;
-  int max_sub = 1;
+  int max_sub = 0;
   std::string key;
   std::string scratch;
   std::vector<Acc*> dirty;
   uint64_t version = 0;
+  uint64_t line_id = 0;
 };
 
 Evaluator::Evaluator(MetricStore& store,

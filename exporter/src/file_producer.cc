@@ -32,7 +32,9 @@ constexpr auto kDrainQuiet = std::chrono::seconds(5);
 // Safety net when inotify says nothing (NFS, a directory that does not exist
 // yet, writes through mmap).
 constexpr int kFallbackPollMs = 1000;
-constexpr size_t kReadChunk = 1 << 20;
+// Small reads keep batches close to their target size (memory is bounded by
+// queue capacity x batch size).
+constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kFingerprint = 16;
 
 FileId IdOf(const struct stat& st) {

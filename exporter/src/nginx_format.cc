@@ -324,6 +324,30 @@ NginxFormat CompileNginxFormat(std::string_view format, NginxEscape escape,
     }
   }
   if (open) re += ")";
+  // The scan plan (see NginxFormat::scan).
+  bool scannable = escape != NginxEscape::kJson;
+  size_t skip = 0;
+  for (size_t i = 0; i < tokens.size() && scannable; ++i) {
+    const Token& t = tokens[i];
+    if (!t.variable) {
+      skip = t.text.size();
+      continue;
+    }
+    NginxFormat::ScanStep step;
+    step.skip = skip;
+    skip = 0;
+    if (i + 1 == tokens.size()) {
+      step.to_end = true;
+    } else if (tokens[i + 1].variable) {
+      scannable = false;
+    } else {
+      step.stop = tokens[i + 1].text[0];
+      scannable = ValuePattern(t.text, tokens[i + 1].text, escape)
+                      .CannotContain(step.stop);
+    }
+    out.scan.push_back(step);
+  }
+  if (!scannable) out.scan.clear();
   if (out.variables.empty()) {
     throw std::invalid_argument("log_format '" + std::string(format) +
                                 "' has no $variables");

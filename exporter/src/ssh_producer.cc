@@ -28,7 +28,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr size_t kReadChunk = 256 * 1024;
+constexpr size_t kReadChunk = 64 * 1024;
 // Read at most this much from one channel before serving the others.
 constexpr size_t kFairShare = 4 * 1024 * 1024;
 

@@ -1,6 +1,9 @@
 #include "sshtail/engine.h"
 
 #include <catch2/catch.hpp>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -254,6 +257,52 @@ TEST_CASE("two evaluators on one store count every line once", "[threads]") {
           5000);
     CHECK(h.Value("nginx_http_request_duration_seconds_count",
                   {{"source", src}, {"method", "GET"}}) == 5000);
+  }
+}
+
+}  // namespace
+}  // namespace sshtail
+
+namespace sshtail {
+namespace {
+
+TEST_CASE("number parsing agrees with from_chars") {
+  const char* cases[] = {"0",
+                         "7",
+                         "0.004",
+                         "0.1",
+                         "123.456",
+                         "1e3",
+                         "12345678901234567890",
+                         "0.000000000000001",
+                         "99999.9999999999",
+                         ".5",
+                         "5.",
+                         "1.2.3",
+                         "+3",
+                         "-2"};
+  for (const char* c : cases) {
+    std::string_view s(c);
+    double want = 0;
+    const char* b = s.data();
+    if (*b == '+') ++b;
+    auto [p, ec] = std::from_chars(b, s.data() + s.size(), want);
+    bool want_ok = ec == std::errc() && p == s.data() + s.size();
+    double got = 0;
+    bool got_ok = ParseLogNumber(s, &got);
+    INFO(c);
+    CHECK(got_ok == want_ok);
+    if (want_ok) CHECK(got == want);
+  }
+  // Every 3-decimal value nginx prints for times up to 100 s.
+  for (int ms = 0; ms < 100000; ms += 7) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%d.%03d", ms / 1000, ms % 1000);
+    double want = 0;
+    std::from_chars(buf, buf + std::strlen(buf), want);
+    double got = -1;
+    REQUIRE(ParseLogNumber(buf, &got));
+    REQUIRE(got == want);
   }
 }
 

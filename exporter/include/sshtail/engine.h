@@ -26,6 +26,7 @@ struct FieldRef {
   enum class Kind { kRaw, kMethod, kPath, kProtocol };
   int group = 0;  ///< capturing group, 1-based
   int part = 0;   ///< which variable of a shared nginx group
+  int slot = -1;  ///< scan mode: the variable's step in CompiledRule::scan
   Kind kind = Kind::kRaw;
   bool multi = false;  ///< nginx multi-value: label = last, number = sum
 };
@@ -65,6 +66,9 @@ struct CompiledRule {
   int submatches = 1;  ///< groups to ask RE2 for, including $0
   std::vector<FieldRef> fields;
   std::vector<std::vector<std::string>> group_seps;  ///< per group (nginx)
+  /// nginx formats that allow it: RE2 only matches, fields are found by
+  /// scanning (see NginxFormat::scan). Empty: fields come from groups.
+  std::vector<NginxFormat::ScanStep> scan;
   NginxEscape escape = NginxEscape::kNone;
   std::vector<CompiledFilter> filters;
   std::vector<CompiledGroup> groups;
