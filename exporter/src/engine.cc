@@ -329,6 +329,7 @@ struct Evaluator::Impl {
     bool dirty = false;
   };
   struct Entry {
+    prometheus::Labels labels;  // series are created at first observation
     std::vector<Acc> accs;
   };
   using Cache = std::unordered_map<std::string, std::unique_ptr<Entry>,
@@ -462,9 +463,13 @@ struct Evaluator::Impl {
     std::string value(UnescapeNginx(raw, r.escape, &scratch));
     if (l.def.status_class) value = std::string(StatusClass(value));
     if (!l.replace.empty()) {
+      // The first regex found in the value makes the value `with`, its
+      // \1..\9 taken from that match (RE2::Extract).
       bool hit = false;
+      std::string out;
       for (const auto& [re, with] : l.replace) {
-        if (RE2::Replace(&value, *re, with)) {
+        if (RE2::Extract(value, *re, with, &out)) {
+          value = std::move(out);
           hit = true;
           break;
         }
@@ -502,9 +507,9 @@ struct Evaluator::Impl {
     for (const auto& [k, v] : src.labels) labels[k] = v;
     for (const auto& l : g.def->labels) labels[l.def.name] = LabelValue(rt, l);
     auto e = std::make_unique<Entry>();
+    e->labels = std::move(labels);
     for (const auto& m : g.def->metrics) {
       Acc a;
-      a.series = m.state->Get(labels);
       if (m.type == MetricType::kHistogram) {
         a.buckets.assign(m.buckets.size() + 1, 0.0);
       }
@@ -524,6 +529,7 @@ struct Evaluator::Impl {
           !ParseLogNumber(FieldText(rt, m.value_field), &v)) {
         continue;  // "-" or no number: nothing observed
       }
+      if (a.series == nullptr) a.series = m.state->Get(e->labels);
       switch (m.type) {
         case MetricType::kCounter:
           if (v < 0) continue;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -22,6 +23,7 @@
 #include "sshtail/rules.h"
 #include "sshtail/ssh_producer.h"
 #include "sshtail/web_server.h"
+#include "web_config.h"
 
 namespace sshtail {
 namespace {
@@ -39,6 +41,19 @@ RuleContext ContextFor(const Options& o) {
   }
   ctx.reserved_labels = reserved;
   return ctx;
+}
+
+// Idle series are looked for at half the shortest ttl, 1 to 10 s apart.
+std::chrono::milliseconds ExpireInterval(const RuleSetDef& defs) {
+  std::chrono::milliseconds every(10000);
+  for (const auto& r : defs.rules) {
+    for (const auto& m : r.metrics) {
+      if (m.ttl.count() > 0) {
+        every = std::min<std::chrono::milliseconds>(every, m.ttl / 2);
+      }
+    }
+  }
+  return std::max(every, std::chrono::milliseconds(1000));
 }
 
 std::string HtmlEscape(const std::string& s) {
@@ -68,6 +83,8 @@ std::string HtmlEscape(const std::string& s) {
 
 void CheckConfig(const Options& options) {
   LoadRules(options.rule_files, ContextFor(options));
+  if (!options.web_config_file.empty())
+    WebConfig::Load(options.web_config_file);
 }
 
 struct Exporter::Impl {
@@ -86,8 +103,12 @@ struct Exporter::Impl {
     // SelfMetrics was built before `status` was filled: it keeps references
     // and reads them at scrape time only.
     RuleSetDef defs = LoadRules(options.rule_files, ContextFor(options));
+    if (!options.web_config_file.empty()) {
+      WebConfig::Load(options.web_config_file);  // fail early, exit 2
+    }
     store.Apply(defs);
     rules = CompiledRules::Build(defs, store);
+    expire_every = ExpireInterval(defs);
     if (!options.positions_file.empty()) {
       positions = std::make_unique<PositionsFile>(options.positions_file);
       auto saved = positions->Load();
@@ -250,6 +271,7 @@ struct Exporter::Impl {
       });
       options.rule_files = next.rule_files;
       options.format = next.format;
+      expire_every = ExpireInterval(defs);
       self.reload_ok().Set(1);
       self.reload_time().SetToCurrentTime();
       Log(LogLevel::kInfo, "configuration reloaded");
@@ -301,6 +323,7 @@ struct Exporter::Impl {
   std::vector<std::thread> producer_threads;
   std::vector<std::thread> consumers;
   std::mutex reload_mutex;
+  std::chrono::milliseconds expire_every{10000};
 };
 
 Exporter::Exporter(Options options)
@@ -371,12 +394,9 @@ int Exporter::RunServer() {
 
   auto next_save =
       std::chrono::steady_clock::now() + impl_->options.positions_interval;
-  auto next_expire =
-      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto next_expire = std::chrono::steady_clock::now() + impl_->expire_every;
   for (;;) {
-    struct timespec ts {
-      1, 0
-    };
+    struct timespec ts = {1, 0};
     int sig = sigtimedwait(&set, nullptr, &ts);
     if (sig == SIGTERM || sig == SIGINT) {
       Log(LogLevel::kInfo, "shutting down");
@@ -393,7 +413,7 @@ int Exporter::RunServer() {
     }
     if (now >= next_expire) {
       impl_->store.Expire();
-      next_expire = now + std::chrono::seconds(10);
+      next_expire = now + impl_->expire_every;
     }
   }
   web.Stop();
@@ -402,6 +422,8 @@ int Exporter::RunServer() {
 }
 
 int Main(int argc, const char* const argv[]) {
+  // A peer closing a socket must be an error return, not a killed process.
+  std::signal(SIGPIPE, SIG_IGN);
   Options options;
   switch (ParseCommandLine(argc, argv, &options)) {
     case ParseResult::kExit0:

@@ -61,8 +61,9 @@ TEST_CASE("upstream '-' is not observed; odd request lines get method other") {
               pre + "\"RAW / HTTP/1.1\" 400 0 \"-\" \"-\" 0.000 -",
               pre + "\"-\" 400 0 \"-\" \"-\" 0.000 -",
               pre + "\"\" 400 0 \"-\" \"-\" 0.000 -"}) == 0);
+  // No series at all: it is created at its first observation.
   CHECK(h.Value("nginx_http_upstream_response_duration_seconds_count",
-                {{"source", "s"}, {"method", "GET"}}) == 0);
+                {{"source", "s"}, {"method", "GET"}}) == -1);
   CHECK(h.Value("nginx_http_request_duration_seconds_count",
                 {{"source", "s"}, {"method", "GET"}}) == 1);
   CHECK(h.Value("nginx_http_requests_total",

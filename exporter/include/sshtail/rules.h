@@ -37,7 +37,9 @@ struct LabelDef {
     std::string with;
     SourceLoc loc;
   };
-  std::vector<Replace> replace;  ///< first matching regex rewrites the value
+  /// The first regex found in the value replaces the whole value by
+  /// `with` (\1..\9 from the match); no match: `default_value` if set.
+  std::vector<Replace> replace;
   std::vector<std::pair<std::string, std::string>> map;  ///< lookup table
   std::optional<std::string> default_value;  ///< when no replace/map entry hit
   SourceLoc loc;
