@@ -136,7 +136,7 @@ RE2::Options PatternOptions() {
 }
 
 std::shared_ptr<const CompiledRules> CompiledRules::Build(
-    const RuleSetDef& def, const MetricStore& store) {
+    const RuleSetDef& def, const MetricStore& store, bool allow_scan) {
   auto out = std::shared_ptr<CompiledRules>(new CompiledRules());
   for (const auto& r : def.rules) {
     CompiledRule cr;
@@ -202,7 +202,7 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       cr.pattern = nf.regex;
       cr.escape = r.escape;
       cr.submatches = static_cast<int>(nf.groups.size()) + 1;
-      if (!nf.scan.empty()) {
+      if (allow_scan && !nf.scan.empty()) {
         // Scan mode: steps up to the last variable a metric uses.
         int last = -1;
         for (size_t v = 0; v < nf.variables.size(); ++v) {

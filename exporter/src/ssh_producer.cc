@@ -174,7 +174,7 @@ class SshConnection : public Producer {
  public:
   SshConnection(std::vector<SshSourceRef> refs, BatchQueue& queue,
                 const ProducerOptions& po, const SshOptions& so)
-      : queue_(queue), po_(po), so_(so), buf_(kReadChunk) {
+      : po_(po), so_(so), buf_(kReadChunk) {
     for (const auto& r : refs) {
       streams_.push_back(std::make_unique<Stream>(r, queue, po));
       Stream& s = *streams_.back();
@@ -884,7 +884,6 @@ class SshConnection : public Producer {
         std::chrono::duration_cast<milliseconds>(next - now).count() + 1);
   }
 
-  BatchQueue& queue_;
   const ProducerOptions po_;
   const SshOptions so_;
   std::vector<std::unique_ptr<Stream>> streams_;

@@ -4,6 +4,7 @@
 #include <crypt.h>
 #include <dlfcn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <unistd.h>
@@ -196,6 +197,19 @@ WebConfig WebConfig::Load(const std::string& path) {
         throw std::invalid_argument(path + ": cannot read " + f);
       }
     }
+    // Load them now, so a bad pair is a config error (exit 2), not a
+    // failure to listen later.
+    SSL_CTX* ctx = c.NewSslCtx();
+    if (ctx == nullptr) {
+      unsigned long e = ERR_get_error();
+      char reason[256] = "";
+      if (e != 0) ERR_error_string_n(e, reason, sizeof reason);
+      ERR_clear_error();
+      throw std::invalid_argument(
+          path + ": cannot use " + c.cert_file_ + " with " + c.key_file_ +
+          (reason[0] ? std::string(": ") + reason : ""));
+    }
+    SSL_CTX_free(ctx);
   }
   return c;
 }
@@ -227,6 +241,38 @@ bool WebConfig::CheckAuthorization(const std::string& header) const {
   return ok;
 }
 
+SSL_CTX* WebConfig::NewSslCtx() const {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return nullptr;
+  int min = min_version_ == "TLS13"   ? TLS1_3_VERSION
+            : min_version_ == "TLS11" ? TLS1_1_VERSION
+            : min_version_ == "TLS10" ? TLS1_VERSION
+                                      : TLS1_2_VERSION;
+  SSL_CTX_set_min_proto_version(ctx, min);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert_file_.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, key_file_.c_str(), SSL_FILETYPE_PEM) !=
+          1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  if (client_auth_ != "NoClientCert") {
+    if (!client_ca_file_.empty() &&
+        SSL_CTX_load_verify_locations(ctx, client_ca_file_.c_str(), nullptr) !=
+            1) {
+      SSL_CTX_free(ctx);
+      return nullptr;
+    }
+    int mode = SSL_VERIFY_PEER;
+    if (client_auth_ == "RequireAndVerifyClientCert" ||
+        client_auth_ == "RequireAnyClientCert") {
+      mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    }
+    SSL_CTX_set_verify(ctx, mode, nullptr);
+  }
+  return ctx;
+}
+
 int WebConfig::ExternalSslCtx(void** ssl_ctx, void* user_data) {
   auto* c = static_cast<WebConfig*>(user_data);
   if (*ssl_ctx != nullptr) {  // shutdown
@@ -234,36 +280,11 @@ int WebConfig::ExternalSslCtx(void** ssl_ctx, void* user_data) {
     *ssl_ctx = nullptr;
     return 1;
   }
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (ctx == nullptr) return -1;
-  int min = c->min_version_ == "TLS13"   ? TLS1_3_VERSION
-            : c->min_version_ == "TLS11" ? TLS1_1_VERSION
-            : c->min_version_ == "TLS10" ? TLS1_VERSION
-                                         : TLS1_2_VERSION;
-  SSL_CTX_set_min_proto_version(ctx, min);
-  if (SSL_CTX_use_certificate_chain_file(ctx, c->cert_file_.c_str()) != 1 ||
-      SSL_CTX_use_PrivateKey_file(ctx, c->key_file_.c_str(),
-                                  SSL_FILETYPE_PEM) != 1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
+  SSL_CTX* ctx = c->NewSslCtx();
+  if (ctx == nullptr) {
     Log(LogLevel::kError,
         c->path_ + ": cannot use " + c->cert_file_ + " with " + c->key_file_);
-    SSL_CTX_free(ctx);
     return -1;
-  }
-  if (c->client_auth_ != "NoClientCert") {
-    if (!c->client_ca_file_.empty() &&
-        SSL_CTX_load_verify_locations(ctx, c->client_ca_file_.c_str(),
-                                      nullptr) != 1) {
-      Log(LogLevel::kError, c->path_ + ": cannot load " + c->client_ca_file_);
-      SSL_CTX_free(ctx);
-      return -1;
-    }
-    int mode = SSL_VERIFY_PEER;
-    if (c->client_auth_ == "RequireAndVerifyClientCert" ||
-        c->client_auth_ == "RequireAnyClientCert") {
-      mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
-    }
-    SSL_CTX_set_verify(ctx, mode, nullptr);
   }
   *ssl_ctx = ctx;
   return 1;

@@ -6,6 +6,7 @@
 #include <string>
 
 struct mg_callbacks;
+struct ssl_ctx_st;
 
 namespace sshtail {
 
@@ -51,6 +52,9 @@ class WebConfig {
 
  private:
   static int ExternalSslCtx(void** ssl_ctx, void* user_data);
+  /// A server context with our certificate, key and client-auth settings,
+  /// or nullptr (OpenSSL's error queue says why).
+  ssl_ctx_st* NewSslCtx() const;
 
   std::string path_;
   std::string cert_file_;

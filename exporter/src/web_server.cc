@@ -97,8 +97,10 @@ struct WebServer::Impl {
     return 405;
   }
 
+  // CivetWeb's own messages are mostly failed handshakes from scanners: not
+  // worth a warning each (a failure to listen is reported by Start()).
   static int LogMessage(const struct mg_connection*, const char* message) {
-    Log(LogLevel::kWarn, std::string("web: ") + message);
+    Log(LogLevel::kDebug, std::string("web: ") + message);
     return 1;
   }
 };

@@ -72,6 +72,34 @@ def test_check_config_reports_file_and_line():
         assert r.returncode == 0, (f, r.stderr)
 
 
+def test_readme_rule_example_loads_and_counts():
+    """The complete example in README's "Writing rules" is a working rule."""
+    d = harness.tmpdir()
+    with open(os.path.join(harness.SOURCE_DIR, 'README.md')) as f:
+        readme = f.read()
+    section = readme[readme.index('## Writing rules'):]
+    example = section[section.index('```yaml') + 7:section.index('```', section.index('```yaml') + 7)]
+    path = os.path.join(d, 'example.yml')
+    with open(path, 'w') as f:
+        f.write(example)
+    log = os.path.join(d, 'api.log')
+    with open(log, 'w') as f:
+        f.write('10.0.0.1 [25/Nov/2026:08:00:00 +0000] "GET /api/v1/users/7 HTTP/1.1" 200 10 0.020 "curl/8.4.0"\n'
+                '10.0.0.1 [25/Nov/2026:08:00:01 +0000] "GET /api/v1/orders HTTP/1.1" 404 5 0.040 "Mozilla/5.0"\n'
+                '10.0.0.1 [25/Nov/2026:08:00:02 +0000] "GET /api/x HTTP/1.1" 200 1 0.010 "kube-probe/1.28"\n'
+                '10.0.0.1 [25/Nov/2026:08:00:03 +0000] "GET /web HTTP/1.1" 200 1 0.010 "curl/8.4.0"\n')
+    r = harness.run_once(['--rules', path, log])
+    assert r.returncode == 0, r.stderr
+    m = promtext.parse(r.stdout)
+    assert promtext.total(m, 'api_requests_total', route='/api/v1/users/:id', code='2xx',
+                          tier='edge') == 1
+    assert promtext.total(m, 'api_requests_total', route='/api/v1/orders', code='4xx') == 1
+    assert promtext.total(m, 'api_requests_total') == 2  # /web: no match; probe: skipped
+    assert promtext.total(m, 'api_response_bytes_total') == 15
+    assert promtext.total(m, 'api_request_duration_seconds_count', client='curl') == 1
+    assert promtext.total(m, 'api_request_duration_seconds_count', client='other') == 1
+
+
 def write(path, lines):
     with open(path, 'a') as f:
         f.write(''.join(l + '\n' for l in lines))
@@ -214,6 +242,7 @@ def test_max_series_caps_memory_with_a_million_paths():
 
 if __name__ == '__main__':
     harness.main([test_check_config_reports_file_and_line,
+                  test_readme_rule_example_loads_and_counts,
                   test_reload_keeps_counters_and_rejects_bad_rules,
                   test_ttl_drops_idle_series,
                   test_max_series_caps_memory_with_a_million_paths])

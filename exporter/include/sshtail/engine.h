@@ -85,8 +85,11 @@ class CompiledRules {
   /// Resolves fields and binds metrics (which must be in `store`). Call with
   /// the store's write side held or before consumers start. Throws
   /// ConfigError.
+  /// `allow_scan` false forces capture groups even where an nginx format
+  /// could be scanned (for differential tests).
   static std::shared_ptr<const CompiledRules> Build(const RuleSetDef& def,
-                                                    const MetricStore& store);
+                                                    const MetricStore& store,
+                                                    bool allow_scan = true);
 
   const std::vector<CompiledRule>& rules() const { return rules_; }
 
