@@ -272,6 +272,23 @@ def check_truth(metrics, truth, source, timed=True):
 
 # --------------------------------------------------------------------- sshd
 
+def test_user():
+    """The remote user for SSH tests. As root: an unprivileged user with
+    /bin/sh as its shell (created once), like a real exporter account, and
+    free of root's shell start-up files (which sshd runs for every channel).
+    Otherwise: the current user."""
+    if os.geteuid() != 0:
+        return subprocess.run(['id', '-un'], capture_output=True, text=True).stdout.strip()
+    name = 'sshtail-it'
+    if subprocess.run(['id', name], capture_output=True).returncode != 0:
+        subprocess.run(['useradd', '-m', '-s', '/bin/sh', name], check=True,
+                       capture_output=True)
+        # Under UsePAM no a new account is locked until it has a password
+        # field other than '!'.
+        subprocess.run(['usermod', '-p', '*', name], check=True)
+    return name
+
+
 class Sshd:
     """A real OpenSSH sshd on loopback with its own host key and config.
 
@@ -283,8 +300,7 @@ class Sshd:
         self.dir = os.path.join(workdir, 'sshd')
         os.makedirs(self.dir, exist_ok=True)
         os.makedirs('/run/sshd', exist_ok=True)
-        self.user = user or os.environ.get('USER') or subprocess.run(
-            ['id', '-un'], capture_output=True, text=True).stdout.strip()
+        self.user = user or test_user()
         self.host_key = os.path.join(self.dir, 'host_ed25519')
         self.key = os.path.join(self.dir, 'client_ed25519')
         for k in (self.host_key, self.key):
@@ -343,6 +359,16 @@ class Sshd:
             if port:  # a fixed port must work
                 raise AssertionError('sshd did not start on port %d' % port)
         raise AssertionError('sshd did not start')
+
+    def session_pids(self):
+        """Every process serving a connection: the listener's descendants."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            kids = subprocess.run(['pgrep', '-P', str(todo.pop())], capture_output=True,
+                                  text=True).stdout.split()
+            out += [int(k) for k in kids]
+            todo += kids
+        return out
 
     def kill_sessions(self):
         """Ends every session this sshd serves (its per-connection children)."""

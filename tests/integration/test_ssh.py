@@ -97,8 +97,7 @@ def test_silent_dead_connection_is_noticed():
     exp = harness.Exporter(['--format', 'timed'] + sshd.exporter_args() + [sshd.url(path)], d)
     exp.wait_value('sshtail_source_up', 1, source='127.0.0.1')
     # Freeze the sshd processes serving us: TCP stays up, nothing arrives.
-    children = subprocess.run(['pgrep', '-P', str(sshd.proc.pid)], capture_output=True,
-                              text=True).stdout.split()
+    children = sshd.session_pids()
     assert children
     for pid in children:
         os.kill(int(pid), signal.SIGSTOP)

@@ -1,0 +1,599 @@
+"""Deployment files: the example config loads, the Docker image's runtime
+stage has a package for every library the binary links, the Kubernetes
+sidecar shares the log and its format with the exporter (and that nginx
+config really produces lines the exporter parses), the systemd unit's
+sandbox lets the exporter write what the example config makes it write, and
+scripts/demo runs end to end."""
+import json
+import os
+import re
+import shlex
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import harness
+import promtext
+
+SRC = os.path.abspath(harness.SOURCE_DIR)
+BIN = os.path.abspath(harness.BIN)
+EXAMPLE_CONFIG = os.path.join(SRC, 'deploy', 'sshtail.yml')
+DOCKERFILE = os.path.join(SRC, 'Dockerfile')
+SIDECAR = os.path.join(SRC, 'deploy', 'kubernetes', 'sidecar.yaml')
+UNIT = os.path.join(SRC, 'deploy', 'systemd', 'sshtail_exporter.service')
+DEMO = os.path.join(SRC, 'scripts', 'demo')
+
+# nginx's combined format, and `timed` = combined + request/upstream times
+# (README, Formats).
+COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+            '"$http_referer" "$http_user_agent"')
+FORMATS = {'combined': COMBINED,
+           'timed': COMBINED + ' $request_time $upstream_response_time'}
+
+# Boolean flags (take no value); every other --flag takes one.
+BOOL_FLAGS = {'--once', '--check-config', '--ssh.accept-new-host-keys', '--ssh.sudo',
+              '--help', '--version'}
+
+# Packages of debian:bookworm-slim that provide libraries ldd may report:
+# glibc (libc, libm, libresolv, ld-linux), libgcc_s and libstdc++ (apt
+# itself needs the last two).
+BASE_IMAGE_PACKAGES = {'libc6', 'libgcc-s1', 'libstdc++6'}
+
+
+def yaml_module():
+    try:
+        import yaml
+        return yaml
+    except ImportError:
+        print('note: python3 module yaml is missing (Debian: python3-yaml); '
+              'skipping the YAML parts of this check', flush=True)
+        return None
+
+
+# ------------------------------------------------------------ example config
+
+def test_example_config_passes_check_config():
+    r = subprocess.run([BIN, '--check-config', '--config', EXAMPLE_CONFIG],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    yaml = yaml_module()
+    if yaml is None:
+        return
+    with open(EXAMPLE_CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    assert cfg['format'] == 'timed', cfg.get('format')
+    assert cfg['positions-file'] == '/var/lib/sshtail_exporter/positions.yml'
+    srcs = cfg['sources']
+    ssh = [s for s in srcs if str(s['url']).startswith('ssh://')]
+    local = [s for s in srcs if str(s['url']).startswith('/')]
+    assert len(ssh) >= 3 and local, srcs
+    assert any(s.get('sudo') is True for s in ssh), 'no source with sudo: true'
+    assert all(s.get('name') and {'dc', 'role'} <= set(s.get('labels', {})) for s in srcs), srcs
+    names = [s['name'] for s in srcs]
+    assert len(set(names)) == len(names), names
+    for key in ('identity-file', 'known-hosts', 'heartbeat-interval'):
+        assert key in cfg['ssh'], key
+    assert cfg['web']['listen-address']
+    # A key that is not a flag is rejected: the check above means something.
+    d = harness.tmpdir()
+    bad = os.path.join(d, 'bad.yml')
+    with open(EXAMPLE_CONFIG) as f:
+        text = f.read()
+    with open(bad, 'w') as f:
+        f.write(text.replace('positions-file:', 'position-file:'))
+    r = subprocess.run([BIN, '--check-config', '--config', bad], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown setting 'position-file'" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def dockerfile_stages(path):
+    """[(from_line, [(INSTRUCTION, args)])], continuation lines joined."""
+    with open(path) as f:
+        raw = f.read().splitlines()
+    instructions, cur = [], ''
+    for line in raw:
+        s = line.strip()
+        if not cur and (not s or s.startswith('#')):
+            continue
+        if cur and s.startswith('#'):  # comment inside a continued RUN
+            continue
+        if s.endswith('\\'):
+            cur += s[:-1] + ' '
+            continue
+        cur += s
+        instructions.append(cur)
+        cur = ''
+    stages = []
+    for ins in instructions:
+        word, _, args = ins.partition(' ')
+        word = word.upper()
+        if word == 'FROM':
+            stages.append((args.strip(), []))
+        elif stages:
+            stages[-1][1].append((word, args.strip()))
+    return stages
+
+
+def apt_installed_packages(runs):
+    """Package names of every `apt-get install` in these RUN commands."""
+    pkgs = set()
+    for run in runs:
+        for part in re.split(r'&&|;|\|\|', run):
+            words = shlex.split(part)
+            while words and '=' in words[0]:  # VAR=value apt-get ...
+                words.pop(0)
+            if words[:2] not in (['apt-get', 'install'], ['apt', 'install']):
+                continue
+            assert '--no-install-recommends' in words, part
+            pkgs |= {w for w in words[2:] if not w.startswith('-')}
+    return pkgs
+
+
+def packages_of(libs):
+    """{library path: Debian package owning it}, merged-/usr aware, with one
+    dpkg -S call (it is slow)."""
+    candidates = {}
+    for lib in libs:
+        for p in (lib, os.path.realpath(lib)):
+            for c in (p, p[len('/usr'):] if p.startswith('/usr/') else '/usr' + p):
+                candidates.setdefault(c, lib)
+    r = subprocess.run(['dpkg', '-S'] + sorted(candidates), capture_output=True, text=True)
+    owner = {}
+    for line in r.stdout.splitlines():
+        pkgs, _, path = line.partition(': ')
+        if path in candidates:
+            owner.setdefault(candidates[path], pkgs.split(',')[0].split(':')[0].strip())
+    missing = [l for l in libs if l not in owner]
+    assert not missing, 'dpkg -S finds no package for %s' % missing
+    return owner
+
+
+def ldd_libraries(path):
+    r = subprocess.run(['ldd', path], capture_output=True, text=True, check=True)
+    libs = []
+    for line in r.stdout.splitlines():
+        assert 'not found' not in line, line
+        m = re.search(r'=>\s*(/\S+)', line) or re.match(r'\s*(/\S+)', line)
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+def package_known(pkg):
+    r = subprocess.run(['dpkg-query', '-W', '-f=${Status}', pkg], capture_output=True, text=True)
+    if r.returncode == 0 and 'installed' in r.stdout:
+        return True
+    r = subprocess.run(['apt-cache', 'show', '--no-all-versions', pkg], capture_output=True,
+                       text=True)
+    return r.returncode == 0 and 'Package: %s' % pkg in r.stdout
+
+
+def check_image_layout_serves_tls(exe, shim_dir):
+    """The binary and the shims laid out as in the image (under a temp
+    root): TLS from --web.config.file works, i.e. the shims are found."""
+    if not shutil.which('openssl'):
+        print('note: no openssl command; skipping the TLS layout check', flush=True)
+        return
+    d = harness.tmpdir()
+    root = os.path.join(d, 'root')
+    os.makedirs(root + os.path.dirname(exe))
+    os.makedirs(root + shim_dir, exist_ok=True)
+    shutil.copy(BIN, root + exe)
+    for shim in ('libsshtail-ssl-shim.so', 'libsshtail-crypto-shim.so'):
+        shutil.copy(os.path.join(os.path.dirname(BIN), shim), root + shim_dir)
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+                    '-keyout', key, '-out', cert], check=True, capture_output=True)
+    web = os.path.join(d, 'web.yml')
+    with open(web, 'w') as f:
+        f.write('tls_server_config:\n  cert_file: %s\n  key_file: %s\n' % (cert, key))
+    log = os.path.join(d, 'access.log')
+    open(log, 'w').close()
+    addr = os.path.join(d, 'addr')
+    proc = subprocess.Popen([root + exe, '--web.config.file', web, '--web.listen-address',
+                             '127.0.0.1:0', '--web.listen-address-file', addr, log],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness._cleanups.append(lambda: (proc.poll() is None and proc.kill(), proc.wait()))
+    harness.wait_for(lambda: os.path.exists(addr) or proc.poll() is not None, 30,
+                     what='exporter with TLS to listen')
+    assert proc.poll() is None, 'exporter in the image layout: %s' % proc.stdout.read()
+    with open(addr) as f:
+        address = f.read().strip()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen('https://%s/-/healthy' % address, context=ctx, timeout=10) as r:
+        assert r.status == 200
+    proc.terminate()
+    assert proc.wait(30) == 0
+
+
+def test_dockerfile_runtime_stage():
+    stages = dockerfile_stages(DOCKERFILE)
+    assert len(stages) >= 2, 'not a multi-stage build'
+    build_from, build = stages[0]
+    assert re.search(r'AS\s+\w+', build_from, re.I), build_from
+    build_runs = ' '.join(a for w, a in build if w == 'RUN')
+    assert 'scripts/deps' in build_runs, 'the build stage does not run scripts/deps'
+    assert '-DSSHTAIL_TESTS=OFF' in build_runs and 'cmake --build build' in build_runs
+
+    runtime_from, runtime = stages[-1]
+    args = {}  # ARG defaults, for FROM ${DEBIAN_IMAGE}
+    with open(DOCKERFILE) as f:
+        for line in f:
+            if line.startswith('ARG ') and '=' in line:
+                k, v = line[4:].strip().split('=', 1)
+                args[k] = v
+    image = re.sub(r'\$\{(\w+)\}', lambda m: args.get(m.group(1), m.group(0)), runtime_from)
+    assert image.split()[0] == 'debian:bookworm-slim', runtime_from
+    installed = apt_installed_packages([a for w, a in runtime if w == 'RUN'])
+    assert {'openssh-client', 'ca-certificates'} <= installed, installed
+    for pkg in installed:
+        assert package_known(pkg), 'no Debian package named %s' % pkg
+    runs = ' '.join(a for w, a in runtime if w == 'RUN')
+    assert 'rm -rf /var/lib/apt/lists' in runs, 'apt lists are not cleaned'
+
+    # Every library the binary and its TLS shims load, by package.
+    objs = [BIN] + [os.path.join(os.path.dirname(BIN), s) for s in
+                    ('libsshtail-ssl-shim.so', 'libsshtail-crypto-shim.so')
+                    if os.path.exists(os.path.join(os.path.dirname(BIN), s))]
+    libs = sorted({lib for obj in objs for lib in ldd_libraries(obj)})
+    needed = {}
+    for lib, pkg in packages_of(libs).items():
+        needed.setdefault(pkg, set()).add(os.path.basename(lib))
+    missing = {p: sorted(l) for p, l in needed.items()
+               if p not in BASE_IMAGE_PACKAGES and p not in installed}
+    assert not missing, 'runtime stage lacks packages for: %s' % missing
+    print('  runtime packages cover %d libraries from %d packages'
+          % (sum(len(v) for v in needed.values()), len(needed)), flush=True)
+
+    words = [w for w, _ in runtime]
+    users = [a for w, a in runtime if w == 'USER']
+    assert users, 'no USER in the runtime stage'
+    assert users[-1].split(':')[0] not in ('root', '0'), users[-1]
+    assert any(w == 'EXPOSE' and '9923' in a.split() for w, a in runtime), 'no EXPOSE 9923'
+    assert 'ENTRYPOINT' in words
+    entry = json.loads([a for w, a in runtime if w == 'ENTRYPOINT'][-1])
+    exe = entry[0]
+    copies = [a.split() for w, a in runtime if w == 'COPY']
+    assert any(c[-1] in (exe, os.path.dirname(exe) + '/') for c in copies), (exe, copies)
+    # The shims next to the binary or in <bin>/../lib/sshtail_exporter.
+    shim_dirs = {os.path.dirname(exe),
+                 os.path.normpath(os.path.join(os.path.dirname(exe), '../lib/sshtail_exporter'))}
+    shim_copies = [c for c in copies if c[-1].rstrip('/') in shim_dirs and
+                   any('shim' in x or 'lib/sshtail_exporter' in x for x in c[:-1])]
+    assert shim_copies, ('TLS shims are not copied where %s finds them' % exe, copies)
+    check_image_layout_serves_tls(exe, shim_copies[0][-1].rstrip('/'))
+    labels = ' '.join(a for w, a in runtime if w == 'LABEL')
+    for l in ('title', 'description', 'source', 'licenses', 'version'):
+        assert 'org.opencontainers.image.%s' % l in labels, l
+
+    with open(os.path.join(SRC, '.dockerignore')) as f:
+        ignored = {l.strip() for l in f if l.strip() and not l.startswith('#')}
+    assert '.git' in ignored and ('build' in ignored or 'build*/' in ignored), ignored
+
+
+# -------------------------------------------------------------- Kubernetes
+
+def nginx_directives(conf, name):
+    """Arguments of every `name ...;` directive (quoted strings joined)."""
+    out = []
+    for m in re.finditer(r'(?m)^\s*%s\s+((?:[^;\'"]|\'[^\']*\'|"[^"]*")*);' % name, conf):
+        out.append(m.group(1))
+    return out
+
+
+def nginx_log_formats(conf):
+    formats = {}
+    for args in nginx_directives(conf, 'log_format'):
+        fname, rest = args.split(None, 1)
+        rest = re.sub(r'^escape=\S+\s+', '', rest)
+        formats[fname] = ''.join(re.findall(r"'([^']*)'", rest))
+    return formats
+
+
+def exporter_sources(args):
+    """Positional SOURCE arguments of an exporter command line."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a.startswith('--'):
+            skip = '=' not in a and a not in BOOL_FLAGS
+        else:
+            out.append(a)
+    return out
+
+
+def flag_value(args, name):
+    for i, a in enumerate(args):
+        if a == name:
+            return args[i + 1]
+        if a.startswith(name + '='):
+            return a.split('=', 1)[1]
+    return None
+
+
+def mount_of(container, path):
+    """(volume name, path inside the volume) of the mount holding path."""
+    best = None
+    for m in container.get('volumeMounts', []):
+        mp = m['mountPath'].rstrip('/')
+        if path == mp or path.startswith(mp + '/'):
+            if best is None or len(mp) > len(best[2]):
+                best = (m['name'], os.path.relpath(path, mp), mp)
+    assert best, '%s is on no volume of container %s' % (path, container['name'])
+    return best[0], best[1]
+
+
+def run_sidecar_nginx_conf(conf, fmt):
+    """Runs the sidecar's nginx.conf (paths moved into a temp dir), sends
+    requests, and checks that `--once --format fmt` parses every line."""
+    d = harness.tmpdir()
+    port = harness.free_port()
+    logs = os.path.join(d, 'logs')
+    html = os.path.join(d, 'html')
+    os.makedirs(logs)
+    os.makedirs(html)
+    with open(os.path.join(html, 'index.html'), 'w') as f:
+        f.write('hi\n')
+    c = conf.replace('/var/log/nginx/', logs + '/')
+    c = re.sub(r'(?m)^(\s*)pid\s+\S+;', r'\1pid %s/nginx.pid;' % d, c)
+    c = re.sub(r'(?m)^(\s*)listen\s+\d+\s*;', r'\1listen 127.0.0.1:%d;' % port, c)
+    c = re.sub(r'(?m)^(\s*)root\s+\S+;', r'\1root %s;' % html, c)
+    c = re.sub(r'(?m)^(\s*)error_log\s+\S+', r'\1error_log %s/error.log' % d, c)
+    if not os.path.exists('/etc/nginx/mime.types'):
+        c = re.sub(r'(?m)^\s*include\s+/etc/nginx/mime.types;', '', c)
+    temps = ''.join('  %s_temp_path %s/%s;\n' % (t, d, t)
+                    for t in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
+    c = c.replace('http {', 'http {\n' + temps, 1)
+    c = 'daemon off;\n' + c
+    conf_path = os.path.join(d, 'nginx.conf')
+    with open(conf_path, 'w') as f:
+        f.write(c)
+    os.chmod(d, 0o755)
+    for p in (html, logs):
+        os.chmod(p, 0o755)
+    nginx = shutil.which('nginx') or '/usr/sbin/nginx'
+    t = subprocess.run([nginx, '-t', '-p', d, '-c', conf_path, '-e', os.path.join(d, 'error.log')],
+                       capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    proc = subprocess.Popen([nginx, '-p', d, '-c', conf_path, '-e', os.path.join(d, 'error.log')],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness._cleanups.append(lambda: (proc.poll() is None and proc.terminate(), proc.wait(10)))
+    harness.wait_for(lambda: harness.port_open(port) or proc.poll() is not None, 10,
+                     what='sidecar nginx to listen')
+    assert proc.poll() is None, 'sidecar nginx.conf does not start nginx'
+    codes = {}
+    for path in ('/', '/index.html', '/missing', '/healthz', '/nope?x=1'):
+        try:
+            with urllib.request.urlopen('http://127.0.0.1:%d%s' % (port, path), timeout=5) as r:
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        codes[code] = codes.get(code, 0) + 1
+    access = os.path.join(logs, 'access.log')
+    # /healthz is not logged: 4 lines; nginx writes them before answering.
+    harness.wait_for(lambda: os.path.exists(access) and
+                     open(access).read().count('\n') == 4, 10, what='4 access log lines')
+    r = harness.run_once(['--format', fmt, access])
+    assert r.returncode == 0, r.stderr
+    m = promtext.parse(r.stdout)
+    assert promtext.total(m, 'sshtail_lines_total') == 4, r.stdout
+    assert promtext.total(m, 'sshtail_lines_unmatched_total') == 0, open(access).read()
+    assert promtext.total(m, 'nginx_http_requests_total', status='200') == 2
+    assert promtext.total(m, 'nginx_http_requests_total', status='404') == 2
+    if fmt == 'timed':
+        assert promtext.total(m, 'nginx_http_request_duration_seconds_count') == 4
+
+
+def test_kubernetes_sidecar():
+    yaml = yaml_module()
+    if yaml is None:
+        return
+    with open(SIDECAR) as f:
+        docs = [x for x in yaml.safe_load_all(f) if x]
+    kinds = {x['kind']: x for x in docs}
+    for k in ('ConfigMap', 'Deployment', 'Service', 'ServiceMonitor'):
+        assert k in kinds, 'no %s in %s' % (k, SIDECAR)
+    pod = kinds['Deployment']['spec']['template']
+    spec = pod['spec']
+    volumes = {v['name']: v for v in spec['volumes']}
+    containers = {c['name']: c for c in spec['containers']}
+    exp = [c for c in containers.values() if 'sshtail' in c['image']]
+    web = [c for c in containers.values() if 'nginx' in c['image']]
+    assert len(exp) == 1 and len(web) == 1, list(containers)
+    exp, web = exp[0], web[0]
+
+    # The exporter follows a file on an emptyDir that nginx mounts too.
+    args = exp.get('command', [])[1:] + exp.get('args', [])
+    sources = exporter_sources(args)
+    assert sources, args
+    fmt = flag_value(args, '--format') or 'combined'
+    assert fmt == 'timed', fmt
+
+    # nginx.conf from the ConfigMap, mounted where nginx reads it.
+    cm = kinds['ConfigMap']
+    conf_mounts = [m for m in web['volumeMounts']
+                   if volumes[m['name']].get('configMap', {}).get('name') == cm['metadata']['name']]
+    assert conf_mounts, 'the nginx container does not mount the ConfigMap'
+    cm_key = conf_mounts[0].get('subPath') or 'nginx.conf'
+    assert conf_mounts[0]['mountPath'] in ('/etc/nginx/nginx.conf', '/etc/nginx/conf.d/' + cm_key)
+    conf = cm['data'][cm_key]
+    formats = nginx_log_formats(conf)
+    access_logs = [a.split() for a in nginx_directives(conf, 'access_log') if a.split()[0] != 'off']
+    assert access_logs, 'nginx.conf has no access_log'
+    for src in sources:
+        vol, rel = mount_of(exp, src)
+        assert 'emptyDir' in volumes[vol], '%s is not on an emptyDir' % src
+        written = []
+        for al in access_logs:
+            wvol, wrel = mount_of(web, al[0])
+            if wvol == vol and wrel == rel:
+                written.append(al)
+        assert written, '%s: nginx writes no access_log there (%s)' % (src, access_logs)
+        for al in written:
+            assert len(al) >= 2 and al[1] in formats, 'access_log %s has no named format' % al
+            assert formats[al[1]] == FORMATS[fmt], (
+                'nginx writes format %r:\n  %s\nthe exporter expects --format %s:\n  %s'
+                % (al[1], formats[al[1]], fmt, FORMATS[fmt]))
+
+    # Non-root, read-only root filesystem, resources, probes, port.
+    sc = dict(spec.get('securityContext', {}))
+    sc.update(exp.get('securityContext', {}))
+    assert sc.get('runAsNonRoot') is True and sc.get('runAsUser', 1) != 0, sc
+    assert sc.get('readOnlyRootFilesystem') is True, sc
+    assert sc.get('allowPrivilegeEscalation') is False, sc
+    res = exp['resources']
+    assert {'cpu', 'memory'} <= set(res['requests']) and {'cpu', 'memory'} <= set(res['limits'])
+    ports = {p['name']: p['containerPort'] for p in exp['ports']}
+    assert ports.get('metrics') == 9923, ports
+    listen = flag_value(args, '--web.listen-address')
+    assert listen is None or listen.endswith(':9923'), listen
+    assert exp['livenessProbe']['httpGet']['path'] == '/-/healthy'
+    assert exp['readinessProbe']['httpGet']['path'] == '/-/ready'
+    for probe in ('livenessProbe', 'readinessProbe'):
+        assert exp[probe]['httpGet']['port'] in ('metrics', 9923), exp[probe]
+    # The image's user owns nothing on the read-only root: every path the
+    # exporter writes must be on a volume.
+    pos = flag_value(args, '--positions-file')
+    if pos:
+        vol, _ = mount_of(exp, pos)
+        assert not [m for m in exp['volumeMounts'] if m['name'] == vol and m.get('readOnly')]
+
+    # Service + annotations + ServiceMonitor.
+    svc = kinds['Service']
+    sel = svc['spec']['selector']
+    assert all(pod['metadata']['labels'].get(k) == v for k, v in sel.items()), sel
+    svc_ports = {p['name']: p for p in svc['spec']['ports']}
+    assert svc_ports['metrics']['port'] == 9923, svc_ports
+    ann = dict(pod['metadata'].get('annotations', {}))
+    ann.update(svc['metadata'].get('annotations', {}))
+    assert ann.get('prometheus.io/scrape') == 'true' and ann.get('prometheus.io/port') == '9923'
+    sm = kinds['ServiceMonitor']
+    assert sm['apiVersion'] == 'monitoring.coreos.com/v1'
+    ml = sm['spec']['selector']['matchLabels']
+    assert all(svc['metadata']['labels'].get(k) == v for k, v in ml.items()), ml
+    assert [e for e in sm['spec']['endpoints'] if e.get('port') == 'metrics'], sm['spec']
+
+    # The ConfigMap's nginx.conf, run for real: its lines parse as --format.
+    run_sidecar_nginx_conf(conf, fmt)
+
+
+# ------------------------------------------------------------------ systemd
+
+def read_unit(path):
+    """{section: [(key, value)]} (keys may repeat)."""
+    out, section = {}, None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line[0] in '#;':
+                continue
+            if line.startswith('['):
+                section = line.strip('[]')
+                out.setdefault(section, [])
+                continue
+            k, _, v = line.partition('=')
+            out[section].append((k.strip(), v.strip()))
+    return out
+
+
+def test_systemd_unit():
+    unit = read_unit(UNIT)
+    svc = unit['Service']
+    one = {}
+    for k, v in svc:
+        one[k] = v  # the last one wins (CapabilityBoundingSet= resets)
+    assert one.get('User') and one['User'] not in ('root', '0'), one.get('User')
+    assert one.get('NoNewPrivileges') == 'yes'
+    assert one.get('Restart') == 'on-failure'
+    assert re.search(r'kill -HUP \$MAINPID', one.get('ExecReload', '')), one.get('ExecReload')
+    assert one.get('ProtectSystem') == 'strict' and one.get('ProtectHome') in ('read-only', 'yes')
+    assert one.get('CapabilityBoundingSet') == '', one.get('CapabilityBoundingSet')
+    for k in ('PrivateTmp', 'PrivateDevices', 'ProtectKernelTunables', 'ProtectKernelModules',
+              'ProtectControlGroups', 'RestrictNamespaces', 'LockPersonality',
+              'MemoryDenyWriteExecute'):
+        assert one.get(k) == 'yes', k
+    assert set(one.get('RestrictAddressFamilies', '').split()) == {'AF_INET', 'AF_INET6', 'AF_UNIX'}
+    assert one.get('SystemCallArchitectures') == 'native'
+
+    # ExecStart's --config is where the example config says to install it.
+    argv = shlex.split(one['ExecStart'])
+    config = flag_value(argv, '--config')
+    assert config, argv
+    with open(EXAMPLE_CONFIG) as f:
+        header = f.read(2000)
+    assert 'Install as %s' % config in header, (config, 'not named in deploy/sshtail.yml')
+
+    # Every path the exporter writes with that config is writable in the sandbox.
+    writable = ['/var/lib/' + s for s in one.get('StateDirectory', '').split()]
+    writable += [p.lstrip('-') for k, v in svc if k == 'ReadWritePaths' for p in v.split()]
+    yaml = yaml_module()
+    if yaml is not None:
+        with open(EXAMPLE_CONFIG) as f:
+            cfg = yaml.safe_load(f)
+        ssh = cfg.get('ssh', {})
+        written = [cfg.get('positions-file'),
+                   # appended to with accept-new-host-keys (on or turned on later)
+                   ssh.get('known-hosts') or cfg.get('ssh.known-hosts'),
+                   cfg.get('web', {}).get('listen-address-file')]
+        for w in filter(None, written):
+            assert any(w.startswith(d.rstrip('/') + '/') for d in writable), (
+                '%s is written by the exporter but not writable under %s' % (w, writable))
+
+    if shutil.which('systemd-analyze'):
+        d = harness.tmpdir()
+        path = os.path.join(d, 'sshtail_exporter.service')
+        with open(UNIT) as f:
+            text = f.read()
+        # The binary is not installed here: verify against the one under test.
+        with open(path, 'w') as f:
+            f.write(text.replace('/usr/local/bin/sshtail_exporter', BIN))
+        r = subprocess.run(['systemd-analyze', 'verify', '--man=no', path],
+                           capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and 'sshtail_exporter.service' not in out, out
+        r = subprocess.run(['systemd-analyze', 'security', '--offline=yes', '--no-pager', path],
+                           capture_output=True, text=True, timeout=60)
+        m = re.search(r'Overall exposure level for \S+: ([0-9.]+)', r.stdout)
+        if m:
+            print('  systemd-analyze security: exposure %s' % m.group(1), flush=True)
+            assert float(m.group(1)) <= 3.0, r.stdout
+    else:
+        print('note: systemd-analyze is not installed; skipping verify', flush=True)
+
+
+# ---------------------------------------------------------------------- demo
+
+def test_demo_runs_and_shows_traffic():
+    env = dict(os.environ, SSHTAIL_BIN=BIN)
+    r = subprocess.run([DEMO, '--duration', '20'], cwd=SRC, env=env, capture_output=True,
+                       text=True, timeout=300)
+    out = r.stdout
+    assert r.returncode == 0, 'demo exited %d\n%s\n%s' % (r.returncode, out, r.stderr)
+    m = re.search(r'http://127\.0\.0\.1:(\d+)/metrics', out)
+    assert m, out
+    values = [float(v) for v in
+              re.findall(r'^nginx_http_requests_total\{[^}]*\} (\S+)$', out, re.M)]
+    assert values and max(values) > 0, out
+    lines = [float(v) for v in re.findall(r'^sshtail_lines_total\{[^}]*\} (\S+)$', out, re.M)]
+    assert lines and max(lines) > 0, out
+    if shutil.which('prometheus'):
+        assert re.search(r'Prometheus: +http://127\.0\.0\.1:\d+/', out), out
+    # Everything was stopped and removed.
+    tmp = re.search(r'files: +(\S+)', out)
+    assert tmp and not os.path.exists(tmp.group(1)), out
+    port = int(m.group(1))
+    assert not harness.port_open(port), 'the exporter still listens after the demo'
+    for p in re.findall(r'127\.0\.0\.1:(\d+)', out):
+        assert not harness.port_open(int(p)), 'port %s still open after the demo' % p
+
+
+if __name__ == '__main__':
+    harness.main([test_example_config_passes_check_config, test_dockerfile_runtime_stage,
+                  test_kubernetes_sidecar, test_systemd_unit, test_demo_runs_and_shows_traffic])
