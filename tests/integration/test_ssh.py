@@ -257,7 +257,78 @@ def test_fifty_sources_every_line():
     assert exp.stop() == 0
 
 
+def test_ssh_config_alias_and_agent():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'a.log')
+    lines, truth = harness.generate(700, 'timed', 31)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    # ~/.ssh/config style: the alias gives host, port, user and key.
+    cfg = os.path.join(d, 'ssh_config')
+    with open(cfg, 'w') as f:
+        f.write('Host webalias\n  HostName 127.0.0.1\n  Port %d\n  User %s\n'
+                '  IdentityFile %s\n' % (sshd.port, sshd.user, sshd.key))
+    r = harness.run_once(['--format', 'timed', '--ssh.config', cfg, '--ssh.known-hosts',
+                          sshd.known_hosts, 'ssh://webalias' + path])
+    assert r.returncode == 0, r.stderr
+    harness.check_truth(promtext.parse(r.stdout), truth, 'webalias')
+
+    # ssh-agent: no key file given at all.
+    sock = os.path.join(d, 'agent.sock')
+    agent = subprocess.Popen(['ssh-agent', '-D', '-a', sock], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    harness._cleanups.append(agent.kill)
+    harness.wait_for(lambda: os.path.exists(sock), 10, what='ssh-agent')
+    env = dict(os.environ, SSH_AUTH_SOCK=sock)
+    subprocess.run(['ssh-add', sshd.key], env=env, check=True, capture_output=True)
+    r = subprocess.run([harness.BIN, '--once', '--format', 'timed', '--ssh.config', 'none',
+                        '--ssh.known-hosts', sshd.known_hosts, sshd.url(path)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    harness.check_truth(promtext.parse(r.stdout), truth, '127.0.0.1')
+
+
+def test_sudo_for_root_only_logs():
+    if os.geteuid() != 0:
+        print('skipped: needs root to set up a root-only file and sudoers')
+        return
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    lines, truth = harness.generate(500, 'timed', 41)
+    paths = [os.path.join(d, 'secret%d.log' % i) for i in (1, 2)]
+    for path in paths:
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        os.chmod(path, 0o600)
+    cfg = os.path.join(d, 'config.yml')
+    with open(cfg, 'w') as f:
+        f.write('sources:\n  - url: %s\n    name: plain\n  - url: %s\n    name: su\n'
+                '    sudo: true\n' % (sshd.url(paths[0]), sshd.url(paths[1])))
+    sudoers = '/etc/sudoers.d/sshtail-it-test'
+    harness._cleanups.append(lambda: os.path.exists(sudoers) and os.unlink(sudoers))
+    args = ['--format', 'timed', '--config', cfg, '--ssh.max-backoff', '2s',
+            '--start-at', 'beginning'] + sshd.exporter_args()
+
+    # No sudo rights: the plain source cannot read, the sudo one is refused.
+    exp = harness.Exporter(args, d, name='nosudo')
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='plain', reason='permission')
+    exp.wait_value('sshtail_ssh_reconnects_total', 1, source='su', reason='sudo')
+    assert exp.value('sshtail_source_up') == 0
+    assert exp.stop() == 0
+
+    with open(sudoers, 'w') as f:
+        f.write('%s ALL=(root) NOPASSWD: ALL\n' % sshd.user)
+    os.chmod(sudoers, 0o440)
+    exp = harness.Exporter(args, d, name='sudo')
+    exp.wait_value('sshtail_lines_total', 500, source='su')
+    harness.check_truth(exp.metrics(), truth, 'su')
+    assert exp.value('sshtail_source_up', source='plain') == 0
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_faults_mid_stream_exact, test_silent_dead_connection_is_noticed,
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
-                  test_path_injection_reads_the_literal_file, test_fifty_sources_every_line])
+                  test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
+                  test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])
