@@ -23,7 +23,10 @@ import promtext
 
 BIN = os.environ.get('SSHTAIL_BIN', os.path.join(os.path.dirname(__file__), '../../build/sshtail_exporter'))
 SOURCE_DIR = os.environ.get('SSHTAIL_SOURCE_DIR', os.path.abspath(os.path.join(os.path.dirname(__file__), '../..')))
-GEN = os.environ.get('SSHTAIL_GEN', os.path.join(SOURCE_DIR, '../shared/bench/gen_nginx_log.py'))
+GEN = os.environ.get('SSHTAIL_GEN') or next(
+    (p for p in (os.path.join(SOURCE_DIR, '../shared/bench/gen_nginx_log.py'),
+                 '/work/shared/bench/gen_nginx_log.py') if os.path.exists(p)),
+    os.path.join(SOURCE_DIR, '../shared/bench/gen_nginx_log.py'))
 
 _cleanups = []
 
