@@ -73,9 +73,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     bool a = scan.Line(line);
     bool b = groups.Line(line);
     if (a != b || scan.Dump() != groups.Dump()) {
-      std::fprintf(stderr, "scan and groups differ for format [%s] line [%s]\n%s---\n%s",
-                   expanded.c_str(), line.c_str(), scan.Dump().c_str(),
-                   groups.Dump().c_str());
+      std::fprintf(
+          stderr, "scan and groups differ for format [%s] line [%s]\n%s---\n%s",
+          expanded.c_str(), line.c_str(), scan.Dump().c_str(),
+          groups.Dump().c_str());
       std::abort();
     }
   } catch (const ConfigError&) {

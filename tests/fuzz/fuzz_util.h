@@ -19,8 +19,8 @@ namespace sshtail {
 struct FuzzRules {
   FuzzRules(const std::string& yaml, RuleContext ctx, bool allow_scan = true)
       : registry(std::make_shared<prometheus::Registry>()),
-        overflow(prometheus::BuildCounter().Name("o").Help("o").Register(
-            *registry)),
+        overflow(
+            prometheus::BuildCounter().Name("o").Help("o").Register(*registry)),
         store(overflow),
         sources{{"s", {}}} {
     RuleSetDef defs = ParseRules(yaml, "fuzz.yml", ctx);
