@@ -185,6 +185,20 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       cr.submatches = max_group + 1;
       cr.escape = NginxEscape::kNone;
     } else {
+      // An nginx variable; $request also gives method, path and protocol.
+      auto add_variable = [&](const std::string& var, FieldRef ref) {
+        ref.multi = IsNginxMultiValue(var);
+        add_field(var, ref);
+        if (var != "request") return;
+        for (auto [name, kind] :
+             {std::pair{"method", FieldRef::Kind::kMethod},
+              std::pair{"path", FieldRef::Kind::kPath},
+              std::pair{"protocol", FieldRef::Kind::kProtocol}}) {
+          FieldRef derived = ref;
+          derived.kind = kind;
+          add_field(name, derived);
+        }
+      };
       std::set<std::string> wanted;
       for (const auto& f : used) {
         if (f == "method" || f == "path" || f == "protocol") {
@@ -216,18 +230,7 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
           if (!wanted.count(var) || !done.insert(var).second) continue;
           FieldRef ref;
           ref.slot = static_cast<int>(v);
-          ref.multi = IsNginxMultiValue(var);
-          add_field(var, ref);
-          if (var == "request") {
-            for (auto [name, kind] :
-                 {std::pair{"method", FieldRef::Kind::kMethod},
-                  std::pair{"path", FieldRef::Kind::kPath},
-                  std::pair{"protocol", FieldRef::Kind::kProtocol}}) {
-              FieldRef derived = ref;
-              derived.kind = kind;
-              add_field(name, derived);
-            }
-          }
+          add_variable(var, ref);
         }
         nf.groups.clear();
       }
@@ -238,18 +241,7 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
           FieldRef ref;
           ref.group = static_cast<int>(g) + 1;
           ref.part = static_cast<int>(p);
-          ref.multi = IsNginxMultiValue(var);
-          add_field(var, ref);
-          if (var == "request") {
-            for (auto [name, kind] :
-                 {std::pair{"method", FieldRef::Kind::kMethod},
-                  std::pair{"path", FieldRef::Kind::kPath},
-                  std::pair{"protocol", FieldRef::Kind::kProtocol}}) {
-              FieldRef derived = ref;
-              derived.kind = kind;
-              add_field(name, derived);
-            }
-          }
+          add_variable(var, ref);
         }
       }
     }

@@ -19,6 +19,14 @@ COUNT_RULE = '''rules:
 %s
 '''
 
+# One counter by path with extra settings (ttl, max_series).
+PATH_RULE = '''rules:
+  - name: app
+    regex: '^(?P<level>[A-Z]+) (?P<path>\\S+) (?P<ms>\\d+)$'
+    metrics:
+      - {name: paths_total, type: counter, labels: {path: path}, %s}
+'''
+
 EXTRA_METRIC = '''      - name: app_ms_total
         type: counter
         value: ms
@@ -156,12 +164,7 @@ def test_ttl_drops_idle_series():
     d = harness.tmpdir()
     rules = os.path.join(d, 'ttl.yml')
     with open(rules, 'w') as f:
-        f.write('''rules:
-  - name: app
-    regex: '^(?P<level>[A-Z]+) (?P<path>\\S+) (?P<ms>\\d+)$'
-    metrics:
-      - {name: paths_total, type: counter, labels: {path: path}, ttl: 2s}
-''')
+        f.write(PATH_RULE % 'ttl: 2s')
     log = os.path.join(d, 'app.log')
     open(log, 'w').close()
     exp = harness.Exporter(['--rules', rules, log], d)
@@ -192,12 +195,7 @@ def test_max_series_caps_memory_with_a_million_paths():
     d = harness.tmpdir()
     rules = os.path.join(d, 'cap.yml')
     with open(rules, 'w') as f:
-        f.write('''rules:
-  - name: app
-    regex: '^(?P<level>[A-Z]+) (?P<path>\\S+) (?P<ms>\\d+)$'
-    metrics:
-      - {name: paths_total, type: counter, labels: {path: path}, max_series: 1000}
-''')
+        f.write(PATH_RULE % 'max_series: 1000')
     proc_args = [harness.BIN, '--web.listen-address', '127.0.0.1:0',
                  '--web.listen-address-file', os.path.join(d, 'addr'), '--rules', rules, '-']
     feeder = subprocess.Popen(proc_args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
