@@ -50,7 +50,7 @@ TEST_CASE("built-in rules with combined have no duration histograms") {
   CHECK(h.rules->rules()[0].groups.size() == 1);  // both counters, one lookup
 }
 
-TEST_CASE("upstream '-' is not observed; odd request lines get method other") {
+TEST_CASE("upstream - is not observed, odd request lines get method other") {
   RuleContext ctx;
   ctx.default_format = "timed";
   RuleHarness h(BuiltinNginxRules(), {{"s", {}}}, ctx);

@@ -70,7 +70,7 @@ TEST_CASE("bad flags are errors with exit code 2") {
   CHECK(Fresh({"--version"}) == ParseResult::kExit0);
 }
 
-TEST_CASE("config file: sources with names and labels; flags win") {
+TEST_CASE("config file: sources with names and labels, flags win") {
   char dir[] = "/tmp/sshtail-opt-XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
   std::string cfg = std::string(dir) + "/c.yml";
