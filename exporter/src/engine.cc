@@ -6,6 +6,8 @@
 #include <map>
 #include <set>
 
+#include "sshtail/text_format.h"
+
 namespace sshtail {
 namespace {
 
@@ -476,7 +478,7 @@ struct Evaluator::Impl {
         value = *l.def.default_value;
       }
     }
-    return value;
+    return text::ValidUtf8(value);
   }
 
   Entry* Lookup(RuleRt& rt, GroupRt& g, uint32_t source) {

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "sshtail/text_format.h"
+
 namespace sshtail {
 
 int64_t MetricStore::NowSeconds() {
@@ -74,12 +76,32 @@ Series* MetricState::Get(const prometheus::Labels& labels) {
   }
   if (overflow_counter_) overflow_counter_->Increment();
   if (!overflow_) {
-    prometheus::Labels over;
-    for (const auto& [k, v] : labels) over[k] = "__overflow__";
-    overflow_.reset(Create(over));
+    for (const auto& [k, v] : labels) overflow_labels_[k] = "__overflow__";
+    overflow_.reset(Create(overflow_labels_));
     overflow_->overflow = true;
   }
   return overflow_.get();
+}
+
+void MetricState::AppendExposition(std::string* out) const {
+  std::lock_guard lock(mutex_);
+  if (series_.empty() && !overflow_) return;
+  prometheus::MetricType type =
+      def_.type == MetricType::kCounter ? prometheus::MetricType::Counter
+      : def_.type == MetricType::kGauge ? prometheus::MetricType::Gauge
+                                        : prometheus::MetricType::Histogram;
+  text::AppendHeader(out, def_.name, def_.help, type);
+  auto one = [&](const prometheus::Labels& labels, const Series& s) {
+    if (s.counter) {
+      text::AppendSample(out, def_.name, "", labels, s.counter->Value());
+    } else if (s.gauge) {
+      text::AppendSample(out, def_.name, "", labels, s.gauge->Value());
+    } else if (s.histogram) {
+      text::AppendMetric(out, def_.name, type, labels, s.histogram->Collect());
+    }
+  };
+  for (const auto& [labels, s] : series_) one(labels, *s);
+  if (overflow_) one(overflow_labels_, *overflow_);
 }
 
 size_t MetricState::Expire(int64_t now_seconds) {
@@ -137,6 +159,11 @@ void MetricStore::Apply(const RuleSetDef& rules,
 MetricState* MetricStore::Find(const std::string& name) const {
   auto it = metrics_.find(name);
   return it == metrics_.end() ? nullptr : it->second.get();
+}
+
+void MetricStore::AppendExposition(std::string* out) const {
+  auto lock = ReadLock();
+  for (const auto& [name, m] : metrics_) m->AppendExposition(out);
 }
 
 size_t MetricStore::Expire() {

@@ -8,6 +8,8 @@
 #include <set>
 #include <stdexcept>
 
+#include "sshtail/text_format.h"
+
 namespace sshtail {
 namespace {
 
@@ -155,6 +157,7 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
           break;
       }
     }
+    s.name = text::ValidUtf8(s.name);  // it is a label value
     if (!names.insert(s.name).second) {
       throw std::invalid_argument("two sources are named '" + s.name +
                                   "'; give one of them another name");

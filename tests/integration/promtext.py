@@ -7,6 +7,11 @@ _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
+def _unescape(v):
+    """Label value escapes of the text format: \\\\, \\" and \\n only."""
+    return re.sub(r'\\(.)', lambda m: {'n': '\n'}.get(m.group(1), m.group(1)), v)
+
+
 def parse(text):
     """Returns {(name, ((label, value), ...)): float}."""
     out = {}
@@ -17,7 +22,7 @@ def parse(text):
         if not m:
             raise ValueError('bad exposition line: %r' % line)
         labels = tuple(sorted(
-            (k, v.encode().decode('unicode_escape')) for k, v in _LABEL.findall(m.group(3) or '')))
+            (k, _unescape(v)) for k, v in _LABEL.findall(m.group(3) or '')))
         out[(m.group(1), labels)] = float(m.group(4))
     return out
 

@@ -84,6 +84,29 @@ def test_hostile_lines_are_counted_never_fatal():
     assert got == truth['by_method_status']
 
 
+def test_label_values_from_hostile_bytes_stay_valid():
+    """nginx logs raw bytes as \\xHH; un-escaped they are not UTF-8, and a
+    scrape with an invalid label value is rejected by Prometheus."""
+    d = harness.tmpdir()
+    rules = os.path.join(d, 'paths.yml')
+    with open(rules, 'w') as f:
+        f.write("rules:\n  - name: p\n    log_format: combined\n    metrics:\n"
+                "      - {name: by_path_total, type: counter, labels: {path: path, ua: http_user_agent}}\n")
+    log = os.path.join(d, 'a.log')
+    with open(log, 'wb') as f:
+        f.write(b'1.2.3.4 - - [25/Nov/2026:08:00:00 +0000] "GET /\\xFF\\xFE\\x22\\x5C HTTP/1.1" '
+                b'200 1 "-" "\\xC0\\xAFbad \\xE2\\x82\\xAC"\n')
+    r = subprocess.run([harness.BIN, '--once', '--rules', rules, log], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode('utf-8')  # raises if not UTF-8
+    chk = subprocess.run(['promtool', 'check', 'metrics'], input=r.stdout, capture_output=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    m = promtext.parse(text)
+    (labels, v), = promtext.select(m, 'by_path_total')
+    assert labels['path'] == '/\ufffd\ufffd"\\', labels
+    assert labels['ua'] == '\ufffd\ufffdbad \u20ac', labels
+
+
 def test_bad_flags_and_config_exit_2_with_one_line():
     d = harness.tmpdir()
     bad_rules = os.path.join(d, 'bad.yml')
@@ -120,4 +143,5 @@ def test_help_and_version():
 if __name__ == '__main__':
     harness.main([test_once_200k_timed_matches_truth, test_once_combined_and_stdin,
                   test_once_custom_format_string, test_hostile_lines_are_counted_never_fatal,
+                  test_label_values_from_hostile_bytes_stay_valid,
                   test_bad_flags_and_config_exit_2_with_one_line, test_help_and_version])

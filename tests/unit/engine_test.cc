@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "sshtail/text_format.h"
 #include "test_util.h"
 
 namespace sshtail {
@@ -305,6 +306,43 @@ TEST_CASE("number parsing agrees with from_chars") {
     REQUIRE(ParseLogNumber(buf, &got));
     REQUIRE(got == want);
   }
+}
+
+}  // namespace
+}  // namespace sshtail
+
+namespace sshtail {
+namespace {
+
+TEST_CASE("label values are valid UTF-8 and the exposition is escaped") {
+  RuleHarness h(R"(
+rules:
+  - name: r
+    log_format: '"$request" $status'
+    metrics:
+      - {name: paths_total, type: counter, labels: {path: path}}
+)");
+  // nginx wrote \xFF and \x22 for raw bytes; un-escaping gives bytes that
+  // are not UTF-8, which Prometheus would reject in a scrape.
+  CHECK(h.Feed({"\"GET /a\\xFF\\xC3\\xA9\\x22b\\x0A HTTP/1.1\" 200"}) == 0);
+  std::string out;
+  h.store.AppendExposition(&out);
+  CHECK(out.find("path=\"/a\xEF\xBF\xBD\xC3\xA9\\\"b\\n\"") !=
+        std::string::npos);
+}
+
+TEST_CASE("text format numbers") {
+  std::string out;
+  for (double v :
+       {0.0, 1.0, 26784184988.0, 0.071, 1.1429999999999998, 1e300, -2.5}) {
+    text::AppendNumber(&out, v);
+    out += ' ';
+  }
+  CHECK(out == "0 1 26784184988 0.071 1.143 1e+300 -2.5 ");
+  CHECK(text::ValidUtf8("ok \xC3\xA9") == "ok \xC3\xA9");
+  CHECK(text::ValidUtf8("\xC0\xAF") == "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong
+  CHECK(text::ValidUtf8("\xED\xA0\x80") ==
+        "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
 }
 
 }  // namespace

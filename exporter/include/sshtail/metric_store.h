@@ -49,6 +49,9 @@ class MetricState {
   size_t Expire(int64_t now_seconds);
 
   const MetricDef& def() const { return def_; }
+
+  /// Appends this metric's exposition text (series in label order).
+  void AppendExposition(std::string* out) const;
   /// Takes a new definition with the same Signature() (help, caps, ttl,
   /// label mapping may differ).
   void Redefine(const MetricDef& def);
@@ -67,6 +70,7 @@ class MetricState {
   mutable std::mutex mutex_;
   std::map<prometheus::Labels, std::unique_ptr<Series>> series_;
   std::unique_ptr<Series> overflow_;
+  prometheus::Labels overflow_labels_;
   std::atomic<size_t> max_series_;
   std::atomic<int64_t> ttl_seconds_;
 };
@@ -93,6 +97,10 @@ class MetricStore {
 
   /// Removes idle series of metrics that have a ttl.
   size_t Expire();
+
+  /// Appends the exposition of every rule metric, by name. Reads the
+  /// series directly (no registry copy, no sorting). Thread-safe.
+  void AppendExposition(std::string* out) const;
 
   std::shared_lock<std::shared_mutex> ReadLock() const {
     return std::shared_lock<std::shared_mutex>(world_);
