@@ -433,6 +433,7 @@ class SshConnection : public Producer {
     ChannelPtr ch(ssh_channel_new(session_.get()));
     if (!ch || ssh_channel_open_session(ch.get()) != SSH_OK) {
       std::string e = ssh_get_error(session_.get());
+      if (e.empty()) e = "refused by the server";
       StreamFailed(s, "channel",
                    "cannot open a channel: " + e +
                        " (sshd's MaxSessions too low for "
@@ -445,9 +446,9 @@ class SshConnection : public Producer {
                           static_cast<uint32_t>(script.size())) !=
             static_cast<int>(script.size()) ||
         ssh_channel_send_eof(ch.get()) != SSH_OK) {
-      StreamFailed(s, "channel",
-                   "cannot start the remote reader: " +
-                       std::string(ssh_get_error(session_.get())));
+      std::string e = ssh_get_error(session_.get());
+      if (e.empty()) e = "the server closed the channel";
+      StreamFailed(s, "channel", "cannot start the remote reader: " + e);
       return false;
     }
     Channel& c = s.channels.emplace_back(po_.max_line_bytes);
@@ -821,7 +822,10 @@ class SshConnection : public Producer {
           if (!session_) return;
         }
       }
-      int timeout = NextTimeout();
+      // Reading one channel (or its stderr) can pull packets of another
+      // into libssh's buffers; then the socket is quiet although data is
+      // waiting, and polling it would sleep until the next deadline.
+      int timeout = Buffered() ? 0 : NextTimeout();
       if (ssh_event_dopoll(event_.get(), timeout) == SSH_ERROR &&
           !ssh_is_connected(session_.get())) {
         Lost("disconnect",
@@ -849,6 +853,26 @@ class SshConnection : public Producer {
     }
   }
 
+  // True if a channel has bytes or an end of file waiting in libssh.
+  // Polling a buffer that is empty makes libssh read up to 4 KiB from the
+  // socket, which can complete a packet for a buffer already looked at: a
+  // second round sees it.
+  bool Buffered() const {
+    for (int round = 0; round < 2; ++round) {
+      for (const auto& s : streams_) {
+        for (const auto& c : s->channels) {
+          if (c.closed) continue;
+          if (ssh_channel_poll(c.ch.get(), 0) > 0 ||
+              ssh_channel_poll(c.ch.get(), 1) > 0 ||
+              ssh_channel_is_eof(c.ch.get())) {
+            return true;
+          }
+        }
+      }
+    }
+    return false;
+  }
+
   void CloseDrained(Clock::time_point now) {
     for (auto& s : streams_) {
       for (auto& c : s->channels) {
@@ -869,6 +893,16 @@ class SshConnection : public Producer {
   int NextTimeout() const {
     auto now = Clock::now();
     auto next = last_rx_ + so_.heartbeat_interval * 3 + milliseconds(10);
+    // While lines flow, wake at least every 50 ms: a packet completed behind
+    // our back (see Buffered) then waits that long at most. Quiet
+    // connections sleep until the next heartbeat.
+    for (const auto& s : streams_) {
+      for (const auto& c : s->channels) {
+        if (!c.closed && now - c.last_data < std::chrono::seconds(1)) {
+          next = std::min(next, now + milliseconds(50));
+        }
+      }
+    }
     for (const auto& s : streams_) {
       if (!s->done && !s->HasRole(Channel::Role::kCurrent)) {
         next = std::min(next, s->retry_at);

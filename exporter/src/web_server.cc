@@ -133,10 +133,19 @@ bool WebServer::Start(std::string* error) {
     return false;
   }
   if (impl_->config.tls_enabled()) ports += "s";
-  std::vector<const char*> options = {
-      "listening_ports",    ports.c_str(), "num_threads",       "8",
-      "request_timeout_ms", "30000",       "enable_keep_alive", "yes"};
-  options.push_back(nullptr);
+  // tcp_nodelay: headers and body go out in two writes; without it, Nagle
+  // and delayed ACKs add ~40 ms to every scrape on a kept-alive connection.
+  std::vector<const char*> options = {"listening_ports",
+                                      ports.c_str(),
+                                      "num_threads",
+                                      "8",
+                                      "request_timeout_ms",
+                                      "30000",
+                                      "enable_keep_alive",
+                                      "yes",
+                                      "tcp_nodelay",
+                                      "1",
+                                      nullptr};
   struct mg_callbacks callbacks {};
   callbacks.log_message = &Impl::LogMessage;
   if (impl_->config.tls_enabled()) {
