@@ -219,15 +219,11 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       cr.escape = r.escape;
       cr.submatches = static_cast<int>(nf.groups.size()) + 1;
       if (allow_scan && !nf.scan.empty()) {
-        // Scan mode: steps up to the last variable a metric uses.
-        int last = -1;
-        for (size_t v = 0; v < nf.variables.size(); ++v) {
-          if (wanted.count(nf.variables[v])) last = static_cast<int>(v);
-        }
-        cr.scan.assign(nf.scan.begin(), nf.scan.begin() + (last + 1));
+        // Scan mode: the scanner matches; fields are its variables.
+        cr.scan = nf.scan;
         cr.submatches = 0;
         std::set<std::string> done;
-        for (size_t v = 0; v < cr.scan.size(); ++v) {
+        for (size_t v = 0; v < cr.scan.steps.size(); ++v) {
           const std::string& var = nf.variables[v];
           if (!wanted.count(var) || !done.insert(var).second) continue;
           FieldRef ref;
@@ -357,37 +353,20 @@ struct Evaluator::Impl {
     for (const auto& r : rules->rules()) {
       RuleRt rt;
       rt.def = &r;
-      rt.re = std::make_unique<RE2>(r.pattern, PatternOptions());
+      if (r.scan.empty()) {
+        rt.re = std::make_unique<RE2>(r.pattern, PatternOptions());
+      }
       for (const auto& f : r.filters) {
         rt.filters.push_back(std::make_unique<RE2>(f.regex, PatternOptions()));
       }
       for (const auto& g : r.groups) rt.groups.push_back(GroupRt{&g, {}});
       rt.memo.resize(r.fields.size());
       rt.memo_line.assign(r.fields.size(), 0);
-      rt.spans.resize(r.scan.size());
+      rt.spans.resize(r.scan.steps.size());
       max_sub = std::max(max_sub, r.submatches);
       rule_rt.push_back(std::move(rt));
     }
     subs.resize(static_cast<size_t>(std::max(max_sub, 1)));
-  }
-
-  // Splits a matched line into its variables (scan mode).
-  static void Scan(const CompiledRule& r, std::string_view line,
-                   std::vector<std::string_view>& spans) {
-    const char* p = line.data();
-    const char* end = p + line.size();
-    for (size_t i = 0; i < r.scan.size(); ++i) {
-      const auto& step = r.scan[i];
-      p += step.skip;
-      if (p > end) p = end;  // cannot happen after a match; stay in bounds
-      const char* stop = step.to_end
-                             ? end
-                             : static_cast<const char*>(std::memchr(
-                                   p, step.stop, static_cast<size_t>(end - p)));
-      if (stop == nullptr) stop = end;
-      spans[i] = std::string_view(p, static_cast<size_t>(stop - p));
-      p = stop;
-    }
   }
 
   // The text of a field after its kind, before unescaping and mapping.
@@ -560,12 +539,13 @@ struct Evaluator::Impl {
     re2::StringPiece text(line.data(), line.size());
     for (auto& rt : rule_rt) {
       const CompiledRule& r = *rt.def;
-      if (!rt.re->Match(text, 0, text.size(), RE2::ANCHOR_BOTH, subs.data(),
-                        r.submatches)) {
+      if (!r.scan.empty()) {
+        if (!r.scan.Match(line, rt.spans.data())) continue;
+      } else if (!rt.re->Match(text, 0, text.size(), RE2::ANCHOR_BOTH,
+                               subs.data(), r.submatches)) {
         continue;
       }
       any = true;
-      if (!r.scan.empty()) Scan(r, line, rt.spans);
       bool pass = true;
       for (size_t i = 0; i < r.filters.size() && pass; ++i) {
         std::string_view f = FieldText(rt, r.filters[i].field);

@@ -2,7 +2,9 @@
 
 #include <re2/re2.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <stdexcept>
 
 namespace sshtail {
@@ -81,6 +83,7 @@ std::string ClassChar(char c) {
 // literal can split two variables captured together).
 struct VarPattern {
   std::string re;
+  NginxScan::Check check = NginxScan::Check::kAny;
   std::string alphabet;  // the bytes a value can hold, if `bounded`
   bool bounded = false;
   char excluded = 0;  // or: any byte but this one, if `excludes`
@@ -92,9 +95,11 @@ struct VarPattern {
   }
 };
 
-VarPattern Bounded(std::string re, std::string alphabet) {
+VarPattern Bounded(std::string re, std::string alphabet,
+                   NginxScan::Check check) {
   VarPattern p;
   p.re = std::move(re);
+  p.check = check;
   p.alphabet = std::move(alphabet);
   p.bounded = true;
   return p;
@@ -106,26 +111,29 @@ std::string MultiValuePattern(const std::string& one) {
 
 VarPattern ValuePattern(const std::string& var, const std::string& next,
                         NginxEscape escape) {
+  using Check = NginxScan::Check;
   static const std::string kDigits = "0123456789";
-  if (var == "status") return Bounded("[0-9]{3}", kDigits);
+  if (var == "status") return Bounded("[0-9]{3}", kDigits, Check::kStatus);
   if (var == "body_bytes_sent" || var == "bytes_sent" || var == "connection" ||
       var == "connection_requests" || var == "request_length") {
-    return Bounded("[0-9]+", kDigits);
+    return Bounded("[0-9]+", kDigits, Check::kDigits);
   }
   if (var == "request_time" || var == "msec") {
-    return Bounded("[0-9]+(?:\\.[0-9]+)?", kDigits + ".");
+    return Bounded("[0-9]+(?:\\.[0-9]+)?", kDigits + ".", Check::kDecimal);
   }
-  if (var == "pipe") return Bounded("[p.]", "p.");
+  if (var == "pipe") return Bounded("[p.]", "p.", Check::kPipe);
   if (var == "time_iso8601") {
-    return Bounded("[0-9T:+.-]+Z?", kDigits + "T:+.-Z");
+    return Bounded("[0-9T:+.-]+Z?", kDigits + "T:+.-Z", Check::kIso8601);
   }
   const std::string kMulti = kDigits + ".-, :";
   if (var == "upstream_response_time" || var == "upstream_connect_time" ||
       var == "upstream_header_time" || var == "upstream_queue_time") {
-    return Bounded(MultiValuePattern("[0-9]+(?:\\.[0-9]+)?|-"), kMulti);
+    return Bounded(MultiValuePattern("[0-9]+(?:\\.[0-9]+)?|-"), kMulti,
+                   Check::kMultiTime);
   }
   if (var == "upstream_status") {
-    return Bounded(MultiValuePattern("[0-9]{3}|-"), kMulti);
+    return Bounded(MultiValuePattern("[0-9]{3}|-"), kMulti,
+                   Check::kMultiStatus);
   }
   VarPattern p;
   if (next.empty()) {
@@ -324,36 +332,127 @@ NginxFormat CompileNginxFormat(std::string_view format, NginxEscape escape,
     }
   }
   if (open) re += ")";
-  // The scan plan (see NginxFormat::scan).
+  // The scan plan (see NginxScan).
   bool scannable = escape != NginxEscape::kJson;
-  size_t skip = 0;
+  std::string before;
   for (size_t i = 0; i < tokens.size() && scannable; ++i) {
     const Token& t = tokens[i];
     if (!t.variable) {
-      skip = t.text.size();
+      before = t.text;
       continue;
     }
-    NginxFormat::ScanStep step;
-    step.skip = skip;
-    skip = 0;
+    NginxScan::Step step;
+    step.before = std::move(before);
+    before.clear();
+    std::string next;
     if (i + 1 == tokens.size()) {
       step.to_end = true;
     } else if (tokens[i + 1].variable) {
       scannable = false;
     } else {
-      step.stop = tokens[i + 1].text[0];
-      scannable = ValuePattern(t.text, tokens[i + 1].text, escape)
-                      .CannotContain(step.stop);
+      next = tokens[i + 1].text;
+      step.stop = next[0];
     }
-    out.scan.push_back(step);
+    VarPattern p = ValuePattern(t.text, next, escape);
+    if (!step.to_end && !p.CannotContain(step.stop)) scannable = false;
+    step.check = p.check;
+    out.scan.steps.push_back(std::move(step));
   }
-  if (!scannable) out.scan.clear();
+  out.scan.tail = before;
+  if (!scannable) out.scan = NginxScan();
   if (out.variables.empty()) {
     throw std::invalid_argument("log_format '" + std::string(format) +
                                 "' has no $variables");
   }
   out.regex = std::move(re);
   return out;
+}
+
+namespace {
+
+bool AllDigits(std::string_view v) {
+  for (char c : v) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+// [0-9]+(\.[0-9]+)?
+bool IsDecimal(std::string_view v) {
+  size_t dot = v.find('.');
+  if (dot == std::string_view::npos) return !v.empty() && AllDigits(v);
+  return dot > 0 && dot + 1 < v.size() && AllDigits(v.substr(0, dot)) &&
+         AllDigits(v.substr(dot + 1));
+}
+
+// Items separated by ", " or " : ", each passing `item` or being "-".
+template <class F>
+bool IsMulti(std::string_view v, F item) {
+  for (;;) {
+    size_t comma = v.find(", ");
+    size_t colon = v.find(" : ");
+    size_t cut = std::min(comma, colon);
+    std::string_view one = v.substr(0, cut);
+    if (one != "-" && !item(one)) return false;
+    if (cut == std::string_view::npos) return true;
+    v.remove_prefix(cut + (cut == comma ? 2 : 3));
+  }
+}
+
+bool Valid(NginxScan::Check check, std::string_view v) {
+  using Check = NginxScan::Check;
+  switch (check) {
+    case Check::kAny:
+      return true;
+    case Check::kDigits:
+      return !v.empty() && AllDigits(v);
+    case Check::kStatus:
+      return v.size() == 3 && AllDigits(v);
+    case Check::kDecimal:
+      return IsDecimal(v);
+    case Check::kPipe:
+      return v == "p" || v == ".";
+    case Check::kIso8601: {
+      if (!v.empty() && v.back() == 'Z') v.remove_suffix(1);
+      if (v.empty()) return false;
+      for (char c : v) {
+        if (!((c >= '0' && c <= '9') || c == 'T' || c == ':' || c == '+' ||
+              c == '.' || c == '-')) {
+          return false;
+        }
+      }
+      return true;
+    }
+    case Check::kMultiTime:
+      return IsMulti(v, IsDecimal);
+    case Check::kMultiStatus:
+      return IsMulti(
+          v, [](std::string_view s) { return s.size() == 3 && AllDigits(s); });
+  }
+  return false;
+}
+
+}  // namespace
+
+bool NginxScan::Match(std::string_view line, std::string_view* values) const {
+  size_t p = 0;
+  const size_t n = line.size();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& s = steps[i];
+    if (line.compare(p, s.before.size(), s.before) != 0) return false;
+    p += s.before.size();
+    size_t end = n;
+    if (!s.to_end) {
+      const void* hit = std::memchr(line.data() + p, s.stop, n - p);
+      if (hit == nullptr) return false;
+      end = static_cast<size_t>(static_cast<const char*>(hit) - line.data());
+    }
+    std::string_view v = line.substr(p, end - p);
+    if (!Valid(s.check, v)) return false;
+    values[i] = v;
+    p = end;
+  }
+  return line.compare(p, std::string_view::npos, tail) == 0;
 }
 
 std::string_view UnescapeNginx(std::string_view in, NginxEscape escape,

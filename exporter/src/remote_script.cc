@@ -94,8 +94,8 @@ elif [ "$atend" = 1 ] && [ "$size" -gt "$win" ]; then
 fi
 echo "$t BEGIN $cdev $cino $start $size"
 if [ "$mode" = once ]; then
-  tail -c +$((start + 1)) /dev/fd/3 | head -c $((size - start))
-  exit 0
+  exec dd bs=256K skip="$start" count=$((size - start)) \
+    iflag=skip_bytes,count_bytes status=none <&3
 fi
 (
   while sleep "$hb"; do

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 #include <map>
+#include <random>
+#include <set>
 #include <string>
 
 #include "sshtail/engine.h"
@@ -196,6 +198,81 @@ TEST_CASE("multi-value upstream fields match") {
   REQUIRE(!m.empty());
   CHECK(m["upstream_status"] == "502, 504 : 200");
   CHECK(m["upstream_response_time"] == "0.004, 0.012 : 0.003");
+}
+
+}  // namespace
+}  // namespace sshtail
+
+namespace sshtail {
+namespace {
+
+// The scanner must agree with RE2 on every line: same verdict, same fields.
+void CheckScanAgreesWithRe2(const std::string& format,
+                            const std::vector<std::string>& seeds) {
+  std::vector<std::string> vars = NginxVariables(format);
+  std::set<std::string> wanted(vars.begin(), vars.end());
+  NginxFormat f = CompileNginxFormat(format, NginxEscape::kDefault, wanted);
+  REQUIRE_FALSE(f.scan.empty());
+  RE2 re(f.regex, PatternOptions());
+  REQUIRE(re.ok());
+  std::mt19937 rng(7);
+  const std::string alphabet = "0123456789.-, :\"[]ZTpx\\/";
+  std::vector<std::string> lines = seeds;
+  for (const auto& seed : seeds) {
+    for (int k = 0; k < 3000; ++k) {
+      std::string l = seed;
+      int edits = 1 + static_cast<int>(rng() % 3);
+      for (int e = 0; e < edits && !l.empty(); ++e) {
+        size_t at = rng() % l.size();
+        char c = alphabet[rng() % alphabet.size()];
+        switch (rng() % 3) {
+          case 0:
+            l[at] = c;
+            break;
+          case 1:
+            l.insert(at, 1, c);
+            break;
+          default:
+            l.erase(at, 1);
+        }
+      }
+      lines.push_back(l);
+    }
+  }
+  size_t matched = 0;
+  std::vector<std::string_view> values(f.scan.steps.size());
+  for (const auto& l : lines) {
+    bool by_re2 = RE2::FullMatch(l, re);
+    bool by_scan = f.scan.Match(l, values.data());
+    INFO("format: " << format << "\nline: " << l);
+    REQUIRE(by_scan == by_re2);
+    if (!by_scan) continue;
+    ++matched;
+    auto groups = Fields(f, l);
+    std::set<std::string> seen;
+    for (size_t v = 0; v < vars.size(); ++v) {
+      if (!seen.insert(vars[v]).second) continue;
+      REQUIRE(std::string(values[v]) == groups[vars[v]]);
+    }
+  }
+  CHECK(matched > seeds.size());  // mutations that still match were tried
+}
+
+TEST_CASE("scanner and RE2 agree on mutated lines") {
+  NginxEscape e = NginxEscape::kDefault;
+  CheckScanAgreesWithRe2(
+      ExpandNginxFormat("timed", &e),
+      {std::string(kCombinedLine) + " 0.016 0.004, 0.012 : 0.003",
+       std::string(kCombinedLine) + " 1 -"});
+  CheckScanAgreesWithRe2(
+      ExpandNginxFormat("main", &e),
+      {std::string(kCombinedLine) + " \"10.0.0.1, 10.0.0.2\""});
+  CheckScanAgreesWithRe2(
+      "$time_iso8601 $pipe [$upstream_status] $msec:$status",
+      {"2026-11-25T08:15:21+00:00 p [502, 200 : -] 1700000000.123:404",
+       "2026-11-25T08:15:21Z . [-] 1:200"});
+  CheckScanAgreesWithRe2("($status) [$request_time] *+?|^\\$body_bytes_sent.",
+                         {"(404) [0.002] *+?|^\\17.", "(200) [1] *+?|^\\0."});
 }
 
 }  // namespace

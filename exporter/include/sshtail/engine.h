@@ -66,9 +66,9 @@ struct CompiledRule {
   int submatches = 1;  ///< groups to ask RE2 for, including $0
   std::vector<FieldRef> fields;
   std::vector<std::vector<std::string>> group_seps;  ///< per group (nginx)
-  /// nginx formats that allow it: RE2 only matches, fields are found by
-  /// scanning (see NginxFormat::scan). Empty: fields come from groups.
-  std::vector<NginxFormat::ScanStep> scan;
+  /// nginx formats that allow it are matched by scanning (NginxScan);
+  /// empty: RE2 matches and fields come from its groups.
+  NginxScan scan;
   NginxEscape escape = NginxEscape::kNone;
   std::vector<CompiledFilter> filters;
   std::vector<CompiledGroup> groups;

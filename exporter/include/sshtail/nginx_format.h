@@ -10,6 +10,39 @@ namespace sshtail {
 /// nginx's `escape=` parameter of log_format.
 enum class NginxEscape { kDefault, kJson, kNone };
 
+/// Matches lines of an nginx format without a regex engine, for formats
+/// where every variable's values cannot hold the first byte of the literal
+/// after it (every stock format). For such a format this is exactly
+/// RE2::FullMatch(line, regex): a variable must end at the first such byte,
+/// so the split is unique; then each literal is compared and each value is
+/// checked against its variable's pattern. A fuzzer holds it to that.
+/// Immutable; thread-safe.
+struct NginxScan {
+  /// What a value must look like (the variable's RE2 pattern).
+  enum class Check {
+    kAny,          ///< [^stop]* or .* : nothing left to check
+    kDigits,       ///< [0-9]+
+    kStatus,       ///< [0-9]{3}
+    kDecimal,      ///< [0-9]+(\.[0-9]+)?
+    kPipe,         ///< [p.]
+    kIso8601,      ///< [0-9T:+.-]+Z?
+    kMultiTime,    ///< decimal or -, separated by ", " or " : "
+    kMultiStatus,  ///< [0-9]{3} or -, separated the same way
+  };
+  struct Step {
+    std::string before;   ///< literal before the variable
+    char stop = 0;        ///< the value ends at the first such byte...
+    bool to_end = false;  ///< ...or at the end of the line
+    Check check = Check::kAny;
+  };
+  std::vector<Step> steps;  ///< one per variable, in order
+  std::string tail;         ///< literal after the last variable
+
+  bool empty() const { return steps.empty(); }
+  /// True if `line` matches; then values[i] is variable i's text.
+  bool Match(std::string_view line, std::string_view* values) const;
+};
+
 /// An nginx log_format turned into an RE2 pattern. Plain value type.
 struct NginxFormat {
   std::string format;  ///< the format string itself
@@ -27,18 +60,9 @@ struct NginxFormat {
   };
   std::vector<Group> groups;  ///< capturing group i+1 is groups[i]
 
-  /// When every variable's values cannot hold the first byte of the literal
-  /// after it, a line that matches `regex` splits into its variables by
-  /// scanning for those bytes: RE2 then only has to say yes or no (its
-  /// DFA), which is much faster than asking it for groups. One step per
-  /// variable, in order; empty when the format does not allow it (two
-  /// variables in a row, escape=json).
-  struct ScanStep {
-    size_t skip = 0;      ///< length of the literal before the variable
-    char stop = 0;        ///< the variable ends at the first such byte...
-    bool to_end = false;  ///< ...or at the end of the line
-  };
-  std::vector<ScanStep> scan;
+  /// How a scannable format matches (see NginxScan); empty when the format
+  /// cannot be scanned (two variables in a row, escape=json).
+  NginxScan scan;
 };
 
 /// Expands the predefined names: "combined" (nginx's own), "timed"
