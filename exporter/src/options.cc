@@ -150,7 +150,7 @@ std::vector<Flag> Flags(Options* o) {
       });
   add("queue.batches", Kind::kValue, "N",
       "capacity of the queue between readers and parsers, in batches of up "
-      "to 256 KiB (default: 64)",
+      "to 256 KiB (default: 16)",
       [o](const std::string& v, const std::string&) {
         o->queue_batches = ParseSize("queue.batches", v);
       });

@@ -26,7 +26,7 @@ struct Options {
   std::string telemetry_path = "/metrics";
   std::string web_config_file;
 
-  size_t queue_batches = 64;
+  size_t queue_batches = 16;
   int consumers = 0;  ///< 0: one per CPU, at most 4
   std::string positions_file;
   std::chrono::milliseconds positions_interval{5000};
