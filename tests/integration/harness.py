@@ -51,6 +51,14 @@ def tmpdir(prefix='sshtail-test-'):
     return d
 
 
+def write_file(directory, name, text):
+    """Writes `text` to directory/name and returns the path."""
+    path = os.path.join(directory, name)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

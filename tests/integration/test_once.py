@@ -40,12 +40,11 @@ def test_once_combined_and_stdin():
 
 def test_once_custom_format_string():
     d = harness.tmpdir()
-    path = os.path.join(d, 'custom.log')
-    with open(path, 'w') as f:
-        f.write('10.0.0.1 [25/Nov/2026:08:00:00 +0000] "GET / HTTP/1.1" 200 5\n'
-                '10.0.0.2 [25/Nov/2026:08:00:01 +0000] "POST /a HTTP/2.0" 500 7\n'
-                '10.0.0.3 [25/Nov/2026:08:00:02 +0000] "GET /b HTTP/1.1" 200 11\n'
-                'not a log line\n')
+    path = harness.write_file(d, 'custom.log',
+                              '10.0.0.1 [25/Nov/2026:08:00:00 +0000] "GET / HTTP/1.1" 200 5\n'
+                              '10.0.0.2 [25/Nov/2026:08:00:01 +0000] "POST /a HTTP/2.0" 500 7\n'
+                              '10.0.0.3 [25/Nov/2026:08:00:02 +0000] "GET /b HTTP/1.1" 200 11\n'
+                              'not a log line\n')
     r = harness.run_once(['--format', '$remote_addr [$time_local] "$request" $status $body_bytes_sent',
                           path])
     assert r.returncode == 0, r.stderr
@@ -88,10 +87,10 @@ def test_label_values_from_hostile_bytes_stay_valid():
     """nginx logs raw bytes as \\xHH; un-escaped they are not UTF-8, and a
     scrape with an invalid label value is rejected by Prometheus."""
     d = harness.tmpdir()
-    rules = os.path.join(d, 'paths.yml')
-    with open(rules, 'w') as f:
-        f.write("rules:\n  - name: p\n    log_format: combined\n    metrics:\n"
-                "      - {name: by_path_total, type: counter, labels: {path: path, ua: http_user_agent}}\n")
+    rules = harness.write_file(
+        d, 'paths.yml',
+        "rules:\n  - name: p\n    log_format: combined\n    metrics:\n"
+        "      - {name: by_path_total, type: counter, labels: {path: path, ua: http_user_agent}}\n")
     log = os.path.join(d, 'a.log')
     with open(log, 'wb') as f:
         f.write(b'1.2.3.4 - - [25/Nov/2026:08:00:00 +0000] "GET /\\xFF\\xFE\\x22\\x5C HTTP/1.1" '

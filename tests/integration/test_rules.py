@@ -34,9 +34,7 @@ EXTRA_METRIC = '''      - name: app_ms_total
 
 
 def check_config(d, text, name='rules.yml'):
-    path = os.path.join(d, name)
-    with open(path, 'w') as f:
-        f.write(text)
+    path = harness.write_file(d, name, text)
     r = subprocess.run([harness.BIN, '--check-config', '--rules', path], capture_output=True,
                        text=True)
     return r.returncode, r.stderr.strip(), path
@@ -87,15 +85,13 @@ def test_readme_rule_example_loads_and_counts():
         readme = f.read()
     section = readme[readme.index('## Writing rules'):]
     example = section[section.index('```yaml') + 7:section.index('```', section.index('```yaml') + 7)]
-    path = os.path.join(d, 'example.yml')
-    with open(path, 'w') as f:
-        f.write(example)
-    log = os.path.join(d, 'api.log')
-    with open(log, 'w') as f:
-        f.write('10.0.0.1 [25/Nov/2026:08:00:00 +0000] "GET /api/v1/users/7 HTTP/1.1" 200 10 0.020 "curl/8.4.0"\n'
-                '10.0.0.1 [25/Nov/2026:08:00:01 +0000] "GET /api/v1/orders HTTP/1.1" 404 5 0.040 "Mozilla/5.0"\n'
-                '10.0.0.1 [25/Nov/2026:08:00:02 +0000] "GET /api/x HTTP/1.1" 200 1 0.010 "kube-probe/1.28"\n'
-                '10.0.0.1 [25/Nov/2026:08:00:03 +0000] "GET /web HTTP/1.1" 200 1 0.010 "curl/8.4.0"\n')
+    path = harness.write_file(d, 'example.yml', example)
+    log = harness.write_file(
+        d, 'api.log',
+        '10.0.0.1 [25/Nov/2026:08:00:00 +0000] "GET /api/v1/users/7 HTTP/1.1" 200 10 0.020 "curl/8.4.0"\n'
+        '10.0.0.1 [25/Nov/2026:08:00:01 +0000] "GET /api/v1/orders HTTP/1.1" 404 5 0.040 "Mozilla/5.0"\n'
+        '10.0.0.1 [25/Nov/2026:08:00:02 +0000] "GET /api/x HTTP/1.1" 200 1 0.010 "kube-probe/1.28"\n'
+        '10.0.0.1 [25/Nov/2026:08:00:03 +0000] "GET /web HTTP/1.1" 200 1 0.010 "curl/8.4.0"\n')
     r = harness.run_once(['--rules', path, log])
     assert r.returncode == 0, r.stderr
     m = promtext.parse(r.stdout)
@@ -115,14 +111,9 @@ def write(path, lines):
 
 def test_reload_keeps_counters_and_rejects_bad_rules():
     d = harness.tmpdir()
-    rules = os.path.join(d, 'app.yml')
-    with open(rules, 'w') as f:
-        f.write(COUNT_RULE % '')
-    cfg = os.path.join(d, 'config.yml')
-    log = os.path.join(d, 'app.log')
-    open(log, 'w').close()
-    with open(cfg, 'w') as f:
-        f.write('rules: [app.yml]\nsources: [%s]\n' % log)
+    rules = harness.write_file(d, 'app.yml', COUNT_RULE % '')
+    log = harness.write_file(d, 'app.log', '')
+    cfg = harness.write_file(d, 'config.yml', 'rules: [app.yml]\nsources: [%s]\n' % log)
     exp = harness.Exporter(['--config', cfg], d)
     write(log, ['INFO /a 5', 'WARN /b 7', 'INFO /c 1'])
     exp.wait_value('app_lines_total', 2, level='INFO')
@@ -162,11 +153,8 @@ def test_reload_keeps_counters_and_rejects_bad_rules():
 
 def test_ttl_drops_idle_series():
     d = harness.tmpdir()
-    rules = os.path.join(d, 'ttl.yml')
-    with open(rules, 'w') as f:
-        f.write(PATH_RULE % 'ttl: 2s')
-    log = os.path.join(d, 'app.log')
-    open(log, 'w').close()
+    rules = harness.write_file(d, 'ttl.yml', PATH_RULE % 'ttl: 2s')
+    log = harness.write_file(d, 'app.log', '')
     exp = harness.Exporter(['--rules', rules, log], d)
     write(log, ['INFO /old 1'])
     exp.wait_value('paths_total', 1, path='/old')
@@ -193,9 +181,7 @@ def rss_kib(pid):
 
 def test_max_series_caps_memory_with_a_million_paths():
     d = harness.tmpdir()
-    rules = os.path.join(d, 'cap.yml')
-    with open(rules, 'w') as f:
-        f.write(PATH_RULE % 'max_series: 1000')
+    rules = harness.write_file(d, 'cap.yml', PATH_RULE % 'max_series: 1000')
     proc_args = [harness.BIN, '--web.listen-address', '127.0.0.1:0',
                  '--web.listen-address-file', os.path.join(d, 'addr'), '--rules', rules, '-']
     feeder = subprocess.Popen(proc_args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
