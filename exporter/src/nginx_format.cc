@@ -138,6 +138,7 @@ VarPattern ValuePattern(const std::string& var, const std::string& next,
   VarPattern p;
   if (next.empty()) {
     p.re = escape == NginxEscape::kJson ? "(?:[^\\\\]|\\\\.)*" : ".*";
+    p.check = NginxScan::Check::kNoNewline;
     return p;
   }
   std::string stop = ClassChar(next[0]);
@@ -404,6 +405,8 @@ bool Valid(NginxScan::Check check, std::string_view v) {
   switch (check) {
     case Check::kAny:
       return true;
+    case Check::kNoNewline:
+      return v.find('\n') == std::string_view::npos;
     case Check::kDigits:
       return !v.empty() && AllDigits(v);
     case Check::kStatus:

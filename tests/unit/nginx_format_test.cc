@@ -277,3 +277,22 @@ TEST_CASE("scanner and RE2 agree on mutated lines") {
 
 }  // namespace
 }  // namespace sshtail
+
+namespace sshtail {
+namespace {
+
+// Found by fuzz_nginx_format: a format ending in a free-form variable is
+// `.*` for RE2, and RE2's '.' does not match a newline.
+TEST_CASE("scanner: a last free-form variable does not take a newline") {
+  NginxFormat f =
+      CompileNginxFormat("$uas $u", NginxEscape::kDefault, {"uas", "u"});
+  RE2 re(f.regex, PatternOptions());
+  std::vector<std::string_view> values(f.scan.steps.size());
+  for (std::string line : {"a b", "a b\nc", "a\nb c", "a "}) {
+    INFO(line);
+    CHECK(f.scan.Match(line, values.data()) == RE2::FullMatch(line, re));
+  }
+}
+
+}  // namespace
+}  // namespace sshtail

@@ -20,7 +20,8 @@ enum class NginxEscape { kDefault, kJson, kNone };
 struct NginxScan {
   /// What a value must look like (the variable's RE2 pattern).
   enum class Check {
-    kAny,          ///< [^stop]* or .* : nothing left to check
+    kAny,          ///< [^stop]*: nothing left to check
+    kNoNewline,    ///< .* (RE2's '.' does not match '\n')
     kDigits,       ///< [0-9]+
     kStatus,       ///< [0-9]{3}
     kDecimal,      ///< [0-9]+(\.[0-9]+)?
