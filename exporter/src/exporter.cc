@@ -222,8 +222,15 @@ struct Exporter::Impl {
     }
     std::string error;
     if (!positions->Save(all, &error)) {
-      Log(LogLevel::kWarn, "cannot save positions: " + error);
+      // Once per failure streak, not every few seconds.
+      if (positions_ok) Log(LogLevel::kWarn, "cannot save positions: " + error);
+      positions_ok = false;
+      return;
     }
+    if (!positions_ok) {
+      Log(LogLevel::kInfo, "positions saved again to " + positions->path());
+    }
+    positions_ok = true;
   }
 
   std::string Exposition() const {
@@ -317,6 +324,7 @@ struct Exporter::Impl {
   MetricStore store;
   std::shared_ptr<const CompiledRules> rules;  // guarded by store's lock
   std::unique_ptr<PositionsFile> positions;
+  bool positions_ok = true;
   std::vector<std::unique_ptr<Producer>> producers;
   std::vector<std::thread> producer_threads;
   std::vector<std::thread> consumers;
