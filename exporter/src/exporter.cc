@@ -361,6 +361,15 @@ int Exporter::RunOnce(std::ostream& out) {
   impl_->SavePositions();
   out << impl_->Exposition();
   out.flush();
+  // The metrics are printed either way; the exit code tells a script that a
+  // source could not be read at all (each such source logged why).
+  for (size_t i = 0; i < impl_->status.size(); ++i) {
+    if (!impl_->status[i]->connected_once.load()) {
+      Log(LogLevel::kError,
+          "source " + impl_->options.sources[i].name + " could not be read");
+      return 1;
+    }
+  }
   return 0;
 }
 

@@ -114,7 +114,7 @@ std::vector<Flag> Flags(Options* o) {
       });
   add("once", Kind::kBool, "",
       "read every source from its beginning to its current end, print the "
-      "metrics to stdout, exit",
+      "metrics to stdout, exit (1 if a source could not be read)",
       [o](const std::string& v, const std::string&) {
         o->once = ParseBool("once", v);
       });

@@ -307,6 +307,25 @@ class SshConnection : public Producer {
     return out;
   }
 
+  // libssh 0.10 runs ProxyJump as `ssh -W [%h]:%p jumphost`: the OpenSSH
+  // client must read the same config file (for the jump host's name, key
+  // and known_hosts), and must never prompt.
+  void AdjustProxyCommand(ssh_session ss) const {
+    char* pc = nullptr;
+    if (ssh_options_get(ss, SSH_OPTIONS_PROXYCOMMAND, &pc) != SSH_OK || !pc) {
+      return;
+    }
+    std::string cmd = pc;
+    ssh_string_free_char(pc);
+    if (cmd.rfind("ssh ", 0) != 0) return;  // a user's own ProxyCommand
+    std::string extra = "-o BatchMode=yes ";
+    if (!so_.config_file.empty() && so_.config_file != "none") {
+      extra += "-F " + ShellQuote(so_.config_file) + " ";
+    }
+    cmd.insert(4, extra);
+    ssh_options_set(ss, SSH_OPTIONS_PROXYCOMMAND, cmd.c_str());
+  }
+
   bool Connect(Failure* f) {
     SessionPtr s(ssh_new());
     if (!s) {
@@ -345,6 +364,7 @@ class SshConnection : public Producer {
             "cannot parse ssh config: " + std::string(ssh_get_error(ss))};
       return false;
     }
+    AdjustProxyCommand(ss);
     if (ssh_connect(ss) != SSH_OK) {
       std::string e = ssh_get_error(ss);
       *f = {ClassifyConnectError(e), "cannot connect: " + e};

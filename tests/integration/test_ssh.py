@@ -89,6 +89,32 @@ def test_faults_mid_stream_exact():
     assert exp2.stop() == 0
 
 
+def test_rotation_while_disconnected_reads_the_old_file_to_its_end():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'access.log')
+    open(path, 'w').close()
+    seed = 23
+    lines, truth = harness.generate(60000, 'timed', seed)
+    exp = harness.Exporter(['--format', 'timed', '--ssh.max-backoff', '1s'] +
+                           sshd.exporter_args() + [sshd.url(path)], d)
+    exp.wait_value('sshtail_source_up', 1, source='127.0.0.1')
+    w = harness.Writer(path, lines, rate=20000)
+    w.start()
+    w.wait_written(10000)
+    sshd.stop()  # the host is unreachable...
+    w.wait_written(20000)
+    os.rename(path, path + '.1')  # ...while the log is rotated
+    w.wait_written(25000)  # lines still going to the old file
+    w.reopen()
+    w.wait_written(35000)
+    sshd.start(sshd.port)
+    w.finish()
+    check_prefix(exp, '127.0.0.1', len(lines), seed)
+    assert exp.value('sshtail_rotations_total', source='127.0.0.1') >= 1
+    assert exp.stop() == 0
+
+
 def test_silent_dead_connection_is_noticed():
     d = harness.tmpdir()
     sshd = harness.Sshd(d)
@@ -230,7 +256,7 @@ def test_path_injection_reads_the_literal_file():
     url2 = 'ssh://%s@127.0.0.1:%d%s' % (sshd.user, sshd.port,
                                         quote(os.path.join(d, '$(touch %s)' % marker)))
     r = harness.run_once(sshd.exporter_args() + [url2])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # metrics printed, the source unread
     for where in (home, d, '/'):
         assert not os.path.exists(os.path.join(where, marker)), where
 
@@ -273,6 +299,18 @@ def test_ssh_config_alias_and_agent():
                           sshd.known_hosts, 'ssh://webalias' + path])
     assert r.returncode == 0, r.stderr
     harness.check_truth(promtext.parse(r.stdout), truth, 'webalias')
+
+    # ProxyJump through a jump host (the same sshd here): libssh runs the
+    # OpenSSH client for the hop, with the same config file.
+    with open(cfg, 'a') as f:
+        f.write('Host behindjump\n  HostName 127.0.0.1\n  Port %d\n  User %s\n'
+                '  IdentityFile %s\n  ProxyJump webalias\n'
+                'Host *\n  UserKnownHostsFile %s\n' % (sshd.port, sshd.user, sshd.key,
+                                                     sshd.known_hosts))
+    r = harness.run_once(['--format', 'timed', '--ssh.config', cfg, '--ssh.known-hosts',
+                          sshd.known_hosts, 'ssh://behindjump' + path])
+    assert r.returncode == 0, r.stderr
+    harness.check_truth(promtext.parse(r.stdout), truth, 'behindjump')
 
     # ssh-agent: no key file given at all.
     sock = os.path.join(d, 'agent.sock')
@@ -328,7 +366,9 @@ def test_sudo_for_root_only_logs():
 
 
 if __name__ == '__main__':
-    harness.main([test_faults_mid_stream_exact, test_silent_dead_connection_is_noticed,
+    harness.main([test_faults_mid_stream_exact,
+                  test_rotation_while_disconnected_reads_the_old_file_to_its_end,
+                  test_silent_dead_connection_is_noticed,
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
                   test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
                   test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])
