@@ -141,8 +141,14 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
         s.kind == SourceSpec::Kind::kSsh
             ? s.user + "@" + s.host + ":" + std::to_string(s.port) + s.path
             : (s.kind == SourceSpec::Kind::kStdin ? "-" : s.path);
+    // file:line when the source comes from the config file.
+    std::string where =
+        s.config_file.empty()
+            ? ""
+            : s.config_file + ":" + std::to_string(s.config_line) + ": ";
     if (!urls.insert(key).second) {
-      throw std::invalid_argument("source '" + s.url + "' is given twice");
+      throw std::invalid_argument(where + "source '" + s.url +
+                                  "' is given twice");
     }
     if (s.name.empty()) {
       switch (s.kind) {
@@ -159,7 +165,7 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
     }
     s.name = text::ValidUtf8(s.name);  // it is a label value
     if (!names.insert(s.name).second) {
-      throw std::invalid_argument("two sources are named '" + s.name +
+      throw std::invalid_argument(where + "two sources are named '" + s.name +
                                   "'; give one of them another name");
     }
   }
