@@ -1,5 +1,6 @@
 #include "sshtail/options.h"
 
+#include <prometheus/check_names.h>
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
@@ -308,13 +309,7 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
       }
       for (const auto& kv : n["labels"]) {
         std::string k = kv.first.Scalar();
-        bool ok = !k.empty() && k.rfind("__", 0) != 0;
-        for (size_t i = 0; i < k.size() && ok; ++i) {
-          char c = k[i];
-          ok = std::isalpha(static_cast<unsigned char>(c)) || c == '_' ||
-               (i > 0 && std::isdigit(static_cast<unsigned char>(c)));
-        }
-        if (!ok || k == "source") {
+        if (!prometheus::CheckLabelName(k) || k == "source") {
           throw ConfigError(Where(file, kv.first) + ": invalid label name '" +
                             k + "'");
         }

@@ -1,5 +1,6 @@
 #include "sshtail/rules.h"
 
+#include <prometheus/check_names.h>
 #include <re2/re2.h>
 #include <yaml-cpp/yaml.h>
 
@@ -17,14 +18,14 @@ namespace {
 const std::vector<double> kDefaultBuckets = {.005, .01, .025, .05, .1, .25,
                                              .5,   1,   2.5,  5,   10};
 
+// prometheus-cpp's own rules (which also reserve names starting with "__"),
+// so that whatever passes here registers without an exception later.
 bool ValidMetricName(const std::string& s) {
-  static const RE2 re("[a-zA-Z_:][a-zA-Z0-9_:]*");
-  return RE2::FullMatch(s, re);
+  return prometheus::CheckMetricName(s);
 }
 
 bool ValidLabelName(const std::string& s) {
-  static const RE2 re("[a-zA-Z_][a-zA-Z0-9_]*");
-  return RE2::FullMatch(s, re) && s.rfind("__", 0) != 0;
+  return prometheus::CheckLabelName(s);
 }
 
 std::string Join(const std::vector<std::string>& v) {

@@ -57,6 +57,13 @@ TEST_CASE("errors name file and line") {
       "      - name: 1bad\n        type: counter\n";
   CHECK(ErrorOf(bad_name) == "r.yml:5: invalid metric name '1bad'");
 
+  // Found by fuzz_rules: names prometheus-cpp reserves must fail at load,
+  // not throw when the metric is registered.
+  std::string reserved =
+      "rules:\n  - name: x\n    regex: a\n    metrics:\n"
+      "      - name: __x\n        type: counter\n";
+  CHECK(ErrorOf(reserved) == "r.yml:5: invalid metric name '__x'");
+
   std::string unsorted =
       "rules:\n  - name: x\n    regex: '(?P<v>\\d+)'\n    metrics:\n"
       "      - name: h\n        type: histogram\n        value: v\n"
