@@ -197,13 +197,7 @@ class Server:
         return promtext.total(self.metrics(), name, **labels)
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        harness.stop_process(self.proc)
         self.logf.close()
 
 

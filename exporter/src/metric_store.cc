@@ -78,7 +78,6 @@ Series* MetricState::Get(const prometheus::Labels& labels) {
   if (!overflow_) {
     for (const auto& [k, v] : labels) overflow_labels_[k] = "__overflow__";
     overflow_.reset(Create(overflow_labels_));
-    overflow_->overflow = true;
   }
   return overflow_.get();
 }

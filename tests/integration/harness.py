@@ -51,6 +51,18 @@ def tmpdir(prefix='sshtail-test-'):
     return d
 
 
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_file(directory, name, text):
     """Writes `text` to directory/name and returns the path."""
     path = os.path.join(directory, name)

@@ -26,7 +26,6 @@ struct Series {
   prometheus::Gauge* gauge = nullptr;
   prometheus::Histogram* histogram = nullptr;
   std::atomic<int64_t> last_used{0};  ///< steady-clock seconds
-  bool overflow = false;
 
   /// Gauge `set` across consumer threads: the newest line wins.
   std::mutex set_mutex;
