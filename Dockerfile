@@ -3,6 +3,8 @@
 # sshtail_exporter image.
 #
 #   docker build -t sshtail_exporter .
+#   scripts/image        # the same with Debian's podman, offline from any
+#                        # registry (see the script)
 #   docker run --rm -p 9923:9923 \
 #     -v "$PWD/sshtail.yml:/etc/sshtail_exporter/sshtail.yml:ro" \
 #     -v "$HOME/.ssh/sshtail_ed25519:/home/sshtail/.ssh/id_ed25519:ro" \
@@ -16,11 +18,12 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 # ------------------------------------------------------------------- build
 FROM ${DEBIAN_IMAGE} AS build
-# scripts/deps is the CI's dependency script (build + test packages, from
-# Debian 12). Copied alone first so that the apt layer is cached until the
-# script itself changes.
+# scripts/deps is the CI's dependency script; `build` installs only what
+# compiling needs (compiler, CMake, the -dev packages: no clang, nginx,
+# Prometheus or test tools). Copied alone first so that the apt layer is
+# cached until the script itself changes.
 COPY scripts/deps /src/scripts/deps
-RUN /src/scripts/deps && rm -rf /var/lib/apt/lists/*
+RUN /src/scripts/deps build && rm -rf /var/lib/apt/lists/*
 COPY . /src
 WORKDIR /src
 # The CI's build, without the tests. The build dir is created fresh here
@@ -58,7 +61,10 @@ LABEL org.opencontainers.image.title="sshtail_exporter" \
 #   libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2
 #   libkeyutils1               GSSAPI, via libssh
 # openssh-client: ProxyJump / ProxyCommand in ~/.ssh/config run `ssh`.
-# ca-certificates: for ProxyCommand helpers that talk TLS.
+# Nothing else: no ca-certificates (the exporter makes no outgoing TLS
+# connections; it would also bring the openssl command), no curl, no
+# compiler. tests/integration/test_image.py builds this image, runs it, and
+# lists every program it holds.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libprometheus-cpp-core1.0 \
@@ -72,8 +78,8 @@ RUN apt-get update \
       libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 \
       libkeyutils1 \
       openssh-client \
-      ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt/* \
+      /var/log/dpkg.log /var/cache/debconf/*-old /var/lib/dpkg/*-old
 
 # The binary in /usr/local/bin and the TLS shims in
 # /usr/local/lib/sshtail_exporter (= <binary dir>/../lib/sshtail_exporter,

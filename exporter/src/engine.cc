@@ -22,6 +22,8 @@ struct StringHash {
 // raw values (before mapping), so a capped metric fed a million distinct
 // paths must not keep a million keys.
 constexpr size_t kMaxCachedKeys = 65536;
+// ... and a byte bound, since a key can be as long as a line (64 KiB).
+constexpr size_t kMaxCachedBytes = 16 << 20;
 
 std::string_view StatusClass(std::string_view s) {
   static const char* kClasses[] = {"0xx", "1xx", "2xx", "3xx", "4xx",
@@ -129,16 +131,8 @@ bool ParseLogNumber(std::string_view s, double* out) {
   return any;
 }
 
-RE2::Options PatternOptions() {
-  RE2::Options o;
-  o.set_encoding(RE2::Options::EncodingLatin1);
-  o.set_log_errors(false);
-  o.set_max_mem(64 << 20);
-  return o;
-}
-
 std::shared_ptr<const CompiledRules> CompiledRules::Build(
-    const RuleSetDef& def, const MetricStore& store, bool allow_scan) {
+    const RuleSetDef& def, const MetricStore* store, bool allow_scan) {
   auto out = std::shared_ptr<CompiledRules>(new CompiledRules());
   for (const auto& r : def.rules) {
     CompiledRule cr;
@@ -290,8 +284,8 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
         cr.groups.push_back(std::move(g));
       }
       CompiledMetric cm;
-      cm.state = store.Find(m.name);
-      if (cm.state == nullptr) {
+      cm.state = store ? store->Find(m.name) : nullptr;
+      if (store && cm.state == nullptr) {
         throw ConfigError(m.loc.str() + ": metric '" + m.name +
                           "' is not in the store");
       }
@@ -327,6 +321,7 @@ struct Evaluator::Impl {
   struct GroupRt {
     const CompiledGroup* def;
     Cache cache;
+    size_t cache_bytes = 0;
   };
   struct RuleRt {
     const CompiledRule* def;
@@ -470,9 +465,10 @@ struct Evaluator::Impl {
     }
     auto it = g.cache.find(std::string_view(key));
     if (it != g.cache.end()) return it->second.get();
-    if (g.cache.size() >= kMaxCachedKeys) {
+    if (g.cache.size() >= kMaxCachedKeys || g.cache_bytes >= kMaxCachedBytes) {
       Flush();
       g.cache.clear();
+      g.cache_bytes = 0;
     }
     prometheus::Labels labels;
     const SourceLabels& src = sources[source];
@@ -489,6 +485,8 @@ struct Evaluator::Impl {
       e->accs.push_back(std::move(a));
     }
     Entry* raw = e.get();
+    g.cache_bytes += 2 * key.size() + sizeof(Entry) + 64;
+    for (const auto& [k, v] : raw->labels) g.cache_bytes += k.size() + v.size();
     g.cache.emplace(key, std::move(e));
     return raw;
   }

@@ -14,6 +14,8 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <stdexcept>
+#include <system_error>
 
 #include "self_metrics.h"
 #include "sshtail/batch_queue.h"
@@ -23,6 +25,7 @@
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
 #include "sshtail/ssh_producer.h"
+#include "sshtail/syslog_producer.h"
 #include "sshtail/text_format.h"
 #include "sshtail/web_server.h"
 #include "web_config.h"
@@ -84,7 +87,9 @@ std::string HtmlEscape(const std::string& s) {
 }  // namespace
 
 void CheckConfig(const Options& options) {
-  LoadRules(options.rule_files, ContextFor(options));
+  // Compiled as for matching, so what passes here also loads.
+  CompiledRules::Build(LoadRules(options.rule_files, ContextFor(options)),
+                       nullptr);
   if (!options.web_config_file.empty())
     WebConfig::Load(options.web_config_file);
 }
@@ -94,7 +99,7 @@ struct Exporter::Impl {
       : options(std::move(o)),
         queue(options.queue_batches),
         self(options.sources, status, queue),
-        store(self.overflow()) {
+        store(self.overflow(), options.max_series_total) {
     for (size_t i = 0; i < options.sources.size(); ++i) {
       status.push_back(std::make_unique<SourceStatus>());
       SourceLabels sl;
@@ -108,16 +113,60 @@ struct Exporter::Impl {
     if (!options.web_config_file.empty()) {
       WebConfig::Load(options.web_config_file);  // fail early, exit 2
     }
+    CompiledRules::Build(defs, nullptr);  // fails before the store changes
     store.Apply(defs);
-    rules = CompiledRules::Build(defs, store);
+    rules = CompiledRules::Build(defs, &store);
     expire_every = ExpireInterval(defs);
-    if (!options.positions_file.empty()) {
+    // --once reads every source from its start and must not move the
+    // daemon's positions (it may share the config file).
+    if (!options.positions_file.empty() && !options.once) {
       positions = std::make_unique<PositionsFile>(options.positions_file);
       auto saved = positions->Load();
       for (size_t i = 0; i < options.sources.size(); ++i) {
         auto it = saved.find(options.sources[i].url);
         if (it != saved.end()) status[i]->positions.Restore(it->second);
       }
+    }
+    BindSyslogSources();
+  }
+
+  // Syslog sockets are created now, so a bad path or a busy port is exit 2.
+  // Each gets kSyslogMaxHosts more source indices for its senders'
+  // hostnames, past the configured ones (all vectors are sized here, once).
+  void BindSyslogSources() {
+    std::vector<uint32_t> syslog;
+    for (uint32_t i = 0; i < options.sources.size(); ++i) {
+      auto kind = options.sources[i].kind;
+      if (kind == SourceSpec::Kind::kSyslogUnix ||
+          kind == SourceSpec::Kind::kSyslogUdp) {
+        syslog.push_back(i);
+      }
+    }
+    if (syslog.empty()) return;
+    if (options.once) {
+      throw std::invalid_argument(
+          "--once cannot read syslog source '" +
+          options.sources[syslog[0]].url + "': a socket has no end");
+    }
+    std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
+    for (size_t k = 0; k < syslog.size(); ++k) {
+      for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
+        slots[k].push_back(
+            SyslogHostSlot{static_cast<uint32_t>(status.size()), nullptr,
+                           nullptr});
+        status.push_back(std::make_unique<SourceStatus>());
+        source_labels.push_back(source_labels[syslog[k]]);  // static labels
+      }
+    }
+    for (size_t k = 0; k < syslog.size(); ++k) {
+      for (auto& slot : slots[k]) {
+        slot.status = status[slot.index].get();
+        slot.name = &source_labels[slot.index].name;
+      }
+      uint32_t i = syslog[k];
+      producers.push_back(MakeSyslogProducer(options.sources[i], i, *status[i],
+                                             std::move(slots[k]), queue,
+                                             ProducerOpts()));
     }
   }
 
@@ -128,7 +177,17 @@ struct Exporter::Impl {
       n = std::clamp(n, 1, 4);
     }
     for (int i = 0; i < n; ++i) {
-      consumers.emplace_back([this] { ConsumerLoop(); });
+      try {
+        consumers.emplace_back([this] { ConsumerLoop(); });
+      } catch (const std::system_error& e) {
+        // A pids limit: run with the parsers we have.
+        Log(LogLevel::kWarn, "cannot start parser thread " +
+                                 std::to_string(i + 1) + ": " + e.what());
+        break;
+      }
+    }
+    if (consumers.empty()) {
+      throw std::runtime_error("cannot start any parser thread");
     }
   }
 
@@ -144,7 +203,8 @@ struct Exporter::Impl {
         std::shared_ptr<const CompiledRules> r = rules;
         unmatched = eval.Process(*b, r);
       }
-      const SourceCounters& c = self.counters(b->source);
+      const SourceCounters& c =
+          self.counters(b->source, source_labels[b->source].name);
       if (b->lines) c.lines->Increment(b->lines);
       if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
       if (b->raw_bytes) c.bytes->Increment(static_cast<double>(b->raw_bytes));
@@ -153,11 +213,16 @@ struct Exporter::Impl {
     }
   }
 
-  void StartProducers() {
+  ProducerOptions ProducerOpts() const {
     ProducerOptions po;
     po.start_at = options.start_at;
     po.once = options.once;
     po.max_line_bytes = options.max_line_bytes;
+    return po;
+  }
+
+  void StartProducers() {
+    ProducerOptions po = ProducerOpts();
     std::vector<uint32_t> ssh_sources;
     for (uint32_t i = 0; i < options.sources.size(); ++i) {
       const SourceSpec& s = options.sources[i];
@@ -171,6 +236,9 @@ struct Exporter::Impl {
         case SourceSpec::Kind::kSsh:
           ssh_sources.push_back(i);
           break;
+        case SourceSpec::Kind::kSyslogUnix:
+        case SourceSpec::Kind::kSyslogUdp:
+          break;  // bound in the constructor (a bad socket path is exit 2)
       }
     }
     if (!ssh_sources.empty()) {
@@ -192,10 +260,32 @@ struct Exporter::Impl {
         producers.push_back(std::move(p));
       }
     }
-    for (auto& p : producers) {
-      Producer* raw = p.get();
-      producer_threads.emplace_back([raw] { raw->Run(); });
+    StartProducerThreads();
+  }
+
+  // A thread that cannot be created (a container's pids limit) must not end
+  // the process: the rest are retried from the main loop, and run inline
+  // by --once.
+  void StartProducerThreads() {
+    while (producers_started < producers.size()) {
+      Producer* raw = producers[producers_started].get();
+      try {
+        producer_threads.emplace_back([raw] { raw->Run(); });
+      } catch (const std::system_error& e) {
+        if (!thread_failed) {
+          Log(LogLevel::kError,
+              "cannot start a reader thread (" + std::string(e.what()) +
+                  "); " +
+                  std::to_string(producers.size() - producers_started) +
+                  " reader(s) wait and are retried");
+        }
+        thread_failed = true;
+        return;
+      }
+      ++producers_started;
     }
+    if (thread_failed) Log(LogLevel::kInfo, "every reader thread started");
+    thread_failed = false;
   }
 
   void JoinProducers() {
@@ -269,11 +359,10 @@ struct Exporter::Impl {
         next.format = fresh.format;
       }
       RuleSetDef defs = LoadRules(next.rule_files, ContextFor(next));
-      std::shared_ptr<const CompiledRules> compiled;
-      store.Apply(defs, [&] {
-        compiled = CompiledRules::Build(defs, store);
-        rules = compiled;
-      });
+      // All or nothing: everything that can fail fails in this check, before
+      // the store replaces a single metric (the old rules point into it).
+      CompiledRules::Build(defs, nullptr);
+      store.Apply(defs, [&] { rules = CompiledRules::Build(defs, &store); });
       options.rule_files = next.rule_files;
       options.format = next.format;
       expire_every = ExpireInterval(defs);
@@ -327,6 +416,8 @@ struct Exporter::Impl {
   bool positions_ok = true;
   std::vector<std::unique_ptr<Producer>> producers;
   std::vector<std::thread> producer_threads;
+  size_t producers_started = 0;
+  bool thread_failed = false;
   std::vector<std::thread> consumers;
   std::mutex reload_mutex;
   std::chrono::milliseconds expire_every{10000};
@@ -355,6 +446,10 @@ int Exporter::RunOnce(std::ostream& out) {
   impl_->StartConsumers();
   impl_->StartProducers();
   impl_->JoinProducers();
+  // Readers without a thread of their own run here, one after the other.
+  while (impl_->producers_started < impl_->producers.size()) {
+    impl_->producers[impl_->producers_started++]->Run();
+  }
   impl_->queue.Close();
   for (auto& t : impl_->consumers) t.join();
   impl_->consumers.clear();
@@ -387,8 +482,11 @@ int Exporter::RunServer() {
   handlers.ready = [this] { return impl_->Ready(); };
   handlers.reload = [this](std::string* e) { return impl_->Reload(e); };
   handlers.landing_page = [this] { return impl_->LandingPage(); };
+  WebSettings web_settings;
+  web_settings.enable_lifecycle = impl_->options.web_enable_lifecycle;
+  web_settings.max_connections = impl_->options.web_max_connections;
   WebServer web(impl_->options.listen_address, impl_->options.telemetry_path,
-                impl_->options.web_config_file, handlers);
+                impl_->options.web_config_file, handlers, web_settings);
   Start();
   std::string error;
   if (!web.Start(&error)) {
@@ -423,6 +521,9 @@ int Exporter::RunServer() {
       impl_->Reload(&e);
     }
     auto now = std::chrono::steady_clock::now();
+    if (impl_->producers_started < impl_->producers.size()) {
+      impl_->StartProducerThreads();
+    }
     if (now >= next_save) {
       impl_->SavePositions();
       next_save = now + impl_->options.positions_interval;
@@ -472,8 +573,13 @@ int Main(int argc, const char* const argv[]) {
     std::fprintf(stderr, "sshtail_exporter: error: %s\n", e.what());
     return 2;
   }
-  if (options.once) return exporter->RunOnce(std::cout);
-  return exporter->RunServer();
+  try {
+    if (options.once) return exporter->RunOnce(std::cout);
+    return exporter->RunServer();
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "sshtail_exporter: error: %s\n", e.what());
+    return 1;
+  }
 }
 
 }  // namespace sshtail

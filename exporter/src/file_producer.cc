@@ -60,6 +60,8 @@ struct OpenFile {
   Clock::time_point last_growth = Clock::now();
   int wd = -1;
   std::string tail;              // the last bytes read, to notice a rewrite
+  uint64_t saved_tail_at = UINT64_MAX;  // FilePosition::tail cache
+  std::string saved_tail;
   uint64_t eof_at = UINT64_MAX;  // once mode: stop here
 
   uint64_t line_offset() const { return start + splitter.complete_bytes(); }
@@ -129,14 +131,14 @@ class FileProducer : public Producer {
       if (p.current) {
         struct stat st {};
         if (::stat(spec_.path.c_str(), &st) == 0 && IdOf(st) == p.file) {
-          have_current = OpenAt(spec_.path, p.offset, true);
+          have_current = OpenAt(spec_.path, p, true);
           continue;
         }
       }
       // Rotated while we were away: find it by inode next to the path.
       std::string old = FindByInode(p.file);
       if (!old.empty()) {
-        OpenAt(old, p.offset, false);
+        OpenAt(old, p, false);
       } else {
         Log(LogLevel::kWarn, "source " + spec_.name +
                                  ": a rotated file from the positions file is "
@@ -179,7 +181,9 @@ class FileProducer : public Producer {
     return found;
   }
 
-  bool OpenAt(const std::string& path, uint64_t offset, bool current) {
+  bool OpenAt(const std::string& path, const FilePosition& saved,
+              bool current) {
+    uint64_t offset = saved.offset;
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
     if (!fd) return false;
     struct stat st {};
@@ -197,6 +201,20 @@ class FileProducer : public Producer {
                                "it from the start");
       status_.rotations.fetch_add(1);
       offset = 0;
+    } else if (!saved.tail.empty() && saved.tail.size() <= offset) {
+      // Truncated and grown past the offset while we were away
+      // (copytruncate): the bytes before the offset are not ours any more.
+      std::string now(saved.tail.size(), '\0');
+      ssize_t n =
+          ::pread(fd.get(), now.data(), now.size(),
+                  static_cast<off_t>(offset - saved.tail.size()));
+      if (n != static_cast<ssize_t>(now.size()) || now != saved.tail) {
+        Log(LogLevel::kInfo, "source " + spec_.name + ": " + path +
+                                 " was rewritten since the saved position; "
+                                 "reading it from the start");
+        status_.rotations.fetch_add(1);
+        offset = 0;
+      }
     }
     if (::lseek(fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) {
       return false;
@@ -332,6 +350,7 @@ class FileProducer : public Producer {
       f.start = 0;
       f.read_pos = 0;
       f.tail.clear();
+      f.saved_tail_at = UINT64_MAX;
       f.splitter.Reset();
     }
     while (f.read_pos < f.eof_at) {
@@ -378,12 +397,27 @@ class FileProducer : public Producer {
     if (exists) TryOpenCurrent(/*from_start=*/true);
   }
 
-  PositionSet Positions() const {
+  PositionSet Positions() {
     PositionSet set;
-    for (const auto& f : files_) {
-      set.push_back(FilePosition{f.id, f.line_offset(), f.current});
+    for (auto& f : files_) {
+      uint64_t at = f.line_offset();
+      set.push_back(FilePosition{f.id, at, f.current, TailBefore(f, at)});
     }
     return set;
+  }
+
+  // The bytes just before `at`, saved with the position so that a resume can
+  // tell whether the file is still the one we read.
+  const std::string& TailBefore(OpenFile& f, uint64_t at) {
+    if (f.saved_tail_at == at) return f.saved_tail;
+    size_t want = static_cast<size_t>(
+        std::min<uint64_t>(at, FilePosition::kTailBytes));
+    f.saved_tail.assign(want, '\0');
+    ssize_t n = ::pread(f.fd.get(), f.saved_tail.data(), want,
+                        static_cast<off_t>(at - want));
+    if (n != static_cast<ssize_t>(want)) f.saved_tail.clear();
+    f.saved_tail_at = at;
+    return f.saved_tail;
   }
 
   bool Publish() {

@@ -6,17 +6,46 @@
 
 namespace sshtail {
 
+WriterFirstMutex::WriterFirstMutex() {
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&rw_, &attr);
+  pthread_rwlockattr_destroy(&attr);
+}
+WriterFirstMutex::~WriterFirstMutex() { pthread_rwlock_destroy(&rw_); }
+void WriterFirstMutex::lock() { pthread_rwlock_wrlock(&rw_); }
+bool WriterFirstMutex::try_lock() { return pthread_rwlock_trywrlock(&rw_) == 0; }
+void WriterFirstMutex::unlock() { pthread_rwlock_unlock(&rw_); }
+void WriterFirstMutex::lock_shared() { pthread_rwlock_rdlock(&rw_); }
+bool WriterFirstMutex::try_lock_shared() {
+  return pthread_rwlock_tryrdlock(&rw_) == 0;
+}
+void WriterFirstMutex::unlock_shared() { pthread_rwlock_unlock(&rw_); }
+
+bool SeriesBudget::Take() {
+  size_t used = used_.load();
+  do {
+    if (used >= limit_.load()) return false;
+  } while (!used_.compare_exchange_weak(used, used + 1));
+  return true;
+}
+
 int64_t MetricStore::NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-MetricState::MetricState(const MetricDef& def, prometheus::Registry& registry,
-                         prometheus::Counter* overflow_counter)
+MetricState::MetricState(
+    const MetricDef& def, prometheus::Registry& registry,
+    prometheus::Family<prometheus::Counter>& overflow_family,
+    SeriesBudget& budget)
     : def_(def),
       registry_(registry),
-      overflow_counter_(overflow_counter),
+      overflow_family_(overflow_family),
+      budget_(budget),
       max_series_(def.max_series),
       ttl_seconds_(def.ttl.count()) {
   switch (def.type) {
@@ -39,6 +68,7 @@ MetricState::MetricState(const MetricDef& def, prometheus::Registry& registry,
 }
 
 MetricState::~MetricState() {
+  budget_.Give(series_.size());
   if (counters_) registry_.Remove(*counters_);
   if (gauges_) registry_.Remove(*gauges_);
   if (histograms_) registry_.Remove(*histograms_);
@@ -65,26 +95,50 @@ Series* MetricState::Create(const prometheus::Labels& labels) {
   return s.release();
 }
 
+const std::string& MetricState::SourceOf(const prometheus::Labels& labels) {
+  static const std::string kNone;
+  auto it = labels.find("source");
+  return it == labels.end() ? kNone : it->second;
+}
+
 Series* MetricState::Get(const prometheus::Labels& labels) {
   std::lock_guard lock(mutex_);
   auto it = series_.find(labels);
   if (it != series_.end()) return it->second.get();
-  if (series_.size() < max_series_.load()) {
+  const std::string& source = SourceOf(labels);
+  PerSource& ps = sources_[source];
+  if (ps.series < max_series_.load() && budget_.Take()) {
     Series* s = Create(labels);
     series_.emplace(labels, std::unique_ptr<Series>(s));
+    ++ps.series;
     return s;
   }
-  if (overflow_counter_) overflow_counter_->Increment();
-  if (!overflow_) {
-    for (const auto& [k, v] : labels) overflow_labels_[k] = "__overflow__";
-    overflow_.reset(Create(overflow_labels_));
+  return Overflow(source, ps, labels);
+}
+
+Series* MetricState::Overflow(const std::string& source, PerSource& ps,
+                              const prometheus::Labels& labels) {
+  if (!ps.overflow_counter) {
+    ps.overflow_counter =
+        &overflow_family_.Add({{"metric", def_.name}, {"source", source}});
   }
-  return overflow_.get();
+  ps.overflow_counter->Increment();
+  if (!ps.overflow) {
+    // The rule's labels say "__overflow__"; the source's own stay.
+    ps.overflow_labels = labels;
+    for (const auto& l : def_.labels) {
+      ps.overflow_labels[l.name] = "__overflow__";
+    }
+    ps.overflow.reset(Create(ps.overflow_labels));
+  }
+  return ps.overflow.get();
 }
 
 void MetricState::AppendExposition(std::string* out) const {
   std::lock_guard lock(mutex_);
-  if (series_.empty() && !overflow_) return;
+  bool any_overflow = false;
+  for (const auto& [source, ps] : sources_) any_overflow |= bool(ps.overflow);
+  if (series_.empty() && !any_overflow) return;
   prometheus::MetricType type =
       def_.type == MetricType::kCounter ? prometheus::MetricType::Counter
       : def_.type == MetricType::kGauge ? prometheus::MetricType::Gauge
@@ -100,7 +154,9 @@ void MetricState::AppendExposition(std::string* out) const {
     }
   };
   for (const auto& [labels, s] : series_) one(labels, *s);
-  if (overflow_) one(overflow_labels_, *overflow_);
+  for (const auto& [source, ps] : sources_) {
+    if (ps.overflow) one(ps.overflow_labels, *ps.overflow);
+  }
 }
 
 size_t MetricState::Expire(int64_t now_seconds) {
@@ -114,18 +170,23 @@ size_t MetricState::Expire(int64_t now_seconds) {
       if (s->counter) counters_->Remove(s->counter);
       if (s->gauge) gauges_->Remove(s->gauge);
       if (s->histogram) histograms_->Remove(s->histogram);
+      auto ps = sources_.find(SourceOf(it->first));
+      if (ps != sources_.end() && ps->second.series > 0) --ps->second.series;
       it = series_.erase(it);
       ++removed;
     } else {
       ++it;
     }
   }
+  budget_.Give(removed);
   return removed;
 }
 
-MetricStore::MetricStore(prometheus::Family<prometheus::Counter>& overflow)
+MetricStore::MetricStore(prometheus::Family<prometheus::Counter>& overflow,
+                         size_t max_series_total)
     : registry_(std::make_shared<prometheus::Registry>()),
-      overflow_(overflow) {}
+      overflow_(overflow),
+      budget_(max_series_total) {}
 
 void MetricStore::Apply(const RuleSetDef& rules,
                         const std::function<void()>& publish) {
@@ -145,8 +206,7 @@ void MetricStore::Apply(const RuleSetDef& rules,
       }
       if (it != metrics_.end()) metrics_.erase(it);  // changed: start over
       next.emplace(def.name, std::make_unique<MetricState>(
-                                 def, *registry_,
-                                 &overflow_.Add({{"metric", def.name}})));
+                                 def, *registry_, overflow_, budget_));
     }
   }
   metrics_.clear();  // removed from the rules: drop their families

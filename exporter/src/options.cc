@@ -113,6 +113,12 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string&) {
         o->max_line_bytes = ParseSize("max-line-bytes", v);
       });
+  add("max-series-total", Kind::kValue, "N",
+      "series of all rule metrics together; past it new label sets go to "
+      "their source's overflow series (default: 250000)",
+      [o](const std::string& v, const std::string&) {
+        o->max_series_total = ParseSize("max-series-total", v);
+      });
   add("once", Kind::kBool, "",
       "read every source from its beginning to its current end, print the "
       "metrics to stdout, exit (1 if a source could not be read)",
@@ -142,6 +148,21 @@ std::vector<Flag> Flags(Options* o) {
               "--web.telemetry-path: must start with '/'");
         }
         o->telemetry_path = v;
+      });
+  add("web.enable-lifecycle", Kind::kBool, "",
+      "allow POST /-/reload (SIGHUP always reloads)",
+      [o](const std::string& v, const std::string&) {
+        o->web_enable_lifecycle = ParseBool("web.enable-lifecycle", v);
+      });
+  add("web.max-connections", Kind::kValue, "N",
+      "HTTP connections served at once, a thread each; more wait until one "
+      "frees (default: 256)",
+      [o](const std::string& v, const std::string&) {
+        size_t n = ParseSize("web.max-connections", v);
+        if (n > 16384) {
+          throw std::invalid_argument("--web.max-connections: at most 16384");
+        }
+        o->web_max_connections = static_cast<int>(n);
       });
   add("web.config.file", Kind::kValue, "FILE",
       "TLS and basic-auth settings, in the Prometheus exporter-toolkit "

@@ -12,6 +12,34 @@
 
 namespace sshtail {
 
+std::string HexEncode(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+bool HexDecode(std::string_view hex, std::string* out) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (hex.size() % 2 != 0) return false;
+  out->clear();
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out->push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return true;
+}
+
 void PositionTracker::Pushed(uint64_t seq, PositionSet after) {
   std::lock_guard lock(mutex_);
   pending_.push_back(Entry{seq, false, std::move(after)});
@@ -81,6 +109,13 @@ std::map<std::string, PositionSet> PositionsFile::Load() const {
         p.file.ino = item["ino"].as<uint64_t>();
         p.offset = item["offset"].as<uint64_t>();
         p.current = item["current"] ? item["current"].as<bool>() : false;
+        if (item["tail"] &&
+            (!HexDecode(item["tail"].as<std::string>(), &p.tail) ||
+             p.tail.size() > FilePosition::kTailBytes || p.tail.size() > p.offset)) {
+          throw std::runtime_error(path_ + ":" +
+                                   std::to_string(item.Mark().line + 1) +
+                                   ": bad tail");
+        }
         set.push_back(p);
       }
       out[kv.first.as<std::string>()] = std::move(set);
@@ -103,7 +138,11 @@ bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
       em << YAML::Flow << YAML::BeginMap << YAML::Key << "dev" << YAML::Value
          << p.file.dev << YAML::Key << "ino" << YAML::Value << p.file.ino
          << YAML::Key << "offset" << YAML::Value << p.offset << YAML::Key
-         << "current" << YAML::Value << p.current << YAML::EndMap;
+         << "current" << YAML::Value << p.current;
+      if (!p.tail.empty()) {
+        em << YAML::Key << "tail" << YAML::Value << HexEncode(p.tail);
+      }
+      em << YAML::EndMap;
     }
     em << YAML::EndSeq;
   }

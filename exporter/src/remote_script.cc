@@ -1,6 +1,11 @@
 #include "sshtail/remote_script.h"
 
-#include <random>
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdlib>
+
+#include "sshtail/positions.h"
 
 namespace sshtail {
 
@@ -19,9 +24,21 @@ std::string ShellQuote(const std::string& s) {
 
 namespace {
 
+// 64 bits from the kernel's CSPRNG: the tag and nonce must not be
+// guessable from earlier ones (a seeded PRNG would be).
 uint64_t RandomBits() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  return rng();
+  uint64_t v = 0;
+  auto* p = reinterpret_cast<unsigned char*>(&v);
+  size_t got = 0;
+  while (got < sizeof v) {
+    ssize_t n = getrandom(p + got, sizeof v - got, 0);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+    } else if (n < 0 && errno != EINTR) {
+      std::abort();  // no randomness (pre-3.17 kernel): never go on without
+    }
+  }
+  return v;
 }
 
 }  // namespace
@@ -37,11 +54,13 @@ std::string RandomTag() {
 }
 
 std::string RandomNoncePath() {
-  // 64 random bits as "/." or "//." segments: the path still names
+  // 128 random bits as "/." or "//." segments: the path still names
   // /dev/fd/3, and a log line cannot guess it.
-  uint64_t v = RandomBits();
   std::string p = "/dev";
-  for (int i = 0; i < 64; ++i) p += (v >> i) & 1 ? "//." : "/.";
+  for (int w = 0; w < 2; ++w) {
+    uint64_t v = RandomBits();
+    for (int i = 0; i < 64; ++i) p += (v >> i) & 1 ? "//." : "/.";
+  }
   return p + "/fd/3";
 }
 
@@ -58,6 +77,11 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "edev=" + (r.expect.valid() ? std::to_string(r.expect.dev) : "") + "\n";
   s += "eino=" + (r.expect.valid() ? std::to_string(r.expect.ino) : "") + "\n";
   s += "off=" + std::to_string(r.offset) + "\n";
+  // Hex digits only: nothing to quote. A tail that cannot be right is not
+  // checked.
+  bool tail_ok = r.expect_tail.size() <= FilePosition::kTailBytes &&
+                 r.expect_tail.size() <= r.offset;
+  s += "etail=" + (tail_ok ? HexEncode(r.expect_tail) : "") + "\n";
   s += "noop=" + std::string(r.same_is_noop ? "1" : "0") + "\n";
   s += "atend=" + std::string(r.start_at_end ? "1" : "0") + "\n";
   s += "win=" + std::to_string(r.end_window) + "\n";
@@ -80,6 +104,8 @@ else
     sleep "$hb"
     echo "H - - -" >&2 || exit 0
   done
+  # It appeared while we waited: every line of it is new.
+  if [ "$said" = 1 ]; then atend=0; fi
 fi
 if [ ! -r "$f" ] || [ ! -f "$f" ]; then echo "$t NOACCESS"; exit 0; fi
 exec 3<"$f"
@@ -88,7 +114,18 @@ cdev=$1 cino=$2 size=$3
 start=0
 if [ "$cdev" = "$edev" ] && [ "$cino" = "$eino" ]; then
   if [ "$noop" = 1 ]; then echo "$t SAME"; exit 0; fi
-  if [ "$size" -ge "$off" ]; then start=$off; fi
+  if [ "$size" -ge "$off" ]; then
+    start=$off
+    # The bytes before the offset must still be the ones read before, else
+    # the file was truncated and regrew past it (copytruncate while we were
+    # away): send it from 0. od reopens /dev/fd/3 (fd 3's offset is shared
+    # with dd below).
+    if [ -n "$etail" ]; then
+      n=$((${#etail} / 2))
+      got=$(od -An -v -tx1 -j $((off - n)) -N "$n" /dev/fd/3 | tr -d ' \n')
+      [ "$got" = "$etail" ] || start=0
+    fi
+  fi
 elif [ "$atend" = 1 ] && [ "$size" -gt "$win" ]; then
   start=$((size - win))
 fi
@@ -97,19 +134,34 @@ if [ "$mode" = once ]; then
   exec dd bs=256K skip="$start" count=$((size - start)) \
     iflag=skip_bytes,count_bytes status=none <&3
 fi
-(
-  while sleep "$hb"; do
-    s=$(stat -L -c '%d %i %s' -- "$p" 2>/dev/null) || s='- - -'
-    echo "H $s" || exit 0
-  done
-) >&2 &
-w=$!
 )SH";
   // /dev/fd/3 keeps reading exactly the file identified above, whatever
   // happens to the name; tail polls it (inotify does not follow /dev/fd).
   s += "tail -s 0.05 -c +$((start + 1)) -f " + ShellQuote(r.nonce_path) +
-       " 2>&1\n";
-  s += "kill $w 2>/dev/null\n";
+       " 2>&1 &\n";
+  // Nothing of ours may outlive the channel: an idle tail never writes, so
+  // it would not notice. The heartbeat writes every interval; when that
+  // fails (EPIPE: SIGPIPE is ignored here so the loop goes on to clean up)
+  // it ends tail. fd 3 is closed in the loop and then in this shell, so
+  // only tail holds the file (a deleted log's space is freed with it).
+  s += R"SH(tp=$!
+(
+  exec 3<&-
+  trap '' PIPE
+  trap 'kill $! 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "$hb" &
+    wait $!
+    s=$(stat -L -c '%d %i %s' -- "$p" 2>/dev/null) || s='- - -'
+    echo "H $s" || break
+  done
+  kill "$tp" 2>/dev/null
+) >&2 &
+w=$!
+exec 3<&-
+wait "$tp"
+kill "$w" 2>/dev/null
+)SH";
   return s;
 }
 

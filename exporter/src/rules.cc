@@ -13,6 +13,14 @@
 #include "nginx_variables.h"
 
 namespace sshtail {
+
+RE2::Options PatternOptions() {
+  RE2::Options o;
+  o.set_encoding(RE2::Options::EncodingLatin1);
+  o.set_log_errors(false);
+  o.set_max_mem(64 << 20);
+  return o;
+}
 namespace {
 
 const std::vector<double> kDefaultBuckets = {.005, .01, .025, .05, .1, .25,
@@ -156,9 +164,7 @@ class Parser {
     }
     if (n["regex"]) {
       r.regex = Scalar(n["regex"], "regex");
-      RE2::Options o;
-      o.set_log_errors(false);
-      RE2 re(r.regex, o);
+      RE2 re(r.regex, PatternOptions());
       if (!re.ok()) Fail(n["regex"], "bad regex: " + re.error());
       if (n["escape"]) Fail(n["escape"], "escape applies to log_format only");
     } else if (n["log_format"]) {
@@ -252,9 +258,7 @@ class Parser {
         if (!r["regex"] || !r["with"]) Fail(r, "replace needs regex and with");
         LabelDef::Replace rep{Scalar(r["regex"], "regex"),
                               Scalar(r["with"], "with"), Loc(r["regex"])};
-        RE2::Options o;
-        o.set_log_errors(false);
-        RE2 re(rep.regex, o);
+        RE2 re(rep.regex, PatternOptions());
         if (!re.ok()) Fail(r["regex"], "bad regex: " + re.error());
         std::string err;
         if (!re.CheckRewriteString(rep.with, &err)) {
@@ -411,9 +415,7 @@ RuleSetDef ParseRules(const std::string& text, const std::string& file,
 std::vector<std::string> RuleFields(const RuleDef& rule) {
   std::vector<std::string> fields;
   if (!rule.regex.empty()) {
-    RE2::Options o;
-    o.set_log_errors(false);
-    RE2 re(rule.regex, o);
+    RE2 re(rule.regex, PatternOptions());
     for (const auto& [name, index] : re.NamedCapturingGroups()) {
       fields.push_back(name);
     }
@@ -455,9 +457,7 @@ void ValidateRules(RuleSetDef& set, const RuleContext& ctx) {
     for (auto* filters : {&rule.match, &rule.skip}) {
       for (const auto& f : *filters) {
         if (missing(f.field)) unknown(f.loc, "filter", f.field);
-        RE2::Options o;
-        o.set_log_errors(false);
-        RE2 re(f.regex, o);
+        RE2 re(f.regex, PatternOptions());
         if (!re.ok()) {
           throw ConfigError(f.loc.str() + ": bad regex: " + re.error());
         }

@@ -65,11 +65,16 @@ SelfMetrics::SelfMetrics(
     counters_.push_back(SourceCounters{&lines.Add(l), &unmatched.Add(l),
                                        &bytes.Add(l), &too_long.Add(l)});
   }
+  lines_ = &lines;
+  unmatched_ = &unmatched;
+  bytes_ = &bytes;
+  too_long_ = &too_long;
   overflow_ = &prometheus::BuildCounter()
                    .Name("sshtail_series_overflow_total")
                    .Help(
-                       "Lines whose new label set went to the overflow "
-                       "series because the metric reached max_series.")
+                       "Lines whose new label set went to the source's "
+                       "overflow series: the source reached max_series for "
+                       "the metric, or all metrics --max-series-total.")
                    .Register(*registry_);
   auto& build = prometheus::BuildGauge()
                     .Name("sshtail_build_info")
@@ -94,6 +99,19 @@ SelfMetrics::SelfMetrics(
                          .Help("Configuration reloads that were rejected.")
                          .Register(*registry_)
                          .Add({});
+}
+
+const SourceCounters& SelfMetrics::counters(uint32_t source,
+                                            const std::string& name) {
+  if (source < counters_.size()) return counters_[source];
+  std::lock_guard lock(extra_mutex_);
+  auto it = extra_.find(source);
+  if (it != extra_.end()) return it->second;
+  prometheus::Labels l{{"source", name}};
+  return extra_
+      .emplace(source, SourceCounters{&lines_->Add(l), &unmatched_->Add(l),
+                                      &bytes_->Add(l), &too_long_->Add(l)})
+      .first->second;
 }
 
 std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
@@ -145,6 +163,32 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
       }
     }
   }
+  // syslog sources only (a datagram has no position; a socket has no
+  // reconnects).
+  auto malformed = Family("sshtail_syslog_datagrams_malformed_total",
+                          "syslog datagrams without an RFC 3164 header, or "
+                          "with a newline inside the message.",
+                          MetricType::Counter);
+  auto dropped = Family("sshtail_syslog_datagrams_dropped_total",
+                        "syslog+udp datagrams the kernel dropped because the "
+                        "socket's receive buffer was full.",
+                        MetricType::Counter);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    auto kind = specs_[i].kind;
+    if (kind != SourceSpec::Kind::kSyslogUnix &&
+        kind != SourceSpec::Kind::kSyslogUdp) {
+      continue;
+    }
+    std::vector<prometheus::ClientMetric::Label> l{{"source", specs_[i].name}};
+    malformed.metric.push_back(Counter(
+        l, static_cast<double>(status_[i]->syslog_malformed.load())));
+    if (kind == SourceSpec::Kind::kSyslogUdp) {
+      dropped.metric.push_back(Counter(
+          l, static_cast<double>(status_[i]->syslog_dropped.load())));
+    }
+  }
+  if (!malformed.metric.empty()) out.push_back(std::move(malformed));
+  if (!dropped.metric.empty()) out.push_back(std::move(dropped));
   out.push_back(std::move(up));
   out.push_back(std::move(offset));
   out.push_back(std::move(rotations));

@@ -6,7 +6,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,9 @@ class SelfMetrics : public prometheus::Collectable {
   const SourceCounters& counters(uint32_t source) const {
     return counters_[source];
   }
+  /// Also for indices past the configured sources (a syslog socket's sender
+  /// hostnames, see SyslogHostSlot): created at first use with `name`.
+  const SourceCounters& counters(uint32_t source, const std::string& name);
   prometheus::Family<prometheus::Counter>& overflow() { return *overflow_; }
   prometheus::Gauge& reload_ok() { return *reload_ok_; }
   prometheus::Gauge& reload_time() { return *reload_time_; }
@@ -49,6 +54,12 @@ class SelfMetrics : public prometheus::Collectable {
   const BatchQueue& queue_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::vector<SourceCounters> counters_;
+  prometheus::Family<prometheus::Counter>* lines_;
+  prometheus::Family<prometheus::Counter>* unmatched_;
+  prometheus::Family<prometheus::Counter>* bytes_;
+  prometheus::Family<prometheus::Counter>* too_long_;
+  std::mutex extra_mutex_;
+  std::map<uint32_t, SourceCounters> extra_;  // guarded by extra_mutex_
   prometheus::Family<prometheus::Counter>* overflow_;
   prometheus::Gauge* reload_ok_;
   prometheus::Gauge* reload_time_;

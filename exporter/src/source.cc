@@ -1,5 +1,6 @@
 #include "sshtail/source.h"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -41,6 +42,63 @@ std::string PercentDecode(std::string_view s) {
   throw std::invalid_argument("source '" + url + "': " + why);
 }
 
+// syslog+unix:///abs/path or syslog+udp://IP:port ([IPv6]:port).
+void ParseSyslogUrl(const std::string& url, SourceSpec* spec) {
+  std::string_view rest(url);
+  if (rest.rfind("syslog+unix://", 0) == 0) {
+    spec->kind = SourceSpec::Kind::kSyslogUnix;
+    spec->path = PercentDecode(rest.substr(14));
+    if (spec->path.empty() || spec->path.front() != '/') {
+      BadUrl(url, "expected syslog+unix:///absolute/path");
+    }
+    if (spec->path.size() >= 108) {  // sun_path, with its NUL
+      BadUrl(url, "socket path longer than 107 bytes");
+    }
+    return;
+  }
+  if (rest.rfind("syslog+udp://", 0) != 0) {
+    BadUrl(url, "unknown scheme; expected syslog+unix:// or syslog+udp://");
+  }
+  spec->kind = SourceSpec::Kind::kSyslogUdp;
+  rest.remove_prefix(13);
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  std::string_view port;
+  bool v6 = false;
+  if (!rest.empty() && rest.front() == '[') {
+    size_t close = rest.find(']');
+    if (close == std::string_view::npos || close + 1 >= rest.size() ||
+        rest[close + 1] != ':') {
+      BadUrl(url, "expected syslog+udp://[IPv6]:port");
+    }
+    spec->host = std::string(rest.substr(1, close - 1));
+    port = rest.substr(close + 2);
+    v6 = true;
+  } else {
+    size_t colon = rest.rfind(':');
+    if (colon == std::string_view::npos) {
+      BadUrl(url, "expected syslog+udp://host:port");
+    }
+    spec->host = std::string(rest.substr(0, colon));
+    port = rest.substr(colon + 1);
+  }
+  unsigned char addr[16];
+  if (inet_pton(v6 ? AF_INET6 : AF_INET, spec->host.c_str(), addr) != 1) {
+    BadUrl(url, v6 ? "not an IPv6 address" : "not an IPv4 address "
+                                             "(IPv6: [addr]:port)");
+  }
+  if (port.empty() || port.size() > 5) BadUrl(url, "invalid port");
+  int p = 0;
+  for (char c : port) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) {
+      BadUrl(url, "invalid port");
+    }
+    p = p * 10 + (c - '0');
+  }
+  // nginx needs a fixed port to send to.
+  if (p < 1 || p > 65535) BadUrl(url, "port out of range (1-65535)");
+  spec->port = p;
+}
+
 }  // namespace
 
 SourceSpec ParseSourceUrl(const std::string& url) {
@@ -49,6 +107,10 @@ SourceSpec ParseSourceUrl(const std::string& url) {
   if (url.empty()) BadUrl(url, "empty source");
   if (url == "-") {
     spec.kind = SourceSpec::Kind::kStdin;
+    return spec;
+  }
+  if (url.rfind("syslog+", 0) == 0) {
+    ParseSyslogUrl(url, &spec);
     return spec;
   }
   if (url.rfind("ssh://", 0) == 0) {
@@ -117,7 +179,8 @@ SourceSpec ParseSourceUrl(const std::string& url) {
   } else if (url.find("://") != std::string::npos) {
     BadUrl(url,
            "unknown scheme; expected /path, file:///path, "
-           "ssh://[user@]host[:port]/path or -");
+           "ssh://[user@]host[:port]/path, syslog+unix:///path, "
+           "syslog+udp://host:port or -");
   } else {
     path = url;
     if (path.front() != '/') {
@@ -141,6 +204,10 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
         s.kind == SourceSpec::Kind::kSsh
             ? s.user + "@" + s.host + ":" + std::to_string(s.port) + s.path
             : (s.kind == SourceSpec::Kind::kStdin ? "-" : s.path);
+    if (s.kind == SourceSpec::Kind::kSyslogUnix) key = "syslog+unix:" + s.path;
+    if (s.kind == SourceSpec::Kind::kSyslogUdp) {
+      key = "syslog+udp:" + s.host + ":" + std::to_string(s.port);
+    }
     // file:line when the source comes from the config file.
     std::string where =
         s.config_file.empty()
@@ -160,6 +227,14 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
           break;
         case SourceSpec::Kind::kSsh:
           s.name = files_per_host[s.host] > 1 ? s.host + ":" + s.path : s.host;
+          break;
+        case SourceSpec::Kind::kSyslogUnix:
+          s.name = s.path;
+          break;
+        case SourceSpec::Kind::kSyslogUdp:
+          s.name = s.host.find(':') != std::string::npos
+                       ? "[" + s.host + "]:" + std::to_string(s.port)
+                       : s.host + ":" + std::to_string(s.port);
           break;
       }
     }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "ssh_session.h"
 #include "sshtail/line_splitter.h"
 #include "sshtail/log.h"
 #include "sshtail/remote_script.h"
@@ -31,56 +32,14 @@ using std::chrono::milliseconds;
 constexpr size_t kReadChunk = 64 * 1024;
 // Read at most this much from one channel before serving the others.
 constexpr size_t kFairShare = 4 * 1024 * 1024;
-
-struct SessionDeleter {
-  void operator()(ssh_session s) const {
-    if (ssh_is_connected(s)) ssh_disconnect(s);
-    ssh_free(s);
-  }
-};
-using SessionPtr = std::unique_ptr<ssh_session_struct, SessionDeleter>;
-
-struct ChannelDeleter {
-  void operator()(ssh_channel c) const {
-    if (ssh_channel_is_open(c)) ssh_channel_close(c);
-    ssh_channel_free(c);
-  }
-};
-using ChannelPtr = std::unique_ptr<ssh_channel_struct, ChannelDeleter>;
-
-struct EventDeleter {
-  void operator()(ssh_event e) const { ssh_event_free(e); }
-};
-using EventPtr = std::unique_ptr<ssh_event_struct, EventDeleter>;
-
-struct KeyDeleter {
-  void operator()(ssh_key k) const { ssh_key_free(k); }
-};
-using KeyPtr = std::unique_ptr<ssh_key_struct, KeyDeleter>;
-
-// known_hosts is one file shared by every connection thread.
-std::mutex& KnownHostsMutex() {
-  static std::mutex m;
-  return m;
-}
-
-// A connection-level failure: the reason label and a one-line message.
-struct Failure {
-  std::string reason;
-  std::string message;
-};
-
-std::string ClassifyConnectError(const std::string& e) {
-  auto has = [&](const char* s) { return e.find(s) != std::string::npos; };
-  if (has("resolve") || has("Name or service not known") ||
-      has("getaddrinfo") || has("No address")) {
-    return "dns";
-  }
-  if (has("refused")) return "refused";
-  if (has("imeout") || has("timed out")) return "timeout";
-  if (has("unreachable")) return "unreachable";
-  return "connect";
-}
+// Bounds on what a remote host can make us hold (a hostile or broken host
+// must not grow our memory): stdout before the BEGIN line, one stderr
+// line, and the error text kept for messages. Past the first two the
+// stream fails with reason "protocol".
+constexpr size_t kMaxHeaderBytes = 64 * 1024;
+constexpr size_t kMaxHeaderLine = 4096;
+constexpr size_t kMaxStderrLine = 4096;
+constexpr size_t kMaxErrText = 1024;
 
 // One SSH channel running the remote script for one file.
 struct Channel {
@@ -90,7 +49,8 @@ struct Channel {
   ChannelPtr ch;
   Role role = Role::kCurrent;
   RemoteRequest request;
-  std::string header_buf;  // stdout before the BEGIN line
+  std::string header_buf;   // stdout before the BEGIN line
+  size_t header_bytes = 0;  // all stdout before the BEGIN line
   bool begun = false;
   bool missing = false;
   FileId id;
@@ -98,8 +58,16 @@ struct Channel {
   uint64_t drop_until = 0;  // stream bytes: lines ending here or before skip
   std::string marker;       // "tail: <nonce>: file truncated"
   LineSplitter splitter;
-  std::string err_buf;   // stderr, split into lines
-  std::string err_text;  // stderr that is not a heartbeat, for messages
+  // Raw stream bytes (before '\r' is stripped), for the positions' tail
+  // check and the truncation marker at the end of an over-long line.
+  uint64_t fed = 0;        // stream bytes given to the splitter
+  std::string recent;      // the last kRecent of them
+  size_t recent_max = 0;   // kRecent: marker size + 1, at least kTailBytes
+  uint64_t file_from = 0;  // stream offset where the current file starts
+  std::string prefix;      // file bytes before file_from known to be there
+  std::string tail;        // file bytes just before file_offset()
+  std::string err_buf;     // stderr, split into lines
+  std::string err_text;    // stderr that is not a heartbeat, for messages
   Clock::time_point last_data = Clock::now();
   bool closed = false;
 
@@ -109,30 +77,83 @@ struct Channel {
   }
 };
 
+void AddErrText(Channel& c, std::string_view line) {
+  if (c.err_text.size() >= kMaxErrText) return;
+  c.err_text.append(line.substr(0, kMaxErrText - c.err_text.size()));
+  c.err_text += ' ';
+}
+
 // Splitter sink for one channel: drops the start-at-end window, recognises
-// the in-band truncation line, forwards the rest to the batch.
+// the in-band truncation line, forwards the rest to the batch. Knows the
+// chunk being fed, to look at raw bytes.
 struct ChannelSink {
   Channel& c;
   BatchBuilder& b;
+  const char* chunk;
+  size_t chunk_len;
   bool truncated = false;
+
+  // Up to `len` raw stream bytes just before stream offset `end` (within
+  // the current chunk), from c.recent and the chunk.
+  std::string Before(uint64_t end, size_t len) const {
+    size_t in_chunk = static_cast<size_t>(end - c.fed);
+    std::string out;
+    if (in_chunk < len) {
+      size_t need = std::min(len - in_chunk, c.recent.size());
+      out.assign(c.recent, c.recent.size() - need, need);
+      out.append(chunk, in_chunk);
+    } else {
+      out.assign(chunk + in_chunk - len, len);
+    }
+    return out;
+  }
+
+  // Up to kTailBytes file bytes before stream offset `end`.
+  std::string FileTail(uint64_t end) const {
+    size_t want = FilePosition::kTailBytes;
+    size_t avail =
+        static_cast<size_t>(std::min<uint64_t>(end - c.file_from, want));
+    std::string t = Before(end, avail);
+    if (avail < want && !c.prefix.empty()) {
+      size_t more = std::min(want - avail, c.prefix.size());
+      t.insert(0, c.prefix, c.prefix.size() - more, more);
+    }
+    return t;
+  }
+
+  // Bytes after the line ending at `end` are the file from offset 0 again;
+  // what came before the marker on this line was an unfinished line:
+  // dropped.
+  void Truncated(uint64_t end) {
+    c.base = -static_cast<int64_t>(end);
+    c.drop_until = 0;
+    c.file_from = end;
+    c.prefix.clear();
+    c.tail.clear();
+    truncated = true;
+  }
 
   void Line(std::string_view l) {
     uint64_t end = c.splitter.complete_bytes();
     const std::string& m = c.marker;
     if (l.size() >= m.size() && l.back() == 'd' &&
         std::memcmp(l.data() + l.size() - m.size(), m.data(), m.size()) == 0) {
-      // Bytes after this line are the file from offset 0 again; what came
-      // before the marker on this line was an unfinished line: dropped.
-      c.base = -static_cast<int64_t>(end);
-      c.drop_until = 0;
-      truncated = true;
+      Truncated(end);
       return;
     }
     if (end <= c.drop_until) return;
     b.Line(l);
   }
   void TooLong() {
-    if (c.splitter.complete_bytes() <= c.drop_until) return;
+    // tail's truncation notice can end a line that is over-long (it was
+    // appended to an unfinished long line, or --max-line-bytes is tiny).
+    uint64_t end = c.splitter.complete_bytes();
+    const std::string& m = c.marker;
+    if (end - c.file_from > m.size() && Before(end - 1, m.size()) == m) {
+      Truncated(end);
+      return;
+    }
+    if (end <= c.drop_until) return;
     b.TooLong();
   }
 };
@@ -151,6 +172,7 @@ struct Stream {
   bool fresh = true;  // never streamed: --start-at applies
   bool done = false;  // once mode: read to the end
   bool missing_logged = false;
+  bool saw_missing = false;  // waited for the file: read it from its start
   Clock::time_point retry_at{};
   milliseconds backoff{0};
   uint64_t pending_raw = 0;
@@ -206,6 +228,7 @@ class SshConnection : public Producer {
         if (!WaitUntil(next_connect_)) break;
         Failure f;
         if (!Connect(&f)) {
+          if (stop_.load()) break;
           ConnectionFailed(f);
           continue;
         }
@@ -288,141 +311,12 @@ class SshConnection : public Producer {
     session_.reset();
   }
 
-  std::string Fingerprint(ssh_session s) {
-    ssh_key raw = nullptr;
-    if (ssh_get_server_publickey(s, &raw) != SSH_OK) return "unknown key";
-    KeyPtr key(raw);
-    unsigned char* hash = nullptr;
-    size_t hlen = 0;
-    if (ssh_get_publickey_hash(key.get(), SSH_PUBLICKEY_HASH_SHA256, &hash,
-                               &hlen) != 0) {
-      return "unknown key";
-    }
-    char* fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen);
-    std::string out =
-        std::string(ssh_key_type_to_char(ssh_key_type(key.get()))) + " " +
-        (fp ? fp : "?");
-    ssh_string_free_char(fp);
-    ssh_clean_pubkey_hash(&hash);
-    return out;
-  }
-
-  // libssh 0.10 runs ProxyJump as `ssh -W [%h]:%p jumphost`: the OpenSSH
-  // client must read the same config file (for the jump host's name, key
-  // and known_hosts), and must never prompt.
-  void AdjustProxyCommand(ssh_session ss) const {
-    char* pc = nullptr;
-    if (ssh_options_get(ss, SSH_OPTIONS_PROXYCOMMAND, &pc) != SSH_OK || !pc) {
-      return;
-    }
-    std::string cmd = pc;
-    ssh_string_free_char(pc);
-    if (cmd.rfind("ssh ", 0) != 0) return;  // a user's own ProxyCommand
-    std::string extra = "-o BatchMode=yes ";
-    if (!so_.config_file.empty() && so_.config_file != "none") {
-      extra += "-F " + ShellQuote(so_.config_file) + " ";
-    }
-    cmd.insert(4, extra);
-    ssh_options_set(ss, SSH_OPTIONS_PROXYCOMMAND, cmd.c_str());
-  }
-
   bool Connect(Failure* f) {
-    SessionPtr s(ssh_new());
-    if (!s) {
-      *f = {"internal", "cannot allocate an SSH session"};
-      return false;
-    }
-    ssh_session ss = s.get();
-    ssh_options_set(ss, SSH_OPTIONS_HOST, host_.c_str());
-    if (port_) {
-      unsigned int p = static_cast<unsigned int>(port_);
-      ssh_options_set(ss, SSH_OPTIONS_PORT, &p);
-    }
-    if (!user_.empty()) ssh_options_set(ss, SSH_OPTIONS_USER, user_.c_str());
-    long timeout = std::max<long>(1, so_.connect_timeout.count() / 1000);
-    ssh_options_set(ss, SSH_OPTIONS_TIMEOUT, &timeout);
-    if (!so_.known_hosts.empty()) {
-      ssh_options_set(ss, SSH_OPTIONS_KNOWNHOSTS, so_.known_hosts.c_str());
-    }
-    for (const auto& id : so_.identity_files) {
-      ssh_options_set(ss, SSH_OPTIONS_ADD_IDENTITY, id.c_str());
-    }
-    // AES-GCM first: hardware-accelerated on the hosts we care about.
-    const char* ciphers =
-        "aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
-        "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
-    ssh_options_set(ss, SSH_OPTIONS_CIPHERS_C_S, ciphers);
-    ssh_options_set(ss, SSH_OPTIONS_CIPHERS_S_C, ciphers);
-    // Explicit options above win over ~/.ssh/config, as with OpenSSH.
-    if (so_.config_file == "none") {
-      int no = 0;
-      ssh_options_set(ss, SSH_OPTIONS_PROCESS_CONFIG, &no);
-    } else if (ssh_options_parse_config(
-                   ss, so_.config_file.empty() ? nullptr
-                                               : so_.config_file.c_str()) < 0) {
-      *f = {"config",
-            "cannot parse ssh config: " + std::string(ssh_get_error(ss))};
-      return false;
-    }
-    AdjustProxyCommand(ss);
-    if (ssh_connect(ss) != SSH_OK) {
-      std::string e = ssh_get_error(ss);
-      *f = {ClassifyConnectError(e), "cannot connect: " + e};
-      return false;
-    }
-    std::string fp = Fingerprint(ss);
-    {
-      std::lock_guard lock(KnownHostsMutex());
-      switch (ssh_session_is_known_server(ss)) {
-        case SSH_KNOWN_HOSTS_OK:
-          break;
-        case SSH_KNOWN_HOSTS_CHANGED:
-        case SSH_KNOWN_HOSTS_OTHER:
-          *f = {"hostkey_changed",
-                "REFUSED: host key changed to " + fp +
-                    "; if that is expected, remove the old entry from "
-                    "known_hosts (ssh-keygen -R)"};
-          return false;
-        case SSH_KNOWN_HOSTS_UNKNOWN:
-        case SSH_KNOWN_HOSTS_NOT_FOUND:
-          if (!so_.accept_new_host_keys) {
-            *f = {"hostkey_unknown",
-                  "REFUSED: host key " + fp +
-                      " is not in known_hosts; add it (ssh-keyscan) or run "
-                      "with --ssh.accept-new-host-keys"};
-            return false;
-          }
-          if (ssh_session_update_known_hosts(ss) != SSH_OK) {
-            *f = {"hostkey_error",
-                  "cannot record host key " + fp + ": " + ssh_get_error(ss)};
-            return false;
-          }
-          Log(LogLevel::kInfo,
-              "ssh " + label_ + ": recorded new host key " + fp);
-          break;
-        case SSH_KNOWN_HOSTS_ERROR:
-        default:
-          *f = {"hostkey_error",
-                "cannot check host key: " + std::string(ssh_get_error(ss))};
-          return false;
-      }
-    }
-    int rc = ssh_userauth_none(ss, nullptr);
-    if (rc != SSH_AUTH_SUCCESS) {
-      rc = ssh_userauth_publickey_auto(ss, nullptr, nullptr);
-    }
-    if (rc != SSH_AUTH_SUCCESS) {
-      char* user = nullptr;
-      ssh_options_get(ss, SSH_OPTIONS_USER, &user);
-      std::string who = user ? user : "?";
-      ssh_string_free_char(user);
-      *f = {"auth", "authentication failed for user " + who +
-                        " (no key from the agent, --ssh.identity-file or "
-                        "~/.ssh was accepted)"};
-      return false;
-    }
+    SessionTarget t{host_, user_, port_, label_};
+    SessionPtr s = OpenSession(so_, t, stop_fd_.get(), &stop_, f);
+    if (!s) return false;
     EventPtr ev(ssh_event_new());
-    ssh_event_add_session(ev.get(), ss);
+    ssh_event_add_session(ev.get(), s.get());
     ssh_event_add_fd(ev.get(), stop_fd_.get(), POLLIN, &SshConnection::OnStop,
                      this);
     session_ = std::move(s);
@@ -476,6 +370,7 @@ class SshConnection : public Producer {
     c.role = role;
     c.request = std::move(req);
     c.marker = "tail: " + c.request.nonce_path + ": file truncated";
+    c.recent_max = std::max(c.marker.size() + 1, FilePosition::kTailBytes);
     c.last_data = Clock::now();
     return true;
   }
@@ -494,9 +389,10 @@ class SshConnection : public Producer {
       if (p.current) {
         cur.expect = p.file;
         cur.offset = p.offset;
+        cur.expect_tail = p.tail;
       }
     }
-    if (s.fresh && po_.start_at == StartAt::kEnd) {
+    if (s.fresh && !s.saw_missing && po_.start_at == StartAt::kEnd) {
       cur.start_at_end = true;
       cur.end_window = po_.max_line_bytes + 2;
     }
@@ -507,6 +403,7 @@ class SshConnection : public Producer {
       old.mode = RemoteRequest::Mode::kInode;
       old.expect = p.file;
       old.offset = p.offset;
+      old.expect_tail = p.tail;
       if (!OpenChannel(s, old, Channel::Role::kDraining)) return;
     }
   }
@@ -545,7 +442,7 @@ class SshConnection : public Producer {
                              return p.file == c.id || (current && p.current);
                            }),
             r.end());
-    r.push_back(FilePosition{c.id, c.file_offset(), current});
+    r.push_back(FilePosition{c.id, c.file_offset(), current, c.tail});
     s.fresh = false;
   }
 
@@ -554,7 +451,7 @@ class SshConnection : public Producer {
     for (const auto& c : s.channels) {
       if (!c.begun || c.role == Channel::Role::kProbe) continue;
       set.push_back(FilePosition{c.id, c.file_offset(),
-                                 c.role == Channel::Role::kCurrent});
+                                 c.role == Channel::Role::kCurrent, c.tail});
     }
     // Files not reopened yet keep their saved place.
     for (const auto& p : s.resume) {
@@ -582,6 +479,7 @@ class SshConnection : public Producer {
     std::string rest = line.substr(c.request.tag.size() + 1);
     if (rest == "MISSING") {
       c.missing = true;
+      s.saw_missing = true;
       s.ref.status->up.store(false);
       if (!s.missing_logged) {
         Log(LogLevel::kWarn, "source " + s.ref.spec->name + ": waiting for " +
@@ -625,12 +523,19 @@ class SshConnection : public Producer {
       return;
     }
     c.begun = true;
+    bool waited = c.missing;
     c.missing = false;
     c.id = FileId{dev, ino};
     c.base = static_cast<int64_t>(start);
-    if (c.request.start_at_end && start > 0) {
-      // Lines that end within the window were written before we started.
+    if (c.request.start_at_end && !waited && size >= start) {
+      // Lines that end within the window were written before we started
+      // (the window is the whole file when it is small).
       c.drop_until = size - start;
+    }
+    if (start > 0 && c.id == c.request.expect && start == c.request.offset) {
+      // The script checked that these bytes are still before `start`.
+      c.prefix = c.request.expect_tail;
+      c.tail = c.prefix;
     }
     bool rotated_while_away =
         c.request.expect.valid() && !(c.id == c.request.expect);
@@ -660,6 +565,7 @@ class SshConnection : public Producer {
         old.mode = RemoteRequest::Mode::kInode;
         old.expect = c.request.expect;
         old.offset = c.request.offset;
+        old.expect_tail = c.request.expect_tail;
         OpenChannel(s, old, Channel::Role::kDraining);
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
@@ -668,7 +574,8 @@ class SshConnection : public Producer {
     }
     if (c.role == Channel::Role::kCurrent) {
       s.ref.status->up.store(true);
-      s.ref.status->connected_once.store(true);
+      // --once: "read" means read to the end (see ChannelEnded).
+      if (!po_.once) s.ref.status->connected_once.store(true);
       s.missing_logged = false;
       s.last_failure.clear();
       s.backoff = milliseconds(0);
@@ -681,30 +588,51 @@ class SshConnection : public Producer {
     c.last_data = Clock::now();
     while (!c.begun && n > 0 && !c.closed) {
       const char* nl = static_cast<const char*>(std::memchr(p, '\n', n));
+      size_t used = nl ? static_cast<size_t>(nl - p) + 1 : n;
+      c.header_bytes += used;
       if (nl == nullptr) {
         c.header_buf.append(p, n);
-        if (c.header_buf.size() > 4096) {
+        if (c.header_buf.size() > kMaxHeaderLine ||
+            c.header_bytes > kMaxHeaderBytes) {
           StreamFailed(s, "protocol",
                        "unexpected reply from the remote reader");
         }
         return;
       }
       c.header_buf.append(p, static_cast<size_t>(nl - p));
-      n -= static_cast<size_t>(nl - p) + 1;
+      n -= used;
       p = nl + 1;
       std::string line = std::move(c.header_buf);
       c.header_buf.clear();
       if (line.rfind(c.request.tag + " ", 0) != 0) {
-        c.err_text += line + " ";
-        continue;  // e.g. a login banner or motd printed by a shell rc
+        // e.g. a login banner or motd printed by a shell rc
+        if (line.size() > kMaxHeaderLine || c.header_bytes > kMaxHeaderBytes) {
+          StreamFailed(s, "protocol",
+                       "unexpected reply from the remote reader");
+          return;
+        }
+        AddErrText(c, line);
+        continue;
       }
       Control(s, c, line);
     }
     if (!c.begun || n == 0 || c.closed) return;
-    ChannelSink sink{c, s.builder};
+    ChannelSink sink{c, s.builder, p, n};
     uint64_t before = c.splitter.complete_bytes();
     c.splitter.Feed(std::string_view(p, n), sink);
-    s.pending_raw += c.splitter.complete_bytes() - before;
+    uint64_t after = c.splitter.complete_bytes();
+    s.pending_raw += after - before;
+    if (after != before) c.tail = sink.FileTail(after);
+    // Keep the last recent_max raw bytes.
+    if (n >= c.recent_max) {
+      c.recent.assign(p + n - c.recent_max, c.recent_max);
+    } else {
+      c.recent.append(p, n);
+      if (c.recent.size() > c.recent_max) {
+        c.recent.erase(0, c.recent.size() - c.recent_max);
+      }
+    }
+    c.fed += n;
     if (sink.truncated) {
       s.ref.status->rotations.fetch_add(1);
       Log(LogLevel::kInfo, "source " + s.ref.spec->name +
@@ -715,17 +643,24 @@ class SshConnection : public Producer {
   // Handles stderr: heartbeats ("H dev ino size") and error text.
   void Stderr(Stream& s, Channel& c, const char* p, size_t n) {
     c.err_buf.append(p, n);
+    size_t from = 0;
     size_t nl;
-    while ((nl = c.err_buf.find('\n')) != std::string::npos) {
-      std::string line = c.err_buf.substr(0, nl);
-      c.err_buf.erase(0, nl + 1);
+    while (!c.closed &&
+           (nl = c.err_buf.find('\n', from)) != std::string::npos) {
+      std::string_view line(c.err_buf.data() + from, nl - from);
+      from = nl + 1;
+      if (line.size() > kMaxStderrLine) {
+        StreamFailed(s, "protocol", "over-long line from the remote reader");
+        break;
+      }
       if (line.rfind("H ", 0) != 0) {
-        if (c.err_text.size() < 1024) c.err_text += line + " ";
+        AddErrText(c, line);
         continue;
       }
       if (c.role != Channel::Role::kCurrent || !c.begun) continue;
       unsigned long long dev, ino;
-      if (std::sscanf(line.c_str(), "H %llu %llu", &dev, &ino) != 2) continue;
+      std::string l(line);
+      if (std::sscanf(l.c_str(), "H %llu %llu", &dev, &ino) != 2) continue;
       FileId now{dev, ino};
       if (now == c.id || s.HasRole(Channel::Role::kProbe)) continue;
       RemoteRequest probe;
@@ -735,6 +670,11 @@ class SshConnection : public Producer {
       probe.same_is_noop = true;
       OpenChannel(s, probe, Channel::Role::kProbe);
     }
+    c.err_buf.erase(0, from);
+    if (!c.closed && c.err_buf.size() > kMaxStderrLine) {
+      StreamFailed(s, "protocol", "over-long line from the remote reader");
+    }
+    if (c.closed) c.err_buf.clear();
   }
 
   // Reads everything available on every channel. Returns bytes read.
@@ -759,9 +699,10 @@ class SshConnection : public Producer {
           if (s.builder.full() && !Publish(s)) return total;
         }
         int n;
-        while (!c.closed && (n = ssh_channel_read_nonblocking(
-                                 c.ch.get(), buf_.data(),
-                                 static_cast<uint32_t>(buf_.size()), 1)) > 0) {
+        while (!c.closed && got < 2 * kFairShare &&
+               (n = ssh_channel_read_nonblocking(
+                    c.ch.get(), buf_.data(), static_cast<uint32_t>(buf_.size()),
+                    1)) > 0) {
           got += static_cast<size_t>(n);
           Stderr(s, c, buf_.data(), static_cast<size_t>(n));
         }
@@ -796,6 +737,7 @@ class SshConnection : public Producer {
         StreamFailed(s, RemoteReason(c), RemoteMessage(c));
         return;
       }
+      if (c.begun) s.ref.status->connected_once.store(true);
       c.closed = true;
       s.done = true;
       return;
@@ -864,9 +806,11 @@ class SshConnection : public Producer {
         Lost("disconnect", "connection closed by the server");
         return;
       }
-      if (!po_.once && now - last_rx_ > so_.heartbeat_interval * 3) {
-        Lost("stalled", "nothing received for " + std::to_string(3 * hb_) +
-                            "s (dead connection?); reconnecting");
+      if (now - last_rx_ > StallLimit()) {
+        Lost("stalled", "nothing received for " +
+                            std::to_string(StallLimit().count() / 1000) +
+                            "s (dead connection?)" +
+                            (po_.once ? "" : "; reconnecting"));
         return;
       }
       CloseDrained(now);
@@ -910,9 +854,17 @@ class SshConnection : public Producer {
     }
   }
 
+  // Silence after which a connection is dead: 3 heartbeats. --once has no
+  // heartbeat (dd sends the file in one go), but a black-holed connection
+  // must still end: the connect timeout, at least as long.
+  milliseconds StallLimit() const {
+    milliseconds hb3 = so_.heartbeat_interval * 3;
+    return po_.once ? std::max(hb3, so_.connect_timeout) : hb3;
+  }
+
   int NextTimeout() const {
     auto now = Clock::now();
-    auto next = last_rx_ + so_.heartbeat_interval * 3 + milliseconds(10);
+    auto next = last_rx_ + StallLimit() + milliseconds(10);
     // While lines flow, wake at least every 50 ms: a packet completed behind
     // our back (see Buffered) then waits that long at most. Quiet
     // connections sleep until the next heartbeat.
@@ -966,7 +918,10 @@ std::vector<std::unique_ptr<Producer>> MakeSshProducers(
     const std::vector<SshSourceRef>& sources, BatchQueue& queue,
     const ProducerOptions& producer_options, const SshOptions& ssh_options) {
   static std::once_flag init;
-  std::call_once(init, [] { ssh_init(); });
+  std::call_once(init, [] {
+    ssh_init();
+    InstallForkHandler();
+  });
   // Sources sharing user, host, port and sudo share connections.
   std::map<std::string, std::vector<SshSourceRef>> groups;
   std::vector<std::string> order;

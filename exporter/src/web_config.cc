@@ -1,5 +1,6 @@
 #include "web_config.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
 #include <crypt.h>
 #include <dlfcn.h>
@@ -7,9 +8,12 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -92,12 +96,150 @@ bool LoadShims(std::string* error) {
   loaded = true;
   return true;
 }
+std::string Lower(std::string s) {
+  for (char& ch : s) {
+    ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  }
+  return s;
+}
+
+// "TLS10".."TLS13" -> OpenSSL's version constant; 0 if unknown.
+int TlsVersion(const std::string& v) {
+  if (v == "TLS10") return TLS1_VERSION;
+  if (v == "TLS11") return TLS1_1_VERSION;
+  if (v == "TLS12") return TLS1_2_VERSION;
+  if (v == "TLS13") return TLS1_3_VERSION;
+  return 0;
+}
+
+// A Go (IANA) cipher suite name -> OpenSSL's name, from OpenSSL's own table
+// (SSL_CIPHER_standard_name), so every suite this libssl knows is accepted
+// and nothing else is.
+bool LookupCipher(std::string name, std::string* openssl, bool* tls13) {
+  // Go's short aliases for the two ChaCha20 suites.
+  if (name == "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" ||
+      name == "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305") {
+    name += "_SHA256";
+  }
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return false;
+  SSL_CTX_set_security_level(ctx, 0);
+  SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL");
+  SSL* ssl = SSL_new(ctx);
+  bool found = false;
+  if (ssl != nullptr) {
+    STACK_OF(SSL_CIPHER)* all = SSL_get_ciphers(ssl);
+    for (int i = 0; all != nullptr && i < sk_SSL_CIPHER_num(all); ++i) {
+      const SSL_CIPHER* c = sk_SSL_CIPHER_value(all, i);
+      const char* standard = SSL_CIPHER_standard_name(c);
+      if (standard != nullptr && name == standard) {
+        *openssl = SSL_CIPHER_get_name(c);
+        *tls13 = std::strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0;
+        found = true;
+        break;
+      }
+    }
+    SSL_free(ssl);
+  }
+  SSL_CTX_free(ctx);
+  ERR_clear_error();
+  return found;
+}
+
+std::vector<std::string> StringList(const std::string& where_file,
+                                    const YAML::Node& n,
+                                    const std::string& what) {
+  if (!n.IsSequence()) {
+    throw std::invalid_argument(Where(where_file, n) + ": " + what +
+                                " must be a list");
+  }
+  std::vector<std::string> out;
+  for (const auto& item : n) {
+    if (!item.IsScalar() || item.Scalar().empty()) {
+      throw std::invalid_argument(Where(where_file, item) + ": " + what +
+                                  ": expected a non-empty string");
+    }
+    out.push_back(item.Scalar());
+  }
+  return out;
+}
+
+void Append(std::string* list, const std::string& item) {
+  if (!list->empty()) *list += ':';
+  *list += item;
+}
+
+// http_server_config.headers: the five headers exporter-toolkit allows,
+// with its value checks.
+std::string ParseHeaders(const std::string& path, const YAML::Node& n) {
+  if (!n.IsMap()) {
+    throw std::invalid_argument(
+        Where(path, n) + ": http_server_config.headers must be a mapping");
+  }
+  static const char* const kAllowed[] = {
+      "Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options",
+      "X-XSS-Protection", "Strict-Transport-Security"};
+  std::string out;
+  for (const auto& kv : n) {
+    std::string name = kv.first.Scalar();
+    const char* canonical = nullptr;
+    for (const char* a : kAllowed) {
+      if (Lower(name) == Lower(a)) canonical = a;
+    }
+    if (canonical == nullptr) {
+      throw std::invalid_argument(Where(path, kv.first) + ": HTTP header '" +
+                                  name + "' can not be configured");
+    }
+    std::string value = kv.second.IsScalar() ? kv.second.Scalar() : "";
+    if (!kv.second.IsNull() && !kv.second.IsScalar()) {
+      throw std::invalid_argument(Where(path, kv.second) + ": header " + name +
+                                  " must be a string");
+    }
+    if (value.find_first_of("\r\n") != std::string::npos) {
+      throw std::invalid_argument(Where(path, kv.second) + ": header " + name +
+                                  " contains a line break");
+    }
+    if (value.empty()) continue;  // "unset if blank"
+    std::string lower = Lower(value);
+    if (std::strcmp(canonical, "X-Frame-Options") == 0 && lower != "deny" &&
+        lower != "sameorigin") {
+      throw std::invalid_argument(Where(path, kv.second) +
+                                  ": X-Frame-Options must be deny or "
+                                  "sameorigin");
+    }
+    if (std::strcmp(canonical, "X-Content-Type-Options") == 0 &&
+        lower != "nosniff") {
+      throw std::invalid_argument(Where(path, kv.second) +
+                                  ": X-Content-Type-Options must be nosniff");
+    }
+    out += std::string(canonical) + ": " + value + "\r\n";
+  }
+  return out;
+}
 
 }  // namespace
 
+bool LruSet::Touch(const std::string& key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  order_.splice(order_.begin(), order_, it->second);
+  return true;
+}
+
+void LruSet::Insert(const std::string& key) {
+  if (Touch(key) || capacity_ == 0) return;
+  if (order_.size() >= capacity_) {
+    index_.erase(order_.back());
+    order_.pop_back();
+  }
+  order_.push_front(key);
+  index_[key] = order_.begin();
+}
+
 WebConfig WebConfig::Load(const std::string& path) {
   WebConfig c;
-  c.path_ = path;
+  Settings& s = c.s_;
+  s.path = path;
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
@@ -115,6 +257,9 @@ WebConfig WebConfig::Load(const std::string& path) {
     if (p.empty() || p[0] == '/') return p;
     return (fs::path(base) / p).lexically_normal().string();
   };
+  // Where settings checked after the loop were written.
+  std::string sans_at, max_at, tls_setting_at, tls_setting;
+  std::string min_name = "TLS12";
   for (const auto& kv : root) {
     std::string key = kv.first.Scalar();
     if (key == "tls_server_config") {
@@ -126,12 +271,16 @@ WebConfig WebConfig::Load(const std::string& path) {
       for (const auto& tkv : t) {
         std::string k = tkv.first.Scalar();
         std::string v = tkv.second.IsScalar() ? tkv.second.Scalar() : "";
+        if (k != "cert_file" && k != "key_file" && tls_setting.empty()) {
+          tls_setting = k;
+          tls_setting_at = Where(path, tkv.first);
+        }
         if (k == "cert_file") {
-          c.cert_file_ = resolve(v);
+          s.cert_file = resolve(v);
         } else if (k == "key_file") {
-          c.key_file_ = resolve(v);
+          s.key_file = resolve(v);
         } else if (k == "client_ca_file") {
-          c.client_ca_file_ = resolve(v);
+          s.client_ca_file = resolve(v);
         } else if (k == "client_auth_type") {
           if (v != "NoClientCert" && v != "RequestClientCert" &&
               v != "RequireAnyClientCert" && v != "VerifyClientCertIfGiven" &&
@@ -140,25 +289,65 @@ WebConfig WebConfig::Load(const std::string& path) {
                                         ": unknown client_auth_type '" + v +
                                         "'");
           }
-          c.client_auth_ = v;
-        } else if (k == "min_version") {
-          if (v != "TLS10" && v != "TLS11" && v != "TLS12" && v != "TLS13") {
-            throw std::invalid_argument(Where(path, tkv.second) +
-                                        ": min_version must be TLS10..TLS13");
+          s.client_auth = v;
+        } else if (k == "min_version" || k == "max_version") {
+          if (TlsVersion(v) == 0) {
+            throw std::invalid_argument(Where(path, tkv.second) + ": " + k +
+                                        " must be TLS10, TLS11, TLS12 or "
+                                        "TLS13");
           }
-          c.min_version_ = v;
-        } else if (k == "max_version" || k == "cipher_suites" ||
-                   k == "curve_preferences" ||
-                   k == "prefer_server_cipher_suites" ||
-                   k == "client_allowed_sans" || k == "cert" || k == "key") {
-          Log(LogLevel::kWarn, Where(path, tkv.first) + ": tls_server_config." +
-                                   k + " is not supported; ignored");
+          if (k == "min_version") {
+            s.min_version = TlsVersion(v);
+            min_name = v;
+          } else {
+            s.max_version = TlsVersion(v);
+            max_at = Where(path, tkv.second);
+          }
+        } else if (k == "cipher_suites") {
+          for (const auto& name : StringList(path, tkv.second, k)) {
+            std::string openssl;
+            bool tls13 = false;
+            if (!LookupCipher(name, &openssl, &tls13)) {
+              throw std::invalid_argument(Where(path, tkv.second) +
+                                          ": unknown cipher suite '" + name +
+                                          "'");
+            }
+            Append(tls13 ? &s.ciphersuites : &s.cipher_list, openssl);
+          }
+        } else if (k == "curve_preferences") {
+          for (const auto& name : StringList(path, tkv.second, k)) {
+            const char* group = name == "CurveP256"   ? "P-256"
+                                : name == "CurveP384" ? "P-384"
+                                : name == "CurveP521" ? "P-521"
+                                : name == "X25519"    ? "X25519"
+                                                      : nullptr;
+            if (group == nullptr) {
+              throw std::invalid_argument(
+                  Where(path, tkv.second) + ": unknown curve '" + name +
+                  "' (CurveP256, CurveP384, CurveP521 or X25519)");
+            }
+            Append(&s.groups, group);
+          }
+        } else if (k == "prefer_server_cipher_suites") {
+          if (v != "true" && v != "false") {
+            throw std::invalid_argument(
+                Where(path, tkv.second) +
+                ": prefer_server_cipher_suites must be true or false");
+          }
+          s.prefer_server_ciphers = v == "true";
+        } else if (k == "client_allowed_sans") {
+          s.allowed_sans = StringList(path, tkv.second, k);
+          sans_at = Where(path, tkv.first);
+        } else if (k == "cert" || k == "key" || k == "client_ca") {
+          throw std::invalid_argument(
+              Where(path, tkv.first) + ": tls_server_config." + k +
+              " (inline PEM) is not supported; use " + k + "_file");
         } else {
           throw std::invalid_argument(Where(path, tkv.first) +
                                       ": unknown key tls_server_config." + k);
         }
       }
-      if (c.cert_file_.empty() != c.key_file_.empty()) {
+      if (s.cert_file.empty() != s.key_file.empty()) {
         throw std::invalid_argument(
             Where(path, t) +
             ": tls_server_config needs cert_file and key_file");
@@ -175,30 +364,78 @@ WebConfig WebConfig::Load(const std::string& path) {
           throw std::invalid_argument(Where(path, u.first) +
                                       ": a user name cannot contain ':'");
         }
-        if (hash.size() != 60 || hash[0] != '$' || hash[1] != '2') {
+        if (hash.size() != 60 || hash[0] != '$' || hash[1] != '2' ||
+            hash[3] != '$' || hash[4] < '0' || hash[4] > '9' || hash[5] < '0' ||
+            hash[5] > '9' || hash[6] != '$') {
           throw std::invalid_argument(
               Where(path, u.second) + ": password of '" + user +
               "' must be a bcrypt hash ($2y$..., e.g. from htpasswd -nBC 10)");
         }
-        c.users_[user] = hash;
+        s.users[user] = hash;
       }
     } else if (key == "http_server_config") {
-      Log(LogLevel::kWarn, Where(path, kv.first) +
-                               ": http_server_config is not supported; "
-                               "ignored");
+      const YAML::Node& h = kv.second;
+      if (!h.IsMap()) {
+        throw std::invalid_argument(Where(path, h) +
+                                    ": http_server_config must be a mapping");
+      }
+      for (const auto& hkv : h) {
+        std::string k = hkv.first.Scalar();
+        if (k == "headers") {
+          s.extra_headers = ParseHeaders(path, hkv.second);
+        } else if (k == "http2") {
+          // Not a security setting: we serve HTTP/1.1 either way.
+          std::string v = hkv.second.IsScalar() ? hkv.second.Scalar() : "";
+          if (v != "true" && v != "false") {
+            throw std::invalid_argument(Where(path, hkv.second) +
+                                        ": http2 must be true or false");
+          }
+        } else {
+          throw std::invalid_argument(Where(path, hkv.first) +
+                                      ": unknown key http_server_config." + k);
+        }
+      }
     } else {
       throw std::invalid_argument(Where(path, kv.first) + ": unknown key '" +
                                   key + "'");
     }
   }
+  if (s.max_version != 0 &&
+      s.max_version < (s.min_version ? s.min_version : TLS1_2_VERSION)) {
+    throw std::invalid_argument(
+        max_at + ": max_version is below min_version (" + min_name + ")");
+  }
+  if (!s.allowed_sans.empty() && s.client_auth != "RequireAnyClientCert" &&
+      s.client_auth != "RequireAndVerifyClientCert") {
+    // Any other type lets a client in without a certificate, so without a
+    // SAN to check: the restriction would be void.
+    throw std::invalid_argument(sans_at +
+                                ": client_allowed_sans needs client_auth_type "
+                                "RequireAndVerifyClientCert"
+                                " or RequireAnyClientCert");
+  }
+  if (s.cert_file.empty() && !tls_setting.empty()) {
+    throw std::invalid_argument(tls_setting_at + ": tls_server_config." +
+                                tls_setting +
+                                " without cert_file and key_file (TLS would "
+                                "be off)");
+  }
+  // bcrypt work for unknown users at the highest cost configured, so
+  // timing does not tell them apart.
+  std::string cost = "10";
+  for (const auto& [user, hash] : s.users) {
+    if (hash.substr(4, 2) > cost) cost = hash.substr(4, 2);
+  }
+  s.dummy_hash =
+      "$2y$" + cost + "$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
   if (c.tls_enabled()) {
-    for (const auto& f : {c.cert_file_, c.key_file_}) {
+    for (const auto& f : {s.cert_file, s.key_file}) {
       if (::access(f.c_str(), R_OK) != 0) {
         throw std::invalid_argument(path + ": cannot read " + f);
       }
     }
-    // Load them now, so a bad pair is a config error (exit 2), not a
-    // failure to listen later.
+    // Build the context now, so a bad pair or an unusable cipher/curve
+    // list is a config error (exit 2), not a failure to listen later.
     SSL_CTX* ctx = c.NewSslCtx();
     if (ctx == nullptr) {
       unsigned long e = ERR_get_error();
@@ -206,69 +443,176 @@ WebConfig WebConfig::Load(const std::string& path) {
       if (e != 0) ERR_error_string_n(e, reason, sizeof reason);
       ERR_clear_error();
       throw std::invalid_argument(
-          path + ": cannot use " + c.cert_file_ + " with " + c.key_file_ +
-          (reason[0] ? std::string(": ") + reason : ""));
+          path + ": cannot use tls_server_config (" + s.cert_file + ", " +
+          s.key_file + ")" + (reason[0] ? std::string(": ") + reason : ""));
     }
     SSL_CTX_free(ctx);
   }
   return c;
 }
 
-bool WebConfig::CheckAuthorization(const std::string& header) const {
+AuthResult WebConfig::CheckAuthorization(const std::string& header) const {
   static const std::string kPrefix = "Basic ";
-  if (header.compare(0, kPrefix.size(), kPrefix) != 0) return false;
+  if (header.compare(0, kPrefix.size(), kPrefix) != 0) {
+    return AuthResult::kDenied;
+  }
   std::string decoded = Base64Decode(header.substr(kPrefix.size()));
   size_t colon = decoded.find(':');
-  if (colon == std::string::npos) return false;
+  if (colon == std::string::npos) return AuthResult::kDenied;
   std::string user = decoded.substr(0, colon);
   std::string password = decoded.substr(colon + 1);
-  auto it = users_.find(user);
-  // Same bcrypt work for unknown users, so timing does not tell them apart.
-  static const std::string kDummy =
-      "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
-  const std::string& hash = it == users_.end() ? kDummy : it->second;
-  std::string digest = Sha256(user + '\0' + password + '\0' + hash);
-  {
-    std::lock_guard lock(cache_mutex_);
-    if (it != users_.end() && verified_.count(digest)) return true;
+  auto it = s_.users.find(user);
+  const bool known = it != s_.users.end();
+  const std::string& hash = known ? it->second : s_.dummy_hash;
+  const std::string key = Sha256(header);
+
+  std::unique_lock lock(mutex_);
+  if (ok_.Touch(key)) return AuthResult::kOk;
+  if (denied_.Touch(key)) return AuthResult::kDenied;
+  if (running_ >= kMaxParallelBcrypt) {
+    // Each waiter holds a web thread: few may wait, and not for long.
+    if (waiting_ >= kMaxBcryptWaiters) {
+      ++stats_.busy;
+      return AuthResult::kBusy;
+    }
+    ++waiting_;
+    bool got = slot_free_.wait_for(
+        lock, kMaxBcryptWait, [this] { return running_ < kMaxParallelBcrypt; });
+    --waiting_;
+    if (!got) {
+      ++stats_.busy;
+      return AuthResult::kBusy;
+    }
+    // The same credentials may have been checked meanwhile.
+    if (ok_.Touch(key)) return AuthResult::kOk;
+    if (denied_.Touch(key)) return AuthResult::kDenied;
   }
-  bool ok = BcryptMatches(password, hash) && it != users_.end();
-  if (ok) {
-    std::lock_guard lock(cache_mutex_);
-    if (verified_.size() > 1024) verified_.clear();
-    verified_.insert(digest);
+  ++running_;
+  ++stats_.bcrypt_runs;
+  stats_.max_parallel = std::max(stats_.max_parallel, running_);
+  lock.unlock();
+  bool ok = BcryptMatches(password, hash) && known;
+  lock.lock();
+  --running_;
+  (ok ? ok_ : denied_).Insert(key);
+  lock.unlock();
+  slot_free_.notify_one();
+  return ok ? AuthResult::kOk : AuthResult::kDenied;
+}
+
+WebConfig::AuthStats WebConfig::auth_stats() const {
+  std::lock_guard lock(mutex_);
+  AuthStats out = stats_;
+  out.ok_cached = ok_.size();
+  out.denied_cached = denied_.size();
+  return out;
+}
+
+bool WebConfig::SanAllowed(X509* cert) const {
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return false;
+  bool allowed = false;
+  for (int i = 0; !allowed && i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
+    std::string text;
+    if (n->type == GEN_DNS || n->type == GEN_EMAIL || n->type == GEN_URI) {
+      const ASN1_IA5STRING* s = n->d.ia5;
+      text.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                  static_cast<size_t>(ASN1_STRING_length(s)));
+    } else if (n->type == GEN_IPADD) {
+      const ASN1_OCTET_STRING* ip = n->d.iPAddress;
+      char buf[INET6_ADDRSTRLEN] = "";
+      int len = ASN1_STRING_length(ip);
+      if (len == 4 || len == 16) {
+        ::inet_ntop(len == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(ip),
+                    buf, sizeof buf);
+      }
+      text = buf;
+    } else {
+      continue;
+    }
+    // Exact match, as exporter-toolkit does; a NUL inside never matches.
+    for (const auto& want : s_.allowed_sans) {
+      if (text == want) allowed = true;
+    }
   }
-  return ok;
+  GENERAL_NAMES_free(names);
+  return allowed;
+}
+
+int WebConfig::VerifyPeer(int preverify_ok, X509_STORE_CTX* store) {
+  if (preverify_ok != 1) return 0;
+  if (X509_STORE_CTX_get_error_depth(store) != 0) return 1;
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  const auto* self = ssl == nullptr
+                         ? nullptr
+                         : static_cast<const WebConfig*>(
+                               SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  if (self == nullptr) return 0;
+  if (self->s_.allowed_sans.empty()) return 1;
+  if (self->SanAllowed(X509_STORE_CTX_get_current_cert(store))) return 1;
+  X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  Log(LogLevel::kDebug,
+      "web: client certificate refused: no SAN in client_allowed_sans");
+  return 0;
 }
 
 SSL_CTX* WebConfig::NewSslCtx() const {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return nullptr;
-  int min = min_version_ == "TLS13"   ? TLS1_3_VERSION
-            : min_version_ == "TLS11" ? TLS1_1_VERSION
-            : min_version_ == "TLS10" ? TLS1_VERSION
-                                      : TLS1_2_VERSION;
-  SSL_CTX_set_min_proto_version(ctx, min);
-  if (SSL_CTX_use_certificate_chain_file(ctx, cert_file_.c_str()) != 1 ||
-      SSL_CTX_use_PrivateKey_file(ctx, key_file_.c_str(), SSL_FILETYPE_PEM) !=
-          1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
+  auto fail = [ctx] {
     SSL_CTX_free(ctx);
     return nullptr;
+  };
+  SSL_CTX_set_app_data(ctx, const_cast<WebConfig*>(this));
+  int min = s_.min_version ? s_.min_version : TLS1_2_VERSION;
+  if (SSL_CTX_set_min_proto_version(ctx, min) != 1) return fail();
+  if (s_.max_version != 0 &&
+      SSL_CTX_set_max_proto_version(ctx, s_.max_version) != 1) {
+    return fail();
   }
-  if (client_auth_ != "NoClientCert") {
-    if (!client_ca_file_.empty() &&
-        SSL_CTX_load_verify_locations(ctx, client_ca_file_.c_str(), nullptr) !=
-            1) {
-      SSL_CTX_free(ctx);
-      return nullptr;
+  // Only TLS 1.3 suites listed: no TLS 1.2 suite is allowed, so no TLS 1.2.
+  if (s_.cipher_list.empty() && !s_.ciphersuites.empty()) {
+    if (s_.max_version != 0 && s_.max_version < TLS1_3_VERSION) return fail();
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1) {
+      return fail();
+    }
+  }
+  if (!s_.cipher_list.empty() &&
+      SSL_CTX_set_cipher_list(ctx, s_.cipher_list.c_str()) != 1) {
+    return fail();
+  }
+  if (!s_.ciphersuites.empty() &&
+      SSL_CTX_set_ciphersuites(ctx, s_.ciphersuites.c_str()) != 1) {
+    return fail();
+  }
+  if (!s_.groups.empty() &&
+      SSL_CTX_set1_groups_list(ctx, s_.groups.c_str()) != 1) {
+    return fail();
+  }
+  if (s_.prefer_server_ciphers) {
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  }
+  if (SSL_CTX_use_certificate_chain_file(ctx, s_.cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx, s_.key_file.c_str(), SSL_FILETYPE_PEM) !=
+          1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    return fail();
+  }
+  if (s_.client_auth != "NoClientCert") {
+    if (!s_.client_ca_file.empty() &&
+        SSL_CTX_load_verify_locations(ctx, s_.client_ca_file.c_str(),
+                                      nullptr) != 1) {
+      return fail();
     }
     int mode = SSL_VERIFY_PEER;
-    if (client_auth_ == "RequireAndVerifyClientCert" ||
-        client_auth_ == "RequireAnyClientCert") {
+    if (s_.client_auth == "RequireAndVerifyClientCert" ||
+        s_.client_auth == "RequireAnyClientCert") {
       mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     }
-    SSL_CTX_set_verify(ctx, mode, nullptr);
+    SSL_CTX_set_verify(ctx, mode, &WebConfig::VerifyPeer);
   }
   return ctx;
 }
@@ -282,8 +626,8 @@ int WebConfig::ExternalSslCtx(void** ssl_ctx, void* user_data) {
   }
   SSL_CTX* ctx = c->NewSslCtx();
   if (ctx == nullptr) {
-    Log(LogLevel::kError,
-        c->path_ + ": cannot use " + c->cert_file_ + " with " + c->key_file_);
+    Log(LogLevel::kError, c->s_.path + ": cannot use " + c->s_.cert_file +
+                              " with " + c->s_.key_file);
     return -1;
   }
   *ssl_ctx = ctx;

@@ -2,6 +2,7 @@
 
 #include <civetweb.h>
 
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -11,24 +12,32 @@
 #include "web_config.h"
 
 namespace sshtail {
+namespace {
+
+// How long a client has to send a complete request (and, with TLS, to
+// finish the handshake) before its connection is closed.
+constexpr std::chrono::milliseconds kHeaderDeadline{5000};
+
+}  // namespace
 
 struct WebServer::Impl {
   std::string listen_address;
   std::string telemetry_path;
   std::string web_config_file;
   WebHandlers handlers;
+  WebSettings settings;
   WebConfig config;
   struct mg_context* ctx = nullptr;
   std::string bound;
 
-  static void Send(struct mg_connection* conn, int status,
-                   const char* content_type, const std::string& body,
-                   const char* extra_headers = "") {
+  void Send(struct mg_connection* conn, int status, const char* content_type,
+            const std::string& body, const char* extra_headers = "") const {
     const char* reason = mg_get_response_code_text(conn, status);
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-              "Cache-Control: no-store\r\n%s\r\n",
-              status, reason, content_type, body.size(), extra_headers);
+              "Cache-Control: no-store\r\n%s%s\r\n",
+              status, reason, content_type, body.size(), extra_headers,
+              config.extra_headers().c_str());
     const auto* info = mg_get_request_info(conn);
     if (std::strcmp(info->request_method, "HEAD") != 0) {
       mg_write(conn, body.data(), body.size());
@@ -39,7 +48,17 @@ struct WebServer::Impl {
   bool Authorized(struct mg_connection* conn) {
     if (!config.auth_enabled()) return true;
     const char* header = mg_get_header(conn, "Authorization");
-    if (header != nullptr && config.CheckAuthorization(header)) return true;
+    AuthResult r = header == nullptr ? AuthResult::kDenied
+                                     : config.CheckAuthorization(header);
+    if (r == AuthResult::kOk) return true;
+    if (r == AuthResult::kBusy) {
+      // Too many password checks at once (a guessing flood): answer at
+      // once instead of queueing bcrypt work.
+      Send(conn, 429, "text/plain; charset=utf-8",
+           "Too many authentication attempts; retry later.\n",
+           "Retry-After: 1\r\n");
+      return false;
+    }
     Send(conn, 401, "text/plain; charset=utf-8", "Unauthorized\n",
          "WWW-Authenticate: Basic realm=\"sshtail_exporter\"\r\n");
     return false;
@@ -51,50 +70,55 @@ struct WebServer::Impl {
     std::string uri = info->local_uri ? info->local_uri : "/";
     std::string method = info->request_method;
     if (!self->Authorized(conn)) return 401;
+    auto method_not_allowed = [&](const char* allow) {
+      std::string extra = std::string("Allow: ") + allow + "\r\n";
+      self->Send(conn, 405, "text/plain; charset=utf-8",
+                 "Method not allowed.\n", extra.c_str());
+      return 405;
+    };
     bool get = method == "GET" || method == "HEAD";
     if (uri == self->telemetry_path) {
-      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
-      Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
-           self->handlers.metrics());
+      if (!get) return method_not_allowed("GET, HEAD");
+      self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
+                 self->handlers.metrics());
       return 200;
     }
     if (uri == "/-/healthy") {
-      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
-      Send(conn, 200, "text/plain; charset=utf-8", "Healthy.\n");
+      if (!get) return method_not_allowed("GET, HEAD");
+      self->Send(conn, 200, "text/plain; charset=utf-8", "Healthy.\n");
       return 200;
     }
     if (uri == "/-/ready") {
-      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
+      if (!get) return method_not_allowed("GET, HEAD");
       bool ready = self->handlers.ready();
-      Send(conn, ready ? 200 : 503, "text/plain; charset=utf-8",
-           ready ? "Ready.\n" : "Not ready: a source has not connected yet.\n");
+      self->Send(
+          conn, ready ? 200 : 503, "text/plain; charset=utf-8",
+          ready ? "Ready.\n" : "Not ready: a source has not connected yet.\n");
       return ready ? 200 : 503;
     }
     if (uri == "/-/reload") {
       if (method != "POST" && method != "PUT") {
-        return MethodNotAllowed(conn, "POST, PUT");
+        return method_not_allowed("POST, PUT");
+      }
+      if (!self->settings.enable_lifecycle) {
+        self->Send(conn, 403, "text/plain; charset=utf-8",
+                   "Lifecycle API is not enabled.\n");
+        return 403;
       }
       std::string error;
       bool ok = self->handlers.reload(&error);
-      Send(conn, ok ? 200 : 500, "text/plain; charset=utf-8",
-           ok ? "Reloaded.\n" : "Reload failed: " + error + "\n");
+      self->Send(conn, ok ? 200 : 500, "text/plain; charset=utf-8",
+                 ok ? "Reloaded.\n" : "Reload failed: " + error + "\n");
       return ok ? 200 : 500;
     }
     if (uri == "/") {
-      if (!get) return MethodNotAllowed(conn, "GET, HEAD");
-      Send(conn, 200, "text/html; charset=utf-8",
-           self->handlers.landing_page());
+      if (!get) return method_not_allowed("GET, HEAD");
+      self->Send(conn, 200, "text/html; charset=utf-8",
+                 self->handlers.landing_page());
       return 200;
     }
-    Send(conn, 404, "text/plain; charset=utf-8", "Not found.\n");
+    self->Send(conn, 404, "text/plain; charset=utf-8", "Not found.\n");
     return 404;
-  }
-
-  static int MethodNotAllowed(struct mg_connection* conn, const char* allow) {
-    std::string extra = std::string("Allow: ") + allow + "\r\n";
-    Send(conn, 405, "text/plain; charset=utf-8", "Method not allowed.\n",
-         extra.c_str());
-    return 405;
   }
 
   // CivetWeb's own messages are mostly failed handshakes from scanners: not
@@ -106,8 +130,10 @@ struct WebServer::Impl {
 };
 
 WebServer::WebServer(std::string listen_address, std::string telemetry_path,
-                     std::string web_config_file, WebHandlers handlers)
+                     std::string web_config_file, WebHandlers handlers,
+                     WebSettings settings)
     : impl_(std::make_unique<Impl>()) {
+  impl_->settings = settings;
   impl_->listen_address = std::move(listen_address);
   impl_->telemetry_path = std::move(telemetry_path);
   impl_->web_config_file = std::move(web_config_file);
@@ -133,16 +159,31 @@ bool WebServer::Start(std::string* error) {
     return false;
   }
   if (impl_->config.tls_enabled()) ports += "s";
+  // CivetWeb 1.15 gives each connection a thread for its whole life, so
+  // the thread count is the connection bound. request_timeout_ms is a total
+  // deadline for the request headers (read_message() compares against the
+  // request's start after every read; one read waits at most that long, so
+  // a connection is dropped within 2x) and for the TLS handshake;
+  // keep_alive_timeout_ms does the same for the next request on a kept-alive
+  // connection. Without a complete request in time, a connection gives its
+  // thread back, so idle or trickling clients cannot hold them all.
+  // Headers are capped at max_request_size (16 KiB, CivetWeb's default).
   // tcp_nodelay: headers and body go out in two writes; without it, Nagle
   // and delayed ACKs add ~40 ms to every scrape on a kept-alive connection.
+  std::string threads = std::to_string(impl_->settings.max_connections);
+  std::string deadline = std::to_string(kHeaderDeadline.count());
   std::vector<const char*> options = {"listening_ports",
                                       ports.c_str(),
                                       "num_threads",
-                                      "8",
+                                      threads.c_str(),
                                       "request_timeout_ms",
-                                      "30000",
+                                      deadline.c_str(),
+                                      "keep_alive_timeout_ms",
+                                      deadline.c_str(),
                                       "enable_keep_alive",
                                       "yes",
+                                      "max_request_size",
+                                      "16384",
                                       "tcp_nodelay",
                                       "1",
                                       nullptr};

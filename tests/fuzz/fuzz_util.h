@@ -26,7 +26,7 @@ struct FuzzRules {
     RuleSetDef defs = ParseRules(yaml, "fuzz.yml", ctx);
     ValidateRules(defs, ctx);
     store.Apply(defs);
-    rules = CompiledRules::Build(defs, store, allow_scan);
+    rules = CompiledRules::Build(defs, &store, allow_scan);
     eval = std::make_unique<Evaluator>(store, sources);
   }
 

@@ -51,7 +51,7 @@ _COUNTERS_AND_GAUGES = {
     "sshtail_rotations_total": True,
     "sshtail_source_last_line_timestamp_seconds": True,
     "sshtail_ssh_reconnects_total": True,
-    "sshtail_series_overflow_total": False,
+    "sshtail_series_overflow_total": True,
     "sshtail_build_info": False,
     "sshtail_config_last_reload_successful": False,
     "up": False,

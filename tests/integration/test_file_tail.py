@@ -106,8 +106,67 @@ def test_positions_file_resumes_after_restart():
     assert exp2.stop() == 0
 
 
+def test_copytruncate_and_regrowth_while_stopped_is_read_from_start():
+    # Issue 9, defect 6: the bytes before the saved offset changed while no
+    # exporter ran; the file must be read again from 0, not from the offset.
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    pos = os.path.join(d, 'positions.yml')
+    lines, truth = harness.generate(2200, 'timed', seed=21)
+    args = ['--format', 'timed', '--positions-file', pos,
+            '--start-at', 'beginning', path]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines[:1000]) + '\n')
+    exp = harness.Exporter(args, d, name='first')
+    exp.wait_value('sshtail_lines_total', 1000, source=path)
+    assert exp.stop() == 0
+    shutil.copy(path, path + '.1')
+    with open(path, 'r+') as f:
+        f.truncate(0)
+    with open(path, 'a') as f:  # 1200 new lines: past the old offset
+        f.write('\n'.join(lines[1000:]) + '\n')
+    assert os.path.getsize(path) > os.path.getsize(path + '.1')
+    exp2 = harness.Exporter(args, d, name='second')
+    exp2.wait_value('sshtail_lines_total', 1200, source=path)
+    _, first = harness.generate(1000, 'timed', seed=21)
+    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, first), path)
+    assert exp2.stop() == 0
+
+
+def test_once_leaves_the_daemons_positions_alone():
+    # Issue 9, defect 3: --once with the daemon's --positions-file moved
+    # every source to its end; lines written while the daemon was down were
+    # then never counted.
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    pos = os.path.join(d, 'positions.yml')
+    lines, truth = harness.generate(1030, 'timed', seed=22)
+    args = ['--format', 'timed', '--positions-file', pos, path]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines[:1000]) + '\n')
+    exp = harness.Exporter(args + ['--start-at', 'beginning'], d, name='first')
+    exp.wait_value('sshtail_lines_total', 1000, source=path)
+    assert exp.stop() == 0
+    with open(pos) as f:
+        saved = f.read()
+    with open(path, 'a') as f:  # written while the daemon is down
+        f.write('\n'.join(lines[1000:]) + '\n')
+    r = harness.run_once(['--format', 'timed', '--positions-file', pos, path])
+    assert r.returncode == 0, r.stderr
+    assert promtext.total(promtext.parse(r.stdout), 'nginx_http_requests_total') == 1030
+    with open(pos) as f:
+        assert f.read() == saved
+    exp2 = harness.Exporter(args, d, name='second')
+    exp2.wait_value('sshtail_lines_total', 30, source=path)
+    _, first = harness.generate(1000, 'timed', seed=22)
+    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, first), path)
+    assert exp2.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_tail_rename_and_copytruncate_exact,
                   test_missing_file_is_waited_for_and_read_from_start,
                   test_start_at_end_counts_a_line_being_written,
-                  test_positions_file_resumes_after_restart])
+                  test_positions_file_resumes_after_restart,
+                  test_copytruncate_and_regrowth_while_stopped_is_read_from_start,
+                  test_once_leaves_the_daemons_positions_alone])

@@ -139,8 +139,38 @@ def test_help_and_version():
     assert '--web.listen-address' in r.stdout and '--once' in r.stdout
 
 
+def test_a_pids_limit_never_ends_the_process():
+    # Issue 9: a failed thread creation (a container's pids limit) called
+    # std::terminate. Readers without a thread now run inline in --once.
+    import resource
+    d = harness.tmpdir()
+    paths, total = [], 0
+    for i in range(12):
+        n = 100 + i
+        paths.append(harness.write_file(
+            d, 'a%d.log' % i, '\n'.join(harness.generate(n, 'timed', seed=40 + i)[0]) + '\n'))
+        total += n
+    # RLIMIT_NPROC counts every process of the user: use a uid of our own.
+    uid = next(u for u in range(64100, 64200)
+               if subprocess.run(['pgrep', '-U', str(u)], capture_output=True).returncode == 1)
+
+    def limited():
+        os.setgid(uid)
+        os.setuid(uid)
+        # The main thread and 2 more: some readers cannot get a thread.
+        resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
+
+    r = subprocess.run([harness.BIN, '--once', '--format', 'timed', '--consumers', '2'] + paths,
+                       capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    m = promtext.parse(r.stdout)
+    assert promtext.total(m, 'nginx_http_requests_total') == total
+    assert promtext.total(m, 'sshtail_lines_unmatched_total') == 0
+
+
 if __name__ == '__main__':
     harness.main([test_once_200k_timed_matches_truth, test_once_combined_and_stdin,
                   test_once_custom_format_string, test_hostile_lines_are_counted_never_fatal,
                   test_label_values_from_hostile_bytes_stay_valid,
-                  test_bad_flags_and_config_exit_2_with_one_line, test_help_and_version])
+                  test_bad_flags_and_config_exit_2_with_one_line, test_help_and_version,
+                  test_a_pids_limit_never_ends_the_process])

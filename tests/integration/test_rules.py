@@ -114,7 +114,7 @@ def test_reload_keeps_counters_and_rejects_bad_rules():
     rules = harness.write_file(d, 'app.yml', COUNT_RULE % '')
     log = harness.write_file(d, 'app.log', '')
     cfg = harness.write_file(d, 'config.yml', 'rules: [app.yml]\nsources: [%s]\n' % log)
-    exp = harness.Exporter(['--config', cfg], d)
+    exp = harness.Exporter(['--config', cfg, '--web.enable-lifecycle'], d)
     write(log, ['INFO /a 5', 'WARN /b 7', 'INFO /c 1'])
     exp.wait_value('app_lines_total', 2, level='INFO')
 
@@ -148,6 +148,35 @@ def test_reload_keeps_counters_and_rejects_bad_rules():
     m = exp.metrics()
     assert not promtext.select(m, 'app_ms_total')  # removed with its rule
     assert promtext.total(m, 'app_lines_total', level='INFO') == 3
+    assert exp.stop() == 0
+
+
+def test_rejected_reload_leaves_the_running_rules_whole():
+    # Issue 9, defect 1: a regex RE2 accepts as UTF-8 but not as bytes passed
+    # the check, failed when compiled for matching, and the store had
+    # already replaced the changed metric: use-after-free, then a crash.
+    d = harness.tmpdir()
+    rules = harness.write_file(d, 'app.yml', COUNT_RULE % '')
+    log = harness.write_file(d, 'app.log', '')
+    cfg = harness.write_file(d, 'config.yml', 'rules: [app.yml]\nsources: [%s]\n' % log)
+    exp = harness.Exporter(['--config', cfg, '--consumers', '2'], d)
+    write(log, ['INFO /a 5'] * 10)
+    exp.wait_value('app_lines_total', 10, level='INFO')
+    bad = (COUNT_RULE % '').replace("(?P<ms>\\d+)$'", "(?P<ms>\\d+)(?:\\x{100})?$'")
+    bad = bad.replace('labels: {level: level}', 'labels: {lvl: level}')  # changed metric
+    assert bad != COUNT_RULE % ''
+    code, err, _ = check_config(d, bad, 'bad.yml')
+    assert code == 2 and 'bad regex' in err, err
+    with open(rules, 'w') as f:
+        f.write(bad)
+    for i in range(1, 6):
+        exp.proc.send_signal(signal.SIGHUP)
+        harness.wait_for(lambda: exp.value('sshtail_config_reloads_failed_total') == i, 10,
+                         what='reload %d rejected' % i)
+        write(log, ['INFO /b 1'] * 100)
+        exp.wait_value('app_lines_total', 10 + 100 * i, level='INFO')
+    assert exp.value('sshtail_config_last_reload_successful') == 0
+    assert exp.proc.poll() is None
     assert exp.stop() == 0
 
 
@@ -228,5 +257,6 @@ if __name__ == '__main__':
     harness.main([test_check_config_reports_file_and_line,
                   test_readme_rule_example_loads_and_counts,
                   test_reload_keeps_counters_and_rejects_bad_rules,
+                  test_rejected_reload_leaves_the_running_rules_whole,
                   test_ttl_drops_idle_series,
                   test_max_series_caps_memory_with_a_million_paths])

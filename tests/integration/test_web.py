@@ -2,11 +2,17 @@
 toolkit format), checked with real curl/openssl clients; bad web configs;
 /-/ready and /-/reload."""
 import os
+import select
 import shutil
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 import warnings
 
 import harness
@@ -133,7 +139,8 @@ def test_tls_and_basic_auth():
     cert, key = make_cert(d)
     users = {'alice': bcrypt(PASSWORD, '$2b$'), 'bob': bcrypt(PASSWORD, '$2y$')}
     cfg = write_web_config(os.path.join(d, 'web.yml'), cert, key, users)
-    exp = harness.Exporter(['--web.config.file', cfg, source_file(d)], d)
+    exp = harness.Exporter(['--web.config.file', cfg, '--web.enable-lifecycle', source_file(d)],
+                           d)
     host, port = exp.address.rsplit(':', 1)
     port = int(port)
     base = 'https://%s:%d' % (host, port)
@@ -316,8 +323,8 @@ def test_ready_and_reload():
     harness.wait_for(lambda: not harness.port_open(sshd.port), 10, what='sshd to stop')
     remote = source_file(d, 'remote.log')
     local = source_file(d, 'local.log')
-    exp = harness.Exporter(['--ssh.max-backoff', '1s'] + sshd.exporter_args() +
-                           [sshd.url(remote), local], d)
+    exp = harness.Exporter(['--ssh.max-backoff', '1s', '--web.enable-lifecycle'] +
+                           sshd.exporter_args() + [sshd.url(remote), local], d)
     src = '127.0.0.1'
     exp.wait_value('sshtail_source_up', 1, source=local)
     harness.wait_for(lambda: exp.value('sshtail_ssh_reconnects_total', source=src,
@@ -350,7 +357,403 @@ def test_ready_and_reload():
     assert exp.stop() == 0
 
 
+# ------------------------------------------- limits: connections, bcrypt
+
+def timed_get(url, timeout, headers=None):
+    """(seconds, HTTP status or None if no answer within timeout, body)."""
+    start = time.monotonic()
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read().decode(errors='replace')
+            return time.monotonic() - start, r.status, body
+    except urllib.error.HTTPError as e:
+        return time.monotonic() - start, e.code, e.read().decode(errors='replace')
+    except OSError:  # timeout, reset
+        return time.monotonic() - start, None, ''
+
+
+class Slowloris(threading.Thread):
+    """Connections that send request headers a byte at a time, every
+    `interval` seconds, and never finish them. Records when the server
+    closes each one."""
+
+    def __init__(self, host, port, n, interval=2.0):
+        super().__init__(daemon=True)
+        self.socks = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+        for s in self.socks:
+            s.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\n')
+            s.setblocking(False)
+        self.start_time = time.monotonic()
+        self.interval = interval
+        self.closed_after = {}  # socket index -> seconds after start
+        self.stop = threading.Event()
+
+    def run(self):
+        next_byte = time.monotonic() + self.interval
+        while not self.stop.is_set() and len(self.closed_after) < len(self.socks):
+            live = [s for i, s in enumerate(self.socks) if i not in self.closed_after]
+            readable, _, _ = select.select(live, [], [], 0.05)
+            now = time.monotonic()
+            for s in live:
+                i = self.socks.index(s)
+                try:
+                    if s in readable and s.recv(4096) == b'':
+                        raise ConnectionResetError
+                    if now >= next_byte:
+                        s.send(b'X')  # one more byte of a header that never ends
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.closed_after[i] = now - self.start_time
+            if now >= next_byte:
+                next_byte += self.interval
+
+    def close(self):
+        self.stop.set()
+        self.join(10)
+        for s in self.socks:
+            s.close()
+
+
+def wait_closed_by_server(socks, timeout):
+    """Waits until the server has closed every socket; returns how long
+    that took, or raises AssertionError."""
+    start = time.monotonic()
+    open_ = list(socks)
+    while open_ and time.monotonic() - start < timeout:
+        r, _, _ = select.select(open_, [], [], 0.5)
+        for s in r:
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b''
+            if data == b'':
+                open_.remove(s)
+    assert not open_, '%d of %d connections still open after %.0fs' % (
+        len(open_), len(socks), timeout)
+    return time.monotonic() - start
+
+
+def test_idle_and_slowloris_connections_do_not_starve_scrapes():
+    """Issue 9, defect 4: 8 idle connections took every web thread, so a
+    scrape waited 30 s. With 100 idle connections and 20 that trickle their
+    headers open, scrapes answer at once, and the server drops them all
+    after its header deadline (5 s, at most 2x with CivetWeb's read loop)."""
+    d = harness.tmpdir()
+    exp = harness.Exporter([source_file(d)], d)
+    host, port = exp.address.rsplit(':', 1)
+    port = int(port)
+    assert timed_get(exp.url + '/metrics', 5)[1] == 200
+    opened = time.monotonic()
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(100)]
+    slow = Slowloris(host, port, 20)
+    slow.start()
+    try:
+        times = []
+        for _ in range(5):
+            took, status, body = timed_get(exp.url + '/metrics', 1.0)
+            assert status == 200, 'scrape not answered within 1s (took %.2fs) with 100 idle ' \
+                'and 20 slowloris connections open' % took
+            assert_metrics_body(body)
+            times.append(took)
+        print('  scrapes with 120 hostile connections open: max %.3fs' % max(times))
+        # The server, not the clients, ends them: idle ones and trickling ones.
+        took = wait_closed_by_server(idle, 20 - (time.monotonic() - opened))
+        print('  idle connections closed by the server after %.1fs'
+              % (time.monotonic() - opened))
+        harness.wait_for(lambda: len(slow.closed_after) == 20, 20, 0.2,
+                         'the server to close the slowloris connections')
+        print('  slowloris connections closed after %.1f..%.1fs'
+              % (min(slow.closed_after.values()), max(slow.closed_after.values())))
+        assert max(slow.closed_after.values()) < 15, slow.closed_after
+        assert timed_get(exp.url + '/metrics', 1.0)[1] == 200
+    finally:
+        slow.close()
+        for s in idle:
+            s.close()
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
+
+
+def test_max_connections_bound_is_graceful():
+    """--web.max-connections N: just under N hostile connections, a scrape
+    still answers at once; past N it waits in the accept queue until the
+    header deadline frees a thread, and is answered then (not refused)."""
+    d = harness.tmpdir()
+    exp = harness.Exporter(['--web.max-connections', '16', source_file(d)], d)
+    host, port = exp.address.rsplit(':', 1)
+    port = int(port)
+    near = [socket.create_connection((host, int(port)), timeout=10) for _ in range(15)]
+    try:
+        took, status, _ = timed_get(exp.url + '/metrics', 1.0)
+        assert status == 200, 'near the bound: no answer within 1s (%.2fs)' % took
+        past = [socket.create_connection((host, port), timeout=10) for _ in range(10)]
+        near += past
+        took, status, _ = timed_get(exp.url + '/metrics', 15)
+        assert status == 200, 'past the bound: no answer within 15s (%.2fs)' % took
+        print('  past the bound (25 idle on 16 threads): scrape answered after %.1fs' % took)
+    finally:
+        for s in near:
+            s.close()
+    # Bad values are bad flags.
+    for bad in ('0', '-1', 'x', '100000'):
+        r = subprocess.run([harness.BIN, '--web.max-connections', bad, '--check-config',
+                            source_file(d)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (bad, r)
+    assert exp.stop() == 0
+
+
+def proc_cpu_seconds(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def basic(user, password):
+    import base64
+    return {'Authorization': 'Basic ' + base64.b64encode(
+        ('%s:%s' % (user, password)).encode()).decode()}
+
+
+def test_wrong_password_flood_is_bounded():
+    """Issue 9: every wrong password cost a bcrypt run, unbounded: 150
+    concurrent guesses queued ~10 s of bcrypt work, and the right password
+    waited behind them. Now: at most 2 bcrypt runs at a time and 8 waiting
+    (1 s at most), the rest get 429 at once; failures are cached by the
+    header's SHA-256 in an LRU apart from successes."""
+    d = harness.tmpdir()
+    cfg = write_web_config(os.path.join(d, 'web.yml'), users={'alice': bcrypt(PASSWORD)})
+    exp = harness.Exporter(['--web.config.file', cfg, source_file(d)], d)
+    url = exp.url + '/metrics'
+    right = basic('alice', PASSWORD)
+    took, status, body = timed_get(url, 10, right)
+    assert status == 200, (status, body)
+
+    results = []
+    lock = threading.Lock()
+
+    def guess(i):
+        user = 'alice' if i % 2 else 'user%d' % i  # known and unknown users
+        r = timed_get(url, 30, basic(user, 'guess-%d' % i))
+        with lock:
+            results.append(r)
+
+    cpu0 = proc_cpu_seconds(exp.proc.pid)
+    start = time.monotonic()
+    flood = [threading.Thread(target=guess, args=(i,)) for i in range(150)]
+    for t in flood:
+        t.start()
+    during = []
+    for _ in range(5):
+        took, status, _ = timed_get(url, 1.0, right)
+        assert status == 200, 'right password not answered within 1s during the flood ' \
+            '(%.2fs, status %s)' % (took, status)
+        during.append(took)
+    for t in flood:
+        t.join(60)
+    wall = time.monotonic() - start
+    cpu = proc_cpu_seconds(exp.proc.pid) - cpu0
+    statuses = {}
+    for _, status, _ in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    slowest = max(r[0] for r in results)
+    print('  150 concurrent wrong passwords: all done in %.2fs (slowest %.2fs), %s, '
+          'exporter CPU %.2fs; right password meanwhile max %.3fs'
+          % (wall, slowest, statuses, cpu, max(during)))
+    assert set(statuses) <= {401, 429}, statuses
+    assert statuses.get(401, 0) >= 2, statuses  # some were really checked
+    assert slowest < 4, 'a wrong-password request took %.2fs' % slowest
+
+    # The same wrong password again and again (a misconfigured scraper):
+    # one bcrypt run, then cached.
+    wrong = basic('alice', 'stale password')
+    start = time.monotonic()
+    for _ in range(40):
+        assert timed_get(url, 10, wrong)[1] in (401, 429)
+    took = time.monotonic() - start
+    print('  40 repeats of one wrong password: %.2fs' % took)
+    assert took < 3, took
+
+    # Unknown users cost the same bcrypt work as known ones (uncached).
+    def median(user):
+        ts = sorted(timed_get(url, 10, basic(user, 'fresh-%s-%d' % (user, i)))[0]
+                    for i in range(5))
+        return ts[2]
+    known, unknown = median('alice'), median('mallory')
+    print('  uncached wrong password: known user %.3fs, unknown user %.3fs' % (known, unknown))
+    assert unknown > known / 3 and known > unknown / 3, (known, unknown)
+    assert timed_get(url, 1.0, right)[1] == 200
+    assert exp.stop() == 0
+
+
+# ------------------------------------------------------------- TLS limits
+
+def make_ca(d):
+    ca_key, ca = os.path.join(d, 'ca.key'), os.path.join(d, 'ca.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=test CA',
+                    '-keyout', ca_key, '-out', ca], check=True, capture_output=True)
+    return ca, ca_key
+
+
+def make_client_cert(d, name, san, ca, ca_key):
+    key, csr, cert = (os.path.join(d, name + ext) for ext in ('.key', '.csr', '.pem'))
+    subprocess.run(['openssl', 'req', '-new', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=' + name,
+                    '-keyout', key, '-out', csr], check=True, capture_output=True)
+    ext = os.path.join(d, name + '.ext')
+    with open(ext, 'w') as f:
+        f.write('subjectAltName=%s\nextendedKeyUsage=clientAuth\n' % san)
+    subprocess.run(['openssl', 'x509', '-req', '-in', csr, '-CA', ca, '-CAkey', ca_key,
+                    '-CAcreateserial', '-days', '1', '-extfile', ext, '-out', cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def s_client(address, args):
+    """(handshake ok, output) of openssl s_client with `args`."""
+    r = subprocess.run(['openssl', 's_client', '-connect', address, '-brief'] + args,
+                       input='', capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    return r.returncode == 0 and 'CONNECTION ESTABLISHED' in out, out
+
+
+def test_tls_restrictions_are_enforced():
+    """max_version, cipher_suites, curve_preferences, client_allowed_sans and
+    http_server_config.headers were warned about and ignored: a client could
+    use TLS 1.3, any cipher, and any CA-signed certificate. Now each is
+    applied to the server's SSL_CTX (or the header to every response)."""
+    d = harness.tmpdir()
+    cert, key = make_cert(d)
+    ca, ca_key = make_ca(d)
+    good = make_client_cert(d, 'prometheus', 'DNS:prometheus.example', ca, ca_key)
+    bad = make_client_cert(d, 'intruder', 'DNS:intruder.example,IP:127.0.0.2', ca, ca_key)
+    cfg = harness.write_file(d, 'web.yml', '\n'.join([
+        'tls_server_config:',
+        '  cert_file: ' + yaml_str(cert),
+        '  key_file: ' + yaml_str(key),
+        '  client_ca_file: ' + yaml_str(ca),
+        '  client_auth_type: RequireAndVerifyClientCert',
+        '  client_allowed_sans: [prometheus.example]',
+        '  max_version: TLS12',
+        '  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]',
+        # (TLS 1.2 with an ECDSA certificate: OpenSSL wants its curve listed)
+        '  curve_preferences: [CurveP256]',
+        'http_server_config:',
+        '  headers:',
+        '    X-Frame-Options: deny',
+        '    X-Content-Type-Options: nosniff',
+        '']))
+    exp = harness.Exporter(['--web.config.file', cfg, source_file(d)], d)
+    base = 'https://' + exp.address
+    with_good = ['--cert', good[0], '--key', good[1]]
+    rc, code, headers, body = curl(base + '/metrics', cacert=cert, extra=with_good)
+    assert (rc, code) == (0, 200), (rc, code, body[:300])
+    assert_metrics_body(body)
+    problems = []
+    if headers.get('x-frame-options') != 'deny' or headers.get('x-content-type-options') \
+            != 'nosniff':
+        problems.append('http_server_config.headers not sent: %s' % headers)
+    # client_allowed_sans: a certificate from the same CA with other SANs,
+    # and no certificate at all, are refused in the handshake.
+    for what, extra in (('intruder certificate', ['--cert', bad[0], '--key', bad[1]]),
+                        ('no certificate', [])):
+        rc, code, _, _ = curl(base + '/metrics', cacert=cert, extra=extra)
+        if rc == 0 or code != 0:
+            problems.append('%s: curl rc %d, HTTP %d' % (what, rc, code))
+    # max_version TLS12.
+    rc, code, _, _ = curl(base + '/metrics', cacert=cert, extra=with_good + ['--tlsv1.3'])
+    if rc == 0:
+        problems.append('TLS 1.3 accepted (max_version: TLS12)')
+    client = ['-CAfile', cert, '-cert', good[0], '-key', good[1]]
+    ok, out = s_client(exp.address, client + ['-tls1_2', '-cipher', 'ECDHE-ECDSA-AES128-GCM-SHA256'])
+    if not ok:
+        problems.append('the allowed cipher was refused: ' + out[-300:])
+    ok, out = s_client(exp.address, client + ['-tls1_2', '-cipher', 'ECDHE-ECDSA-AES256-GCM-SHA384'])
+    if ok:
+        problems.append('a cipher not in cipher_suites was accepted')
+    ok, out = s_client(exp.address, client + ['-tls1_2', '-groups', 'P-384:X25519'])
+    if ok:
+        problems.append('curves P-384, X25519 accepted (curve_preferences: [CurveP256])')
+    ok, out = s_client(exp.address, client + ['-tls1_2', '-groups', 'X25519:P-256'])
+    if not ok or 'X25519' in out or 'prime256v1' not in out:
+        problems.append('offered X25519 and P-256, did not get P-256: ' + out[-300:])
+    assert not problems, '\n'.join(problems)
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
+
+
+def _refused_tls_configs(d):
+    """{what is wrong: (path, line that must be named)}: settings that
+    would restrict access but cannot apply as written."""
+    cert, key = make_cert(d)
+    tls = 'tls_server_config:\n  cert_file: %s\n  key_file: %s\n' % (yaml_str(cert), yaml_str(key))
+
+    def write(name, text, line):
+        return harness.write_file(d, name, text), line
+    return {
+        'client_allowed_sans without a required client certificate': write(
+            'sans.yml', tls + '  client_auth_type: VerifyClientCertIfGiven\n'
+            '  client_allowed_sans: [a.example]\n', 5),
+        'unknown cipher suite': write(
+            'cipher.yml', tls + '  cipher_suites: [TLS_NO_SUCH_CIPHER]\n', 4),
+        'max_version below min_version': write(
+            'maxver.yml', tls + '  min_version: TLS13\n  max_version: TLS12\n', 5),
+        'unknown max_version': write('maxver2.yml', tls + '  max_version: SSL3\n', 4),
+        'unknown curve': write('curve.yml', tls + '  curve_preferences: [CurveP999]\n', 4),
+        'inline cert': write('inline.yml', 'tls_server_config:\n  cert: "-----BEGIN"\n', 2),
+        'TLS settings without a certificate (TLS off)': write(
+            'nocert_sans.yml', 'tls_server_config:\n  max_version: TLS12\n', 2),
+        'a response header exporter-toolkit does not allow': write(
+            'header.yml', 'http_server_config:\n  headers:\n    Server: x\n', 3),
+        'a bad X-Frame-Options': write(
+            'xfo.yml', 'http_server_config:\n  headers:\n    X-Frame-Options: allow\n', 3),
+    }
+
+
+def test_unenforceable_tls_settings_are_refused():
+    d = harness.tmpdir()
+    src = source_file(d)
+    problems = []
+    for what, (cfg, line) in _refused_tls_configs(d).items():
+        r = subprocess.run([harness.BIN, '--check-config', '--web.config.file', cfg, src],
+                           capture_output=True, text=True, timeout=30)
+        want = '%s:%d:' % (cfg, line)
+        if r.returncode != 2 or len(r.stderr.splitlines()) != 1 or want not in r.stderr:
+            problems.append('%s: exit %d, stderr %r (want exit 2, one line naming %s)'
+                            % (what, r.returncode, r.stderr, want))
+    assert not problems, '\n'.join(problems)
+
+
+# -------------------------------------------------------------- lifecycle
+
+def test_reload_needs_enable_lifecycle():
+    """As in Prometheus: POST /-/reload is 403 without --web.enable-lifecycle
+    (it answered anyone without a web config); SIGHUP always reloads."""
+    d = harness.tmpdir()
+    exp = harness.Exporter([source_file(d)], d)
+    rc, code, _, body = curl(exp.url + '/-/reload', method='POST')
+    assert (rc, code) == (0, 403), (rc, code, body)
+    assert body.strip() == 'Lifecycle API is not enabled.', body
+    assert curl(exp.url + '/-/reload', method='PUT')[1] == 403
+    assert curl(exp.url + '/-/reload')[1] == 405
+    assert 'configuration reloaded' not in exp.logs()
+    exp.proc.send_signal(signal.SIGHUP)  # (the gauge has whole seconds: use the log)
+    harness.wait_for(lambda: 'configuration reloaded' in exp.logs(), 10, 0.05,
+                     'a reload by SIGHUP')
+    assert exp.stop() == 0
+    exp = harness.Exporter(['--web.enable-lifecycle', source_file(d, 'b.log')], d, name='b')
+    rc, code, _, body = curl(exp.url + '/-/reload', method='POST')
+    assert (rc, code) == (0, 200), (rc, code, body)
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_tls_and_basic_auth, test_basic_auth_without_tls, test_tls_without_auth,
                   test_bad_web_config_exits_2_with_one_line,
-                  test_check_config_rejects_bad_web_config, test_ready_and_reload])
+                  test_check_config_rejects_bad_web_config, test_ready_and_reload,
+                  test_reload_needs_enable_lifecycle,
+                  test_idle_and_slowloris_connections_do_not_starve_scrapes,
+                  test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
+                  test_tls_restrictions_are_enforced, test_unenforceable_tls_settings_are_refused])

@@ -202,8 +202,42 @@ rules:
   CHECK(h.SeriesCount("paths_total") == 4);  // 3 + overflow
   CHECK(h.Value("paths_total", {{"source", "src"}, {"path", "/p0"}}) == 2);
   CHECK(h.Value("paths_total",
-                {{"source", "__overflow__"}, {"path", "__overflow__"}}) == 7);
+                {{"source", "src"}, {"path", "__overflow__"}}) == 7);
   CHECK(h.Overflow("paths_total") == 7);
+}
+
+TEST_CASE("max_series holds per source: a noisy source overflows alone") {
+  // Issue 9, defect 7: one cap for all sources let one source's
+  // cardinality take every other source's series.
+  const char* rules = R"(
+rules:
+  - name: r
+    regex: 'path=(?P<path>\S+)'
+    metrics:
+      - {name: paths_total, type: counter, labels: {path: path}, max_series: 3}
+)";
+  RuleHarness h(rules, {{"noisy", {{"dc", "eu"}}}, {"calm", {}}});
+  std::vector<std::string> noisy;
+  for (int i = 0; i < 50; ++i) noisy.push_back("path=/n" + std::to_string(i));
+  h.Feed(noisy, 0);
+  h.Feed({"path=/a", "path=/b", "path=/c", "path=/a"}, 1);
+  CHECK(h.Value("paths_total", {{"source", "calm"}, {"path", "/a"}}) == 2);
+  CHECK(h.Value("paths_total", {{"source", "calm"}, {"path", "/c"}}) == 1);
+  CHECK(h.Value("paths_total", {{"source", "noisy"},
+                                {"dc", "eu"},
+                                {"path", "__overflow__"}}) == 47);
+  CHECK(h.Overflow("paths_total", "noisy") == 47);
+  CHECK(h.Overflow("paths_total", "calm") == -1);
+
+  // The global bound: 4 series for everything; the rest overflows per
+  // source, keeping its source label.
+  RuleHarness g(rules, {{"a", {}}, {"b", {}}}, {}, 4);
+  g.Feed({"path=/1", "path=/2", "path=/3"}, 0);
+  g.Feed({"path=/1", "path=/2", "path=/3"}, 1);
+  CHECK(g.store.budget().used() == 4);
+  CHECK(g.Value("paths_total", {{"source", "b"}, {"path", "/1"}}) == 1);
+  CHECK(g.Value("paths_total", {{"source", "b"}, {"path", "__overflow__"}}) ==
+        2);
 }
 
 TEST_CASE("numbers are parsed without locale, multi-values summed") {

@@ -11,7 +11,7 @@ namespace sshtail {
 namespace {
 
 PositionSet At(uint64_t offset) {
-  return {FilePosition{FileId{1, 2}, offset, true}};
+  return {FilePosition{FileId{1, 2}, offset, true, ""}};
 }
 
 TEST_CASE("committed position follows the longest prefix of done batches") {
@@ -39,8 +39,9 @@ TEST_CASE("positions file round-trips and is replaced atomically") {
   PositionsFile f(path);
   CHECK(f.Load().empty());
   std::map<std::string, PositionSet> in;
-  in["ssh://h/var/log/a b.log"] = {FilePosition{FileId{2049, 77}, 123, true},
-                                   FilePosition{FileId{2049, 76}, 999, false}};
+  in["ssh://h/var/log/a b.log"] = {FilePosition{FileId{2049, 77}, 123, true, ""},
+                                   FilePosition{FileId{2049, 76}, 999, false,
+                                                std::string("a\n\0\xff", 4)}};
   in["/var/log/x"] = At(5);
   std::string error;
   REQUIRE(f.Save(in, &error));
@@ -49,6 +50,11 @@ TEST_CASE("positions file round-trips and is replaced atomically") {
   {
     std::ofstream bad(path);
     bad << "sources: [\n";
+  }
+  CHECK_THROWS_AS(f.Load(), std::runtime_error);
+  {
+    std::ofstream bad(path);
+    bad << "sources:\n  /x: [{dev: 1, ino: 2, offset: 3, tail: 'zz'}]\n";
   }
   CHECK_THROWS_AS(f.Load(), std::runtime_error);
   std::system(("rm -rf " + std::string(dir)).c_str());

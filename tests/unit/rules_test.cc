@@ -95,6 +95,20 @@ TEST_CASE("errors name file and line") {
       0);
 }
 
+TEST_CASE("regexes are checked as they are matched: bytes, not UTF-8") {
+  // Valid UTF-8 RE2, invalid Latin-1 RE2: a check that accepted it let a
+  // reload fail half-way (issue 9, defect 1).
+  std::string rule =
+      "rules:\n  - name: x\n    regex: '(?P<a>a)(?:\\x{100})?'\n"
+      "    metrics:\n      - {name: x_total, type: counter}\n";
+  CHECK(ErrorOf(rule).rfind("r.yml:3: bad regex", 0) == 0);
+  std::string filter =
+      "rules:\n  - name: x\n    regex: '(?P<a>a)'\n"
+      "    match: {field: a, regex: '\\x{100}'}\n"
+      "    metrics:\n      - {name: x_total, type: counter}\n";
+  CHECK(ErrorOf(filter).find("bad regex") != std::string::npos);
+}
+
 TEST_CASE("shared metric with identical definition is allowed") {
   std::string same =
       "rules:\n"

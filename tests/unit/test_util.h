@@ -3,6 +3,7 @@
 #include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,18 +19,20 @@ namespace sshtail {
 struct RuleHarness {
   explicit RuleHarness(const std::string& yaml,
                        std::vector<SourceLabels> srcs = {{"src", {}}},
-                       RuleContext ctx = {})
+                       RuleContext ctx = {},
+                       size_t max_series_total =
+                           MetricStore::kDefaultMaxSeriesTotal)
       : sources(std::move(srcs)),
         overflow_registry(std::make_shared<prometheus::Registry>()),
         overflow(prometheus::BuildCounter()
                      .Name("sshtail_series_overflow_total")
                      .Help("x")
                      .Register(*overflow_registry)),
-        store(overflow) {
+        store(overflow, max_series_total) {
     RuleSetDef defs = ParseRules(yaml, "test.yml", ctx);
     ValidateRules(defs, ctx);
     store.Apply(defs);
-    rules = CompiledRules::Build(defs, store);
+    rules = CompiledRules::Build(defs, &store);
     eval = std::make_unique<Evaluator>(store, sources);
   }
 
@@ -77,15 +80,20 @@ struct RuleHarness {
     return 0;
   }
 
-  double Overflow(const std::string& metric) const {
+  /// Overflowed lines of `metric` (of one source, if given); -1 if none.
+  double Overflow(const std::string& metric,
+                  const std::string& source = "") const {
+    double sum = -1;
     for (const auto& fam : overflow_registry->Collect()) {
       for (const auto& m : fam.metric) {
-        if (m.label.size() == 1 && m.label[0].value == metric) {
-          return m.counter.value;
-        }
+        std::map<std::string, std::string> got;
+        for (const auto& l : m.label) got[l.name] = l.value;
+        if (got["metric"] != metric) continue;
+        if (!source.empty() && got["source"] != source) continue;
+        sum = std::max(sum, 0.0) + m.counter.value;
       }
     }
-    return -1;
+    return sum;
   }
 
   std::vector<SourceLabels> sources;

@@ -74,21 +74,18 @@ struct CompiledRule {
   std::vector<CompiledGroup> groups;
 };
 
-/// RE2 options used for every pattern: bytes, not UTF-8 (logs are bytes;
-/// nginx escapes the rest), and no logging of errors.
-RE2::Options PatternOptions();
-
 /// A rule set bound to the metric store. Immutable once built; shared by
 /// consumer threads.
 class CompiledRules {
  public:
   /// Resolves fields and binds metrics (which must be in `store`). Call with
   /// the store's write side held or before consumers start. Throws
-  /// ConfigError.
+  /// ConfigError. With `store` null, only checks: everything that can fail
+  /// fails here, so a reload can check first and then swap.
   /// `allow_scan` false forces capture groups even where an nginx format
   /// could be scanned (for differential tests).
   static std::shared_ptr<const CompiledRules> Build(const RuleSetDef& def,
-                                                    const MetricStore& store,
+                                                    const MetricStore* store,
                                                     bool allow_scan = true);
 
   const std::vector<CompiledRule>& rules() const { return rules_; }

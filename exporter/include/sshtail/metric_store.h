@@ -6,6 +6,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <functional>
 #include <map>
@@ -18,6 +20,27 @@
 #include "sshtail/rules.h"
 
 namespace sshtail {
+
+/// A reader-writer lock that lets a waiting writer in before new readers.
+/// glibc's default (std::shared_mutex) prefers readers: consumers that
+/// always hold a read lock would keep expiry and reloads (and the shutdown
+/// behind them) waiting for ever. Meets SharedMutex.
+class WriterFirstMutex {
+ public:
+  WriterFirstMutex();
+  ~WriterFirstMutex();
+  WriterFirstMutex(const WriterFirstMutex&) = delete;
+  WriterFirstMutex& operator=(const WriterFirstMutex&) = delete;
+  void lock();
+  bool try_lock();
+  void unlock();
+  void lock_shared();
+  bool try_lock_shared();
+  void unlock_shared();
+
+ private:
+  pthread_rwlock_t rw_;
+};
 
 /// One label set of one rule metric. The prometheus-cpp metric it points to
 /// is thread-safe; `last_used` is written by consumers, read by Expire().
@@ -32,15 +55,38 @@ struct Series {
   uint64_t set_version = 0;
 };
 
-/// All series of one metric, with its cardinality cap. Thread-safe.
+/// A bound on the series of every metric together: the safety net behind
+/// the per-source `max_series` caps. Thread-safe.
+class SeriesBudget {
+ public:
+  explicit SeriesBudget(size_t limit) : limit_(limit) {}
+  /// Takes one series from the budget; false when it is spent.
+  bool Take();
+  void Give(size_t n) { used_.fetch_sub(n); }
+  size_t used() const { return used_.load(); }
+  size_t limit() const { return limit_.load(); }
+  void set_limit(size_t limit) { limit_.store(limit); }
+
+ private:
+  std::atomic<size_t> used_{0};
+  std::atomic<size_t> limit_;
+};
+
+/// All series of one metric, with its cardinality caps. Thread-safe.
+///
+/// `max_series` holds per source (the `source` label): one noisy source
+/// overflows into its own overflow series (rule labels "__overflow__", its
+/// source labels kept) and takes nothing from the others. Past the global
+/// SeriesBudget, every source's new label sets overflow the same way.
 class MetricState {
  public:
   MetricState(const MetricDef& def, prometheus::Registry& registry,
-              prometheus::Counter* overflow_counter);
+              prometheus::Family<prometheus::Counter>& overflow_family,
+              SeriesBudget& budget);
   ~MetricState();
 
-  /// The series for `labels`, created if the cap allows; past the cap, the
-  /// single overflow series (every label value "__overflow__"). Never null.
+  /// The series for `labels`, created if the caps allow; past them, the
+  /// source's overflow series. Never null.
   Series* Get(const prometheus::Labels& labels);
 
   /// Drops series idle for longer than the ttl. Returns how many. Callers
@@ -58,18 +104,27 @@ class MetricState {
 
  private:
   Series* Create(const prometheus::Labels& labels);
+  struct PerSource {
+    size_t series = 0;
+    std::unique_ptr<Series> overflow;
+    prometheus::Labels overflow_labels;
+    prometheus::Counter* overflow_counter = nullptr;
+  };
+  Series* Overflow(const std::string& source, PerSource& ps,
+                   const prometheus::Labels& labels);
+  static const std::string& SourceOf(const prometheus::Labels& labels);
 
   MetricDef def_;
   prometheus::Registry& registry_;
-  prometheus::Counter* overflow_counter_;
+  prometheus::Family<prometheus::Counter>& overflow_family_;
+  SeriesBudget& budget_;
   prometheus::Family<prometheus::Counter>* counters_ = nullptr;
   prometheus::Family<prometheus::Gauge>* gauges_ = nullptr;
   prometheus::Family<prometheus::Histogram>* histograms_ = nullptr;
 
   mutable std::mutex mutex_;
   std::map<prometheus::Labels, std::unique_ptr<Series>> series_;
-  std::unique_ptr<Series> overflow_;
-  prometheus::Labels overflow_labels_;
+  std::map<std::string, PerSource> sources_;
   std::atomic<size_t> max_series_;
   std::atomic<int64_t> ttl_seconds_;
 };
@@ -82,7 +137,10 @@ class MetricState {
 /// consumers drop their cached pointers.
 class MetricStore {
  public:
-  explicit MetricStore(prometheus::Family<prometheus::Counter>& overflow);
+  /// `max_series_total` bounds the series of all metrics together.
+  explicit MetricStore(prometheus::Family<prometheus::Counter>& overflow,
+                       size_t max_series_total = kDefaultMaxSeriesTotal);
+  static constexpr size_t kDefaultMaxSeriesTotal = 250000;
 
   /// Makes the store match `rules`: metrics with an unchanged definition keep
   /// their series and values; others are created or removed.
@@ -101,9 +159,10 @@ class MetricStore {
   /// series directly (no registry copy, no sorting). Thread-safe.
   void AppendExposition(std::string* out) const;
 
-  std::shared_lock<std::shared_mutex> ReadLock() const {
-    return std::shared_lock<std::shared_mutex>(world_);
+  std::shared_lock<WriterFirstMutex> ReadLock() const {
+    return std::shared_lock<WriterFirstMutex>(world_);
   }
+  const SeriesBudget& budget() const { return budget_; }
   uint64_t generation() const { return generation_.load(); }
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -112,7 +171,8 @@ class MetricStore {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& overflow_;
-  mutable std::shared_mutex world_;
+  SeriesBudget budget_;
+  mutable WriterFirstMutex world_;
   std::atomic<uint64_t> generation_{1};
   std::map<std::string, std::unique_ptr<MetricState>> metrics_;
 };

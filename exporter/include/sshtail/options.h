@@ -18,6 +18,7 @@ struct Options {
   std::string format = "combined";
   StartAt start_at = StartAt::kEnd;
   size_t max_line_bytes = 64 * 1024;
+  size_t max_series_total = 250000;  ///< all rule series together
   bool once = false;
   bool check_config = false;
 
@@ -25,6 +26,8 @@ struct Options {
   std::string listen_address_file;
   std::string telemetry_path = "/metrics";
   std::string web_config_file;
+  bool web_enable_lifecycle = false;  ///< POST /-/reload allowed
+  int web_max_connections = 256;      ///< one web thread each
 
   size_t queue_batches = 16;
   int consumers = 0;  ///< 0: one per CPU, at most 4

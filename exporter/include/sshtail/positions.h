@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sshtail/batch.h"
@@ -16,10 +17,19 @@ struct FilePosition {
   FileId file;
   uint64_t offset = 0;
   bool current = true;  ///< false: a rotated file still being drained
+  /// Up to kTailBytes raw bytes just before `offset` (empty: unknown). On a
+  /// resume they must still be there, else the file was truncated or
+  /// replaced in place (copytruncate) and is read again from 0.
+  std::string tail;
+  static constexpr size_t kTailBytes = 16;
   friend bool operator==(const FilePosition&, const FilePosition&) = default;
 };
 
 using PositionSet = std::vector<FilePosition>;
+
+/// Lower-case hex of `bytes`, and back (false if `hex` is malformed).
+std::string HexEncode(std::string_view bytes);
+bool HexDecode(std::string_view hex, std::string* out);
 
 /// Tracks which position of a source has been fully consumed.
 ///

@@ -16,8 +16,12 @@ struct RemoteRequest {
   };
   Mode mode = Mode::kPath;
   std::string path;
-  FileId expect;              ///< known identity (valid() false: none)
-  uint64_t offset = 0;        ///< resume here if the identity matches
+  FileId expect;        ///< known identity (valid() false: none)
+  uint64_t offset = 0;  ///< resume here if the identity matches
+  /// Raw bytes that must be just before `offset` (at most
+  /// FilePosition::kTailBytes; empty: not checked). If they are not, the
+  /// file was truncated and regrew: it is sent from 0.
+  std::string expect_tail;
   bool same_is_noop = false;  ///< kPath: print SAME and exit if unchanged
   bool start_at_end = false;  ///< new file: send only its tail window
   uint64_t end_window = 0;    ///< bytes before the end sent for start_at_end
@@ -38,7 +42,8 @@ std::string RemoteScript(const RemoteRequest& request);
 /// `s` quoted for POSIX sh: '...' with ' written as '"'"'.
 std::string ShellQuote(const std::string& s);
 
-/// Random tag and nonce path for a channel.
+/// Random tag (128 bits) and nonce path (128 bits) for a channel, from the
+/// kernel's CSPRNG (getrandom).
 std::string RandomTag();
 std::string RandomNoncePath();
 

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <re2/re2.h>
+
 #include <chrono>
 #include <optional>
 #include <stdexcept>
@@ -10,6 +12,10 @@
 #include "sshtail/nginx_format.h"
 
 namespace sshtail {
+
+/// RE2 options for every pattern, when checked and when matched: bytes, not
+/// UTF-8 (logs are bytes; nginx escapes the rest), no logging of errors.
+RE2::Options PatternOptions();
 
 /// A configuration error. what() is one line: "file:line: what is wrong".
 class ConfigError : public std::invalid_argument {

@@ -20,17 +20,24 @@ enum class StartAt { kBeginning, kEnd };
 
 /// What the user asked for: one log to follow. Plain value type.
 struct SourceSpec {
-  std::string url;   ///< as given: /abs/path, file:///abs/path, -, ssh://...
+  std::string url;   ///< as given: /abs/path, file:///abs/path, -, ssh://,
+                     ///< syslog+unix:///abs/path, syslog+udp://host:port
   std::string name;  ///< the `source` label; filled in by ResolveNames
   std::map<std::string, std::string> labels;  ///< static labels
   bool sudo = false;  ///< ssh: run the remote reader under `sudo -n`
 
   // Parsed form of `url`.
-  enum class Kind { kFile, kStdin, kSsh } kind = Kind::kFile;
+  enum class Kind {
+    kFile,
+    kStdin,
+    kSsh,
+    kSyslogUnix,  ///< a unix datagram socket the exporter creates at `path`
+    kSyslogUdp,   ///< a UDP socket bound to `host` (an IP literal):`port`
+  } kind = Kind::kFile;
   std::string user;         ///< ssh: empty = from ~/.ssh/config or $USER
-  std::string host;         ///< ssh
+  std::string host;         ///< ssh; syslog+udp: IPv4 or IPv6 literal
   int port = 0;             ///< ssh: 0 = from ~/.ssh/config or 22
-  std::string path;         ///< absolute path of the file
+  std::string path;         ///< absolute path of the file (or socket)
   std::string config_file;  ///< where it was defined, for messages
   int config_line = 0;
 };
@@ -51,6 +58,12 @@ struct SourceStatus {
   std::atomic<uint64_t> rotations{0};
   std::atomic<double> last_line_time{0};  ///< unix seconds; 0 = never
   std::atomic<bool> connected_once{false};
+  /// syslog: datagrams without a valid RFC 3164 header (or with a newline
+  /// inside the message).
+  std::atomic<uint64_t> syslog_malformed{0};
+  /// syslog+udp: datagrams the kernel dropped because the receive buffer was
+  /// full (SO_RXQ_OVFL).
+  std::atomic<uint64_t> syslog_dropped{0};
 
   /// Counts a failure of `reason` (e.g. "refused", "auth").
   void CountFailure(const std::string& reason);

@@ -15,13 +15,25 @@ struct WebHandlers {
   std::function<std::string()> landing_page;
 };
 
+/// Limits and switches of the endpoint (flags --web.*).
+struct WebSettings {
+  /// POST/PUT /-/reload works only with --web.enable-lifecycle (403
+  /// otherwise, as in Prometheus); SIGHUP always reloads.
+  bool enable_lifecycle = false;
+  /// Connections served at once, one web thread each. More wait in the
+  /// accept queue until one frees; none can hold a thread without sending
+  /// a complete request for longer than the header deadline.
+  int max_connections = 256;
+};
+
 /// The HTTP(S) endpoint: telemetry path, landing page, /-/healthy,
 /// /-/ready and POST /-/reload, with optional TLS and basic auth from an
 /// exporter-toolkit web config file. Start/Stop from one thread.
 class WebServer {
  public:
   WebServer(std::string listen_address, std::string telemetry_path,
-            std::string web_config_file, WebHandlers handlers);
+            std::string web_config_file, WebHandlers handlers,
+            WebSettings settings = {});
   ~WebServer();
 
   /// Binds and starts serving. On failure returns false with a one-line

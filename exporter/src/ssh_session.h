@@ -1,0 +1,61 @@
+#pragma once
+
+// The SSH session part of the SSH producer: connect, host-key check,
+// authentication. Private to ssh_producer.cc.
+
+#include <libssh/libssh.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "sshtail/ssh_producer.h"
+
+namespace sshtail {
+
+struct SessionDeleter {
+  void operator()(ssh_session s) const {
+    if (ssh_is_connected(s)) ssh_disconnect(s);
+    ssh_free(s);
+  }
+};
+using SessionPtr = std::unique_ptr<ssh_session_struct, SessionDeleter>;
+
+struct ChannelDeleter {
+  void operator()(ssh_channel c) const {
+    if (ssh_channel_is_open(c)) ssh_channel_close(c);
+    ssh_channel_free(c);
+  }
+};
+using ChannelPtr = std::unique_ptr<ssh_channel_struct, ChannelDeleter>;
+
+struct EventDeleter {
+  void operator()(ssh_event e) const { ssh_event_free(e); }
+};
+using EventPtr = std::unique_ptr<ssh_event_struct, EventDeleter>;
+
+/// A connection-level failure: the reason label and a one-line message.
+struct Failure {
+  std::string reason;
+  std::string message;
+};
+
+/// Where to connect. Plain value type.
+struct SessionTarget {
+  std::string host;
+  std::string user;   ///< empty: from the config or libssh's default
+  int port = 0;       ///< 0: from the config or 22
+  std::string label;  ///< for log lines
+};
+
+/// Connects, checks the host key and authenticates. Returns null with
+/// `*f` filled on failure. Returns early (reason "stopped") once `stop_fd`
+/// (an eventfd) becomes readable or `*stop` is set.
+SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
+                       int stop_fd, const std::atomic<bool>* stop, Failure* f);
+
+/// Once per process: children forked by libssh (ProxyCommand/ProxyJump)
+/// start with no blocked signals and default dispositions.
+void InstallForkHandler();
+
+}  // namespace sshtail
