@@ -73,7 +73,7 @@ install(FILES ${_pkg}/sshtail_exporter.1.gz
 file(READ ${PROJECT_SOURCE_DIR}/deploy/systemd/sshtail_exporter.service _unit)
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
              ${PROJECT_SOURCE_DIR}/deploy/systemd/sshtail_exporter.service)
-string(REGEX REPLACE "# Install:\n.*\n# Files the exporter"
+string(REGEX REPLACE "# Install[^\n]*\n.*\n# Files the exporter"
        "# Installed by the ${SSHTAIL_DEB_NAME} package, which also creates the user\n# and its state directory; not enabled on install. After editing\n# /etc/sshtail_exporter/sshtail.yml:\n#   systemctl enable --now sshtail_exporter\n# Local changes: systemctl edit sshtail_exporter (e.g. SupplementaryGroups=adm).\n#\n# Files the exporter"
        _unit "${_unit}")
 string(REPLACE "/usr/local/bin/sshtail_exporter" "${CMAKE_INSTALL_PREFIX}/bin/sshtail_exporter"

@@ -127,19 +127,22 @@ class FileProducer : public Producer {
   void Restore() {
     PositionSet saved = status_.positions.Committed();
     bool have_current = false;
+    struct stat cur {};
+    bool cur_exists = ::stat(spec_.path.c_str(), &cur) == 0;
+    // The file at the path first: only it can have been truncated in place.
     for (const auto& p : saved) {
-      if (p.current) {
-        struct stat st {};
-        if (::stat(spec_.path.c_str(), &st) == 0 && IdOf(st) == p.file) {
-          have_current = OpenAt(spec_.path, p, true);
-          continue;
-        }
+      if (p.current && cur_exists && IdOf(cur) == p.file) {
+        have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
       }
-      // Rotated while we were away: find it by inode next to the path.
+    }
+    for (const auto& p : saved) {
+      if (cur_exists && IdOf(cur) == p.file) continue;
+      // Rotated while we were away: find it by inode next to the path. An
+      // inode number is reused once its file is deleted, so a candidate
+      // whose bytes before the offset differ is someone else's.
       std::string old = FindByInode(p.file);
-      if (!old.empty()) {
-        OpenAt(old, p, false);
-      } else {
+      if (old.empty() || !OpenAt(old, p, false, /*rewritten_from_0=*/false)) {
+        status_.files_lost.fetch_add(1);
         Log(LogLevel::kWarn, "source " + spec_.name +
                                  ": a rotated file from the positions file is "
                                  "gone; lines after offset " +
@@ -181,8 +184,11 @@ class FileProducer : public Producer {
     return found;
   }
 
+  // Opens `path` at a saved position. If the file is shorter than the
+  // offset or the bytes before it changed, it is read from 0 when
+  // `rewritten_from_0` (copytruncate), else not opened (not our file).
   bool OpenAt(const std::string& path, const FilePosition& saved,
-              bool current) {
+              bool current, bool rewritten_from_0) {
     uint64_t offset = saved.offset;
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
     if (!fd) return false;
@@ -196,6 +202,7 @@ class FileProducer : public Producer {
       return false;
     }
     if (static_cast<uint64_t>(st.st_size) < offset) {
+      if (!rewritten_from_0) return false;
       Log(LogLevel::kInfo, "source " + spec_.name + ": " + path +
                                " is shorter than the saved offset; reading "
                                "it from the start");
@@ -209,6 +216,7 @@ class FileProducer : public Producer {
           ::pread(fd.get(), now.data(), now.size(),
                   static_cast<off_t>(offset - saved.tail.size()));
       if (n != static_cast<ssize_t>(now.size()) || now != saved.tail) {
+        if (!rewritten_from_0) return false;
         Log(LogLevel::kInfo, "source " + spec_.name + ": " + path +
                                  " was rewritten since the saved position; "
                                  "reading it from the start");

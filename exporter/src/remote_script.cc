@@ -139,6 +139,9 @@ fi
   // happens to the name; tail polls it (inotify does not follow /dev/fd).
   s += "tail -s 0.05 -c +$((start + 1)) -f " + ShellQuote(r.nonce_path) +
        " 2>&1 &\n";
+  // The path is looked at every second and reported when it names another
+  // file (so two rotations within one heartbeat interval are seen), and
+  // every interval anyway: the client's liveness signal.
   // Nothing of ours may outlive the channel: an idle tail never writes, so
   // it would not notice. The heartbeat writes every interval; when that
   // fails (EPIPE: SIGPIPE is ignored here so the loop goes on to clean up)
@@ -149,11 +152,16 @@ fi
   exec 3<&-
   trap '' PIPE
   trap 'kill $! 2>/dev/null; exit 0' TERM
+  last= n=0
   while :; do
-    sleep "$hb" &
+    sleep 1 &
     wait $!
     s=$(stat -L -c '%d %i %s' -- "$p" 2>/dev/null) || s='- - -'
-    echo "H $s" || break
+    n=$((n + 1))
+    if [ "${s% *}" != "$last" ] || [ "$n" -ge "$hb" ]; then
+      echo "H $s" || break
+      last=${s% *} n=0
+    fi
   done
   kill "$tp" 2>/dev/null
 ) >&2 &

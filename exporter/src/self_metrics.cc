@@ -140,6 +140,15 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   auto rotations =
       Family("sshtail_rotations_total",
              "Rotations (rename or truncation) seen.", MetricType::Counter);
+  auto files_lost =
+      Family("sshtail_files_lost_total",
+             "Files that went away before they were read to their end (e.g. "
+             "rotated and deleted while the exporter was stopped).",
+             MetricType::Counter);
+  auto bytes_lost = Family("sshtail_bytes_lost_total",
+                           "Bytes known to be unread in lost files (a lower "
+                           "bound: a gone file's size may be unknown).",
+                           MetricType::Counter);
   auto last = Family("sshtail_source_last_line_timestamp_seconds",
                      "When the last line of the source was read (unix time; "
                      "0 = never).",
@@ -155,6 +164,10 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
     rotations.metric.push_back(
         Counter(l, static_cast<double>(s.rotations.load())));
     last.metric.push_back(Gauge(l, s.last_line_time.load()));
+    files_lost.metric.push_back(
+        Counter(l, static_cast<double>(s.files_lost.load())));
+    bytes_lost.metric.push_back(
+        Counter(l, static_cast<double>(s.bytes_lost.load())));
     if (specs_[i].kind == SourceSpec::Kind::kSsh) {
       for (const auto& [reason, n] : s.Failures()) {
         reconnects.metric.push_back(
@@ -193,6 +206,8 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(offset));
   out.push_back(std::move(rotations));
   out.push_back(std::move(last));
+  out.push_back(std::move(files_lost));
+  out.push_back(std::move(bytes_lost));
   out.push_back(std::move(reconnects));
   return out;
 }

@@ -492,6 +492,7 @@ class SshConnection : public Producer {
       return;
     }
     if (rest == "GONE") {
+      s.ref.status->files_lost.fetch_add(1);
       Log(LogLevel::kWarn, "source " + s.ref.spec->name +
                                ": a rotated file is gone before it was read "
                                "to its end; lines after offset " +

@@ -218,7 +218,7 @@ def test_dockerfile_runtime_stage():
     build_from, build = stages[0]
     assert re.search(r'AS\s+\w+', build_from, re.I), build_from
     build_runs = ' '.join(a for w, a in build if w == 'RUN')
-    assert 'scripts/deps' in build_runs, 'the build stage does not run scripts/deps'
+    assert 'scripts/deps build' in build_runs, 'the build stage does not run scripts/deps build'
     assert '-DSSHTAIL_TESTS=OFF' in build_runs and 'cmake --build build' in build_runs
 
     runtime_from, runtime = stages[-1]

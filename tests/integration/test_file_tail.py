@@ -163,10 +163,46 @@ def test_once_leaves_the_daemons_positions_alone():
     assert exp2.stop() == 0
 
 
+def test_restore_never_trusts_a_reused_inode():
+    # Found by the fault model: the positions file still listed rotated
+    # files that were deleted while the exporter was down; their inode
+    # numbers went to new files (the new log, a copytruncate copy), which
+    # were then read from a foreign offset, or twice.
+    d = harness.tmpdir()
+    path = os.path.join(d, 'access.log')
+    other = os.path.join(d, 'copy.log')
+    lines, truth = harness.generate(50, 'timed', seed=23)
+    with open(path, 'w') as f:  # created while the exporter was down
+        f.write('\n'.join(lines) + '\n')
+    with open(other, 'w') as f:  # counted long ago
+        f.write('\n'.join(harness.generate(30, 'timed', seed=24)[0]) + '\n')
+    st_path, st_other = os.stat(path), os.stat(other)
+    pos = os.path.join(d, 'positions.yml')
+    wrong = '78' * 16
+    with open(pos, 'w') as f:
+        f.write('sources:\n  %s:\n' % path)
+        f.write('    - {dev: %d, ino: 999999999, offset: 10, current: true}\n' % st_path.st_dev)
+        for st in (st_path, st_other):
+            f.write('    - {dev: %d, ino: %d, offset: 200, current: false, tail: "%s"}\n'
+                    % (st.st_dev, st.st_ino, wrong))
+    exp = harness.Exporter(['--format', 'timed', '--positions-file', pos, path], d)
+    exp.wait_value('sshtail_lines_total', 50, source=path)
+    exp.wait_value('sshtail_files_lost_total', 2, source=path)
+    with open(path, 'a') as f:  # still followed as the current file
+        f.write(harness.generate(51, 'timed', seed=23)[0][50] + '\n')
+    exp.wait_value('sshtail_lines_total', 51, source=path)
+    time.sleep(0.5)  # nothing else may arrive
+    assert exp.value('sshtail_lines_total', source=path) == 51
+    _, truth51 = harness.generate(51, 'timed', seed=23)
+    harness.check_truth(exp.metrics(), truth51, path)
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_tail_rename_and_copytruncate_exact,
                   test_missing_file_is_waited_for_and_read_from_start,
                   test_start_at_end_counts_a_line_being_written,
                   test_positions_file_resumes_after_restart,
                   test_copytruncate_and_regrowth_while_stopped_is_read_from_start,
-                  test_once_leaves_the_daemons_positions_alone])
+                  test_once_leaves_the_daemons_positions_alone,
+                  test_restore_never_trusts_a_reused_inode])

@@ -203,7 +203,7 @@ def check_once(rootfs, logs, truth):
     os.unlink(secret)
 
 
-def check_server(rootfs, logs, lines, truth):
+def check_server(rootfs, logs, truth):
     """Server mode as in the Dockerfile's header: TLS from a mounted web
     config, positions in /var/lib/sshtail_exporter."""
     args = ['--format', 'timed', '--start-at', 'beginning',
@@ -272,7 +272,7 @@ def test_image_built_and_run():
     rootfs.bind('/dev', '/dev')
     rootfs.bind(logs, '/logs', readonly=True)
     check_once(rootfs, logs, truth)
-    check_server(rootfs, logs, None, truth)
+    check_server(rootfs, logs, truth)
 
 
 if __name__ == '__main__':

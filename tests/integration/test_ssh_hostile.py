@@ -435,6 +435,33 @@ def test_remote_processes_end_with_the_channel():
     print('  after SIGKILL: gone in %.1fs' % (time.monotonic() - start))
 
 
+# ------------------------------------------------- two rotations, one beat
+
+def test_two_rotations_within_one_heartbeat_interval():
+    # The path is looked at every second, not once per heartbeat: a file
+    # that lives at the path for a couple of seconds between two rotations
+    # is read in full. A 30 s heartbeat makes the old design miss it.
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'access.log')
+    open(path, 'w').close()
+    exp = harness.Exporter(['--format', 'timed'] + sshd.exporter_args('30s') + [sshd.url(path)], d)
+    exp.wait_value('sshtail_source_up', 1, source=SRC)
+    lines, truth = harness.generate(900, 'timed', 61)
+    append_lines(path, lines[:300])
+    exp.wait_value('sshtail_lines_total', 300, timeout=20, source=SRC)
+    os.rename(path, path + '.1')          # first rotation
+    append_lines(path, lines[300:600])    # the middle file
+    exp.wait_value('sshtail_lines_total', 600, timeout=8, source=SRC)
+    os.rename(path + '.1', path + '.2')   # second rotation, well within 30 s
+    os.rename(path, path + '.1')
+    append_lines(path, lines[600:])
+    exp.wait_value('sshtail_lines_total', 900, timeout=20, source=SRC)
+    harness.check_truth(exp.metrics(), truth, SRC)
+    assert exp.value('sshtail_rotations_total', source=SRC) == 2
+    assert exp.stop() == 0
+
+
 ALL = [test_start_at_end_skips_a_small_existing_remote_file,
        test_hostile_remote_cannot_grow_memory,
        test_copytruncate_and_regrow_while_stopped_or_disconnected,
@@ -442,7 +469,8 @@ ALL = [test_start_at_end_skips_a_small_existing_remote_file,
        test_truncation_inside_an_over_long_line_is_seen,
        test_once_on_a_black_holed_connection_fails,
        test_shutdown_with_a_frozen_jump_host_is_prompt,
-       test_remote_processes_end_with_the_channel]
+       test_remote_processes_end_with_the_channel,
+       test_two_rotations_within_one_heartbeat_interval]
 
 if __name__ == '__main__':
     want = sys.argv[1:]
