@@ -2,7 +2,8 @@
 
 namespace sshtail {
 
-BatchQueue::BatchQueue(size_t capacity) : capacity_(capacity ? capacity : 1) {}
+BatchQueue::BatchQueue(size_t capacity, bool per_source_order)
+    : capacity_(capacity ? capacity : 1), ordered_(per_source_order) {}
 
 bool BatchQueue::Push(BatchPtr& batch) {
   std::unique_lock lock(mutex_);
@@ -16,13 +17,41 @@ bool BatchQueue::Push(BatchPtr& batch) {
 
 BatchPtr BatchQueue::Pop() {
   std::unique_lock lock(mutex_);
-  not_empty_.wait(lock, [&] { return closed_ || !items_.empty(); });
-  if (items_.empty()) return nullptr;
-  BatchPtr batch = std::move(items_.front());
-  items_.pop_front();
+  auto next = items_.end();
+  not_empty_.wait(lock, [&] {
+    next = items_.begin();
+    // Ordered: the oldest batch of a source with nothing in flight. Every
+    // waiting consumer could take the same items, so one wake-up suffices.
+    if (ordered_) {
+      while (next != items_.end() && InFlight((*next)->source)) ++next;
+    }
+    return next != items_.end() || (closed_ && items_.empty());
+  });
+  if (next == items_.end()) return nullptr;
+  BatchPtr batch = std::move(*next);
+  items_.erase(next);
+  if (ordered_) {
+    if (batch->source >= in_flight_.size()) {
+      in_flight_.resize(batch->source + 1, false);
+    }
+    in_flight_[batch->source] = true;
+  }
   lock.unlock();
   not_full_.notify_one();
   return batch;
+}
+
+void BatchQueue::Finished(uint32_t source) {
+  if (!ordered_) return;
+  bool waiting = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (source < in_flight_.size()) in_flight_[source] = false;
+    for (const auto& b : items_) waiting |= b->source == source;
+  }
+  // A consumer may be asleep with only this source's batches left; any one
+  // of them can take the next (waking all of them costs CPU for nothing).
+  if (waiting) not_empty_.notify_one();
 }
 
 void BatchQueue::Close() {

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "sshtail/backfill.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
@@ -132,7 +133,8 @@ bool ParseLogNumber(std::string_view s, double* out) {
 }
 
 std::shared_ptr<const CompiledRules> CompiledRules::Build(
-    const RuleSetDef& def, const MetricStore* store, bool allow_scan) {
+    const RuleSetDef& def, const MetricStore* store, bool allow_scan,
+    bool with_time) {
   auto out = std::shared_ptr<CompiledRules>(new CompiledRules());
   for (const auto& r : def.rules) {
     CompiledRule cr;
@@ -146,6 +148,37 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       for (const auto& l : m.labels) {
         if (!l.field.empty()) used.insert(l.field);
       }
+    }
+    // Backfill: the line's own time, captured like any other field.
+    std::string time_name;
+    if (with_time) {
+      if (r.time) {
+        time_name = r.time->field;
+        cr.time_layout = r.time->layout;
+      } else if (r.regex.empty()) {
+        std::vector<std::string> vars;
+        try {
+          vars = NginxVariables(r.log_format);
+        } catch (const std::invalid_argument&) {
+        }
+        for (const char* v : {"msec", "time_iso8601", "time_local"}) {
+          if (std::find(vars.begin(), vars.end(), v) != vars.end()) {
+            time_name = v;
+            break;
+          }
+        }
+        cr.time_layout = TimeLayout::ForNginxVariable(time_name);
+      }
+      if (time_name.empty()) {
+        throw ConfigError(
+            r.loc.str() + ": rule '" + r.name +
+            "' has no time for --output openmetrics: " +
+            (r.regex.empty()
+                 ? "its log_format has none of $time_local, $time_iso8601, "
+                   "$msec"
+                 : "give it time: {field: GROUP, format: LAYOUT}"));
+      }
+      used.insert(time_name);
     }
     std::map<std::string, int> index;  // field name -> fields[] index
     auto add_field = [&](const std::string& name, FieldRef ref) {
@@ -250,6 +283,7 @@ std::shared_ptr<const CompiledRules> CompiledRules::Build(
       }
       return it->second;
     };
+    if (!time_name.empty()) cr.time_field = field_of(time_name, r.loc);
     for (const auto& f : r.match) {
       cr.filters.push_back(
           CompiledFilter{field_of(f.field, f.loc), f.regex, false});
@@ -311,6 +345,7 @@ struct Evaluator::Impl {
     uint64_t set_version = 0;
     bool has_set = false;
     bool dirty = false;
+    BackfillStore::Series* backfill = nullptr;  // backfill mode only
   };
   struct Entry {
     prometheus::Labels labels;  // series are created at first observation
@@ -491,7 +526,41 @@ struct Evaluator::Impl {
     return raw;
   }
 
+  // Backfill mode: the line's deltas go to its step in the sink. Series
+  // come from the store as in live mode, so caps and overflow apply; one
+  // the store did not create is its source's overflow series.
+  void ApplyBackfill(RuleRt& rt, Entry* e, const CompiledGroup& g) {
+    for (size_t i = 0; i < g.metrics.size(); ++i) {
+      const CompiledMetric& m = g.metrics[i];
+      Acc& a = e->accs[i];
+      double v = 1;
+      if (m.value_field >= 0 &&
+          !ParseLogNumber(FieldText(rt, m.value_field), &v)) {
+        continue;
+      }
+      if (m.type == MetricType::kCounter && v < 0) continue;
+      if (a.backfill == nullptr) {
+        size_t before = m.state->size();
+        a.series = m.state->Get(e->labels);
+        if (m.state->size() != before) {
+          a.backfill = backfill->Find(a.series, m.state->def(), e->labels);
+        } else {
+          prometheus::Labels overflow = e->labels;
+          for (const auto& l : m.state->def().labels) {
+            overflow[l.name] = "__overflow__";
+          }
+          a.backfill = backfill->Find(a.series, m.state->def(), overflow);
+        }
+      }
+      backfill->Observe(a.backfill, line_time, v);
+    }
+  }
+
   void Apply(RuleRt& rt, Entry* e, const CompiledGroup& g) {
+    if (backfill != nullptr) {
+      ApplyBackfill(rt, e, g);
+      return;
+    }
     for (size_t i = 0; i < g.metrics.size(); ++i) {
       const CompiledMetric& m = g.metrics[i];
       Acc& a = e->accs[i];
@@ -533,6 +602,7 @@ struct Evaluator::Impl {
 
   bool Line(std::string_view line, uint32_t source) {
     bool any = false;
+    bool untimed = false;
     ++line_id;
     re2::StringPiece text(line.data(), line.size());
     for (auto& rt : rule_rt) {
@@ -541,6 +611,12 @@ struct Evaluator::Impl {
         if (!r.scan.Match(line, rt.spans.data())) continue;
       } else if (!rt.re->Match(text, 0, text.size(), RE2::ANCHOR_BOTH,
                                subs.data(), r.submatches)) {
+        continue;
+      }
+      if (backfill != nullptr &&
+          (r.time_field < 0 ||
+           !r.time_layout.Parse(FieldText(rt, r.time_field), &line_time))) {
+        untimed = true;  // no step to put it in: not counted by this rule
         continue;
       }
       any = true;
@@ -554,6 +630,7 @@ struct Evaluator::Impl {
       if (!pass) continue;
       for (auto& g : rt.groups) Apply(rt, Lookup(rt, g, source), *g.def);
     }
+    if (untimed && !any) ++untimed_lines;
     return any;
   }
 
@@ -600,6 +677,9 @@ struct Evaluator::Impl {
   std::vector<Acc*> dirty;
   uint64_t version = 0;
   uint64_t line_id = 0;
+  BackfillStore* backfill = nullptr;
+  double line_time = 0;
+  uint64_t untimed_lines = 0;
 };
 
 Evaluator::Evaluator(MetricStore& store,
@@ -633,5 +713,9 @@ bool Evaluator::ProcessLine(std::string_view line, uint32_t source,
 }
 
 void Evaluator::Flush() { impl_->Flush(); }
+
+void Evaluator::SetBackfill(BackfillStore* sink) { impl_->backfill = sink; }
+
+uint64_t Evaluator::untimed_lines() const { return impl_->untimed_lines; }
 
 }  // namespace sshtail

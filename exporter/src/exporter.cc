@@ -18,6 +18,7 @@
 #include <system_error>
 
 #include "self_metrics.h"
+#include "sshtail/backfill.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/engine.h"
 #include "sshtail/file_producer.h"
@@ -25,6 +26,7 @@
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
 #include "sshtail/ssh_producer.h"
+#include "sshtail/state_file.h"
 #include "sshtail/syslog_producer.h"
 #include "sshtail/text_format.h"
 #include "sshtail/web_server.h"
@@ -88,8 +90,12 @@ std::string HtmlEscape(const std::string& s) {
 
 void CheckConfig(const Options& options) {
   // Compiled as for matching, so what passes here also loads.
-  CompiledRules::Build(LoadRules(options.rule_files, ContextFor(options)),
-                       nullptr);
+  RuleSetDef defs = LoadRules(options.rule_files, ContextFor(options));
+  CompiledRules::Build(defs, nullptr);
+  // --output openmetrics also needs every rule's time.
+  if (options.output == "openmetrics") {
+    CompiledRules::Build(defs, nullptr, true, true);
+  }
   if (!options.web_config_file.empty())
     WebConfig::Load(options.web_config_file);
 }
@@ -97,7 +103,10 @@ void CheckConfig(const Options& options) {
 struct Exporter::Impl {
   explicit Impl(Options o)
       : options(std::move(o)),
-        queue(options.queue_batches),
+        // The state file needs each source's batches in order, one at a
+        // time (see BatchQueue); without it any consumer takes any batch.
+        queue(options.queue_batches,
+              !options.state_file.empty() && !options.once),
         self(options.sources, status, queue),
         store(self.overflow(), options.max_series_total) {
     for (size_t i = 0; i < options.sources.size(); ++i) {
@@ -116,18 +125,100 @@ struct Exporter::Impl {
     CompiledRules::Build(defs, nullptr);  // fails before the store changes
     store.Apply(defs);
     rules = CompiledRules::Build(defs, &store);
+    // --output openmetrics: the same rules, each with its time field (a
+    // rule without one is a configuration error, exit 2).
+    if (options.once && options.output == "openmetrics") {
+      backfill_rules = CompiledRules::Build(defs, &store, true, true);
+    }
     expire_every = ExpireInterval(defs);
     // --once reads every source from its start and must not move the
     // daemon's positions (it may share the config file).
     if (!options.positions_file.empty() && !options.once) {
       positions = std::make_unique<PositionsFile>(options.positions_file);
-      auto saved = positions->Load();
-      for (size_t i = 0; i < options.sources.size(); ++i) {
-        auto it = saved.find(options.sources[i].url);
-        if (it != saved.end()) status[i]->positions.Restore(it->second);
+      state_file = std::make_unique<StateFile>(options.positions_file);
+      keep_values = !options.state_file.empty();
+      std::string problem;
+      SavedState saved = state_file->Load(&problem);
+      if (!problem.empty()) {
+        Log(LogLevel::kWarn,
+            "state file " + options.positions_file + " not used: " + problem);
       }
+      for (size_t i = 0; i < options.sources.size(); ++i) {
+        auto it = saved.sources.find(options.sources[i].url);
+        if (it != saved.sources.end()) {
+          status[i]->positions.Restore(it->second.positions);
+        }
+      }
+      if (keep_values) RestoreValues(saved);
     }
     BindSyslogSources();
+  }
+
+  // The saved values of sources still configured under the same URL and
+  // name; metrics whose definition changed start from zero (as on reload).
+  void RestoreValues(const SavedState& saved) {
+    std::map<std::string, uint32_t> index;  // source name -> index
+    for (uint32_t i = 0; i < options.sources.size(); ++i) {
+      const SourceSpec& s = options.sources[i];
+      auto it = saved.sources.find(s.url);
+      if (HasPosition(s) && it != saved.sources.end() &&
+          it->second.name == s.name) {
+        index[s.name] = i;
+      }
+    }
+    auto ours = [&](const prometheus::Labels& labels) {
+      auto it = labels.find("source");
+      return it != labels.end() && index.count(it->second) > 0;
+    };
+    std::vector<MetricSnapshot> metrics;
+    size_t series = 0, changed = 0;
+    for (const MetricSnapshot& m : saved.metrics) {
+      MetricState* now = store.Find(m.name);
+      if (now && now->def().Signature() != m.signature) ++changed;
+      MetricSnapshot keep = m;
+      keep.series.clear();
+      for (const SeriesSnapshot& v : m.series) {
+        if (ours(v.labels)) keep.series.push_back(v);
+      }
+      series += keep.series.size();
+      metrics.push_back(std::move(keep));
+    }
+    std::vector<std::string> restored = store.Restore(metrics);
+    for (const SavedCounter& c : saved.counters) {
+      if (!ours(c.labels) || c.value <= 0) continue;
+      if (c.family == "sshtail_series_overflow_total") {
+        auto m = c.labels.find("metric");
+        if (m != c.labels.end() && std::find(restored.begin(), restored.end(),
+                                             m->second) != restored.end()) {
+          self.overflow().Add(c.labels).Increment(c.value);
+        }
+        continue;
+      }
+      const SourceCounters& sc = self.counters(index[c.labels.at("source")]);
+      prometheus::Counter* to =
+          c.family == "sshtail_lines_total"             ? sc.lines
+          : c.family == "sshtail_lines_unmatched_total" ? sc.unmatched
+          : c.family == "sshtail_bytes_total"           ? sc.bytes
+          : c.family == "sshtail_lines_too_long_total"  ? sc.too_long
+                                                        : nullptr;
+      if (to) to->Increment(c.value);
+    }
+    if (saved.version == StateFile::kVersion) {
+      Log(LogLevel::kInfo,
+          "state restored from " + options.positions_file + ": " +
+              std::to_string(restored.size()) + " metric(s), " +
+              std::to_string(series) + " series" +
+              (changed ? "; " + std::to_string(changed) +
+                             " redefined metric(s) start from zero"
+                       : std::string()));
+    }
+  }
+
+  // Sources whose position is saved; stdin and syslog have none, so their
+  // values cannot be continued exactly and are not saved either.
+  static bool HasPosition(const SourceSpec& s) {
+    return s.kind == SourceSpec::Kind::kFile ||
+           s.kind == SourceSpec::Kind::kSsh;
   }
 
   // Syslog sockets are created now, so a bad path or a busy port is exit 2.
@@ -144,16 +235,15 @@ struct Exporter::Impl {
     }
     if (syslog.empty()) return;
     if (options.once) {
-      throw std::invalid_argument(
-          "--once cannot read syslog source '" +
-          options.sources[syslog[0]].url + "': a socket has no end");
+      throw std::invalid_argument("--once cannot read syslog source '" +
+                                  options.sources[syslog[0]].url +
+                                  "': a socket has no end");
     }
     std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
     for (size_t k = 0; k < syslog.size(); ++k) {
       for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
-        slots[k].push_back(
-            SyslogHostSlot{static_cast<uint32_t>(status.size()), nullptr,
-                           nullptr});
+        slots[k].push_back(SyslogHostSlot{static_cast<uint32_t>(status.size()),
+                                          nullptr, nullptr});
         status.push_back(std::make_unique<SourceStatus>());
         source_labels.push_back(source_labels[syslog[k]]);  // static labels
       }
@@ -197,19 +287,24 @@ struct Exporter::Impl {
     setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 5);
     Evaluator eval(store, source_labels);
     while (BatchPtr b = queue.Pop()) {
-      uint64_t unmatched;
       {
+        // Counted and committed under one read lock: under the write lock
+        // (a state snapshot) every batch is either wholly in the values and
+        // the committed positions, or in neither.
         auto lock = store.ReadLock();
         std::shared_ptr<const CompiledRules> r = rules;
-        unmatched = eval.Process(*b, r);
+        uint64_t unmatched = eval.Process(*b, r);
+        const SourceCounters& c =
+            self.counters(b->source, source_labels[b->source].name);
+        if (b->lines) c.lines->Increment(b->lines);
+        if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
+        if (b->raw_bytes) {
+          c.bytes->Increment(static_cast<double>(b->raw_bytes));
+        }
+        if (b->too_long) c.too_long->Increment(b->too_long);
+        if (b->seq) status[b->source]->positions.Done(b->seq);
       }
-      const SourceCounters& c =
-          self.counters(b->source, source_labels[b->source].name);
-      if (b->lines) c.lines->Increment(b->lines);
-      if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
-      if (b->raw_bytes) c.bytes->Increment(static_cast<double>(b->raw_bytes));
-      if (b->too_long) c.too_long->Increment(b->too_long);
-      if (b->seq) status[b->source]->positions.Done(b->seq);
+      queue.Finished(b->source);
     }
   }
 
@@ -303,6 +398,10 @@ struct Exporter::Impl {
   }
 
   void SavePositions() {
+    if (keep_values) {
+      MakeDurable();
+      return;
+    }
     if (!positions) return;
     std::map<std::string, PositionSet> all;
     for (size_t i = 0; i < options.sources.size(); ++i) {
@@ -323,13 +422,89 @@ struct Exporter::Impl {
     positions_ok = true;
   }
 
-  std::string Exposition() const {
+  // What was last made durable: rule metrics and the sshtail_* counters
+  // that continue across restarts, exactly as in the state file.
+  struct Durable {
+    std::vector<MetricSnapshot> metrics;
+    std::vector<prometheus::MetricFamily> counters;
+  };
+
+  static bool IsDurableCounter(const std::string& family) {
+    return family == "sshtail_lines_total" ||
+           family == "sshtail_lines_unmatched_total" ||
+           family == "sshtail_bytes_total" ||
+           family == "sshtail_lines_too_long_total" ||
+           family == "sshtail_series_overflow_total";
+  }
+
+  // Snapshot (under the store's write lock: values and committed positions
+  // match exactly), then the write (outside it). Serves what is durable: a
+  // scrape never shows a value a crash could take back. Callers that arrive
+  // while a write is running wait for it; if that snapshot was taken after
+  // they arrived, they reuse it.
+  std::shared_ptr<const Durable> MakeDurable() {
+    uint64_t ticket = durable_requests.fetch_add(1) + 1;
+    std::lock_guard lock(durable_mutex);
+    if (durable && durable_covers >= ticket) return durable;
+    uint64_t covers = durable_requests.load();
+    auto next = std::make_shared<Durable>();
+    std::map<std::string, SourceState> sources;
+    next->metrics = store.Snapshot([&] {
+      for (size_t i = 0; i < options.sources.size(); ++i) {
+        if (!HasPosition(options.sources[i])) continue;
+        PositionSet p = status[i]->positions.Committed();
+        if (!p.empty()) {
+          sources[options.sources[i].url] =
+              SourceState{options.sources[i].name, std::move(p)};
+        }
+      }
+      for (auto& f : self.registry()->Collect()) {
+        if (IsDurableCounter(f.name)) next->counters.push_back(std::move(f));
+      }
+    });
+    std::vector<SavedCounter> counters;
+    for (const auto& f : next->counters) {
+      for (const auto& m : f.metric) {
+        SavedCounter c{f.name, {}, m.counter.value};
+        for (const auto& l : m.label) c.labels[l.name] = l.value;
+        counters.push_back(std::move(c));
+      }
+    }
+    std::string error;
+    if (!state_file->Save(sources, next->metrics, counters, &error)) {
+      // Once per failure streak. Values freeze at the last durable ones.
+      if (positions_ok) Log(LogLevel::kWarn, "cannot save state: " + error);
+      positions_ok = false;
+      if (!durable) durable = std::make_shared<Durable>();
+      return durable;
+    }
+    if (!positions_ok) {
+      Log(LogLevel::kInfo, "state saved again to " + state_file->path());
+    }
+    positions_ok = true;
+    durable = std::move(next);
+    durable_covers = covers;
+    return durable;
+  }
+
+  std::string Exposition() {
     std::string out;
     out.reserve(last_exposition_size.load() + 4096);
-    store.AppendExposition(&out);
+    std::shared_ptr<const Durable> d;
+    if (keep_values) {
+      d = MakeDurable();
+      AppendSnapshotExposition(d->metrics, &out);
+    } else {
+      store.AppendExposition(&out);
+    }
     // The exporter's own metrics: few series, sorted for stable output.
     std::vector<prometheus::MetricFamily> self_families =
         self.registry()->Collect();
+    if (d) {
+      std::erase_if(self_families,
+                    [](const auto& f) { return IsDurableCounter(f.name); });
+      for (const auto& f : d->counters) self_families.push_back(f);
+    }
     for (auto& f : self.Collect()) self_families.push_back(std::move(f));
     std::sort(self_families.begin(), self_families.end(),
               [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -412,8 +587,15 @@ struct Exporter::Impl {
   SelfMetrics self;
   MetricStore store;
   std::shared_ptr<const CompiledRules> rules;  // guarded by store's lock
+  std::shared_ptr<const CompiledRules> backfill_rules;  // --output openmetrics
   std::unique_ptr<PositionsFile> positions;
-  bool positions_ok = true;
+  bool positions_ok = true;  // with a state file: guarded by durable_mutex
+  std::unique_ptr<StateFile> state_file;
+  bool keep_values = false;  // --state-file: values are saved and served
+  std::mutex durable_mutex;
+  std::shared_ptr<const Durable> durable;  // guarded by durable_mutex
+  uint64_t durable_covers = 0;             // guarded by durable_mutex
+  std::atomic<uint64_t> durable_requests{0};
   std::vector<std::unique_ptr<Producer>> producers;
   std::vector<std::thread> producer_threads;
   size_t producers_started = 0;
@@ -442,7 +624,75 @@ bool Exporter::Reload(std::string* error) { return impl_->Reload(error); }
 
 bool Exporter::Ready() const { return impl_->Ready(); }
 
+// About 100 GiB of text: past this, the input's times are surely wrong.
+constexpr uint64_t kMaxBackfillSamples = 1000000000;
+
 int Exporter::RunOnce(std::ostream& out) {
+  if (impl_->backfill_rules) {
+    // --output openmetrics: one parser thread (the history is kept in one
+    // BackfillStore), no live metrics; the exporter's own metrics are not
+    // part of the history.
+    Impl& im = *impl_;
+    BackfillStore history(im.options.backfill_step.count(),
+                          im.options.backfill_labels);
+    uint64_t lines = 0, unmatched = 0, untimed = 0, too_long = 0;
+    std::thread parser([&] {
+      Evaluator eval(im.store, im.source_labels);
+      eval.SetBackfill(&history);
+      while (BatchPtr b = im.queue.Pop()) {
+        {
+          auto lock = im.store.ReadLock();
+          unmatched += eval.Process(*b, im.backfill_rules);
+        }
+        lines += b->lines;
+        too_long += b->too_long;
+      }
+      untimed = eval.untimed_lines();
+    });
+    im.StartProducers();
+    im.JoinProducers();
+    while (im.producers_started < im.producers.size()) {
+      im.producers[im.producers_started++]->Run();
+    }
+    im.queue.Close();
+    parser.join();
+    // Steps run from the first line's to the last line's: one line with a
+    // wrong year would make every series decades long.
+    double days = static_cast<double>(history.steps()) *
+                  static_cast<double>(im.options.backfill_step.count()) /
+                  86400000.0;
+    if (history.samples() > kMaxBackfillSamples) {
+      Log(LogLevel::kError,
+          "backfill: refusing to write " + std::to_string(history.samples()) +
+              " samples: the lines span " + std::to_string(days) +
+              " days; check their times, or give a longer --backfill.step");
+      return 1;
+    }
+    if (days > 92) {
+      Log(LogLevel::kWarn, "backfill: the lines span " + std::to_string(days) +
+                               " days; a line with a wrong time stretches "
+                               "every series");
+    }
+    history.Write(out);
+    Log(LogLevel::kInfo,
+        "backfill: " + std::to_string(lines) + " lines, " +
+            std::to_string(unmatched) + " unmatched (" +
+            std::to_string(untimed) + " without a valid time), " +
+            std::to_string(too_long) + " too long; " +
+            std::to_string(history.series()) + " series x " +
+            std::to_string(history.steps()) +
+            " steps = " + std::to_string(history.samples()) +
+            " samples; deltas " + std::to_string(history.deltas()) + " (" +
+            std::to_string(history.memory_bytes() >> 10) + " KiB)");
+    for (size_t i = 0; i < im.status.size(); ++i) {
+      if (!im.status[i]->connected_once.load()) {
+        Log(LogLevel::kError,
+            "source " + im.options.sources[i].name + " could not be read");
+        return 1;
+      }
+    }
+    return 0;
+  }
   impl_->StartConsumers();
   impl_->StartProducers();
   impl_->JoinProducers();

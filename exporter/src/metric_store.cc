@@ -16,7 +16,9 @@ WriterFirstMutex::WriterFirstMutex() {
 }
 WriterFirstMutex::~WriterFirstMutex() { pthread_rwlock_destroy(&rw_); }
 void WriterFirstMutex::lock() { pthread_rwlock_wrlock(&rw_); }
-bool WriterFirstMutex::try_lock() { return pthread_rwlock_trywrlock(&rw_) == 0; }
+bool WriterFirstMutex::try_lock() {
+  return pthread_rwlock_trywrlock(&rw_) == 0;
+}
 void WriterFirstMutex::unlock() { pthread_rwlock_unlock(&rw_); }
 void WriterFirstMutex::lock_shared() { pthread_rwlock_rdlock(&rw_); }
 bool WriterFirstMutex::try_lock_shared() {
@@ -123,6 +125,11 @@ Series* MetricState::Overflow(const std::string& source, PerSource& ps,
         &overflow_family_.Add({{"metric", def_.name}, {"source", source}});
   }
   ps.overflow_counter->Increment();
+  return OverflowSeries(ps, labels);
+}
+
+Series* MetricState::OverflowSeries(PerSource& ps,
+                                    const prometheus::Labels& labels) {
   if (!ps.overflow) {
     // The rule's labels say "__overflow__"; the source's own stay.
     ps.overflow_labels = labels;
@@ -132,6 +139,86 @@ Series* MetricState::Overflow(const std::string& source, PerSource& ps,
     ps.overflow.reset(Create(ps.overflow_labels));
   }
   return ps.overflow.get();
+}
+
+MetricSnapshot MetricState::Snapshot() const {
+  std::lock_guard lock(mutex_);
+  MetricSnapshot out;
+  out.name = def_.name;
+  out.help = def_.help;
+  out.signature = def_.Signature();
+  out.type = def_.type;
+  out.buckets = def_.buckets;
+  out.series.reserve(series_.size());
+  auto one = [&](const prometheus::Labels& labels, const Series& s,
+                 bool overflow) {
+    SeriesSnapshot v;
+    v.labels = labels;
+    v.overflow = overflow;
+    if (s.counter) v.value = s.counter->Value();
+    if (s.gauge) v.value = s.gauge->Value();
+    if (s.histogram) v.histogram = s.histogram->Collect().histogram;
+    out.series.push_back(std::move(v));
+  };
+  for (const auto& [labels, s] : series_) one(labels, *s, false);
+  for (const auto& [source, ps] : sources_) {
+    if (ps.overflow) one(ps.overflow_labels, *ps.overflow, true);
+  }
+  return out;
+}
+
+void MetricState::AddValues(Series& s, const SeriesSnapshot& v) {
+  if (s.counter && v.value > 0) s.counter->Increment(v.value);
+  if (s.gauge) s.gauge->Set(v.value);
+  if (s.histogram) {
+    // Cumulative counts back to per-bucket increments.
+    std::vector<double> inc(v.histogram.bucket.size());
+    uint64_t below = 0;
+    for (size_t i = 0; i < inc.size(); ++i) {
+      uint64_t c = v.histogram.bucket[i].cumulative_count;
+      inc[i] = static_cast<double>(c - below);
+      below = c;
+    }
+    s.histogram->ObserveMultiple(inc, v.histogram.sample_sum);
+  }
+}
+
+size_t MetricState::Restore(const MetricSnapshot& saved) {
+  std::lock_guard lock(mutex_);
+  size_t restored = 0;
+  for (const SeriesSnapshot& v : saved.series) {
+    if (histograms_) {
+      // Never trusted blindly: the buckets must be ours and cumulative.
+      const auto& b = v.histogram.bucket;
+      if (b.size() != def_.buckets.size() + 1) continue;
+      bool ok = true;
+      for (size_t i = 1; i < b.size(); ++i) {
+        ok &= b[i].cumulative_count >= b[i - 1].cumulative_count;
+      }
+      if (!ok || b.back().cumulative_count != v.histogram.sample_count) {
+        continue;
+      }
+    }
+    const std::string& source = SourceOf(v.labels);
+    PerSource& ps = sources_[source];
+    Series* s = nullptr;
+    if (!v.overflow) {
+      auto it = series_.find(v.labels);
+      if (it != series_.end()) {
+        s = it->second.get();
+      } else if (ps.series < max_series_.load() && budget_.Take()) {
+        s = Create(v.labels);
+        series_.emplace(v.labels, std::unique_ptr<Series>(s));
+        ++ps.series;
+      }
+    }
+    // Past the caps (or the overflow series itself): the source's overflow
+    // series keeps the counts, so no total goes down.
+    if (s == nullptr) s = OverflowSeries(ps, v.labels);
+    AddValues(*s, v);
+    ++restored;
+  }
+  return restored;
 }
 
 void MetricState::AppendExposition(std::string* out) const {
@@ -205,8 +292,8 @@ void MetricStore::Apply(const RuleSetDef& rules,
         continue;
       }
       if (it != metrics_.end()) metrics_.erase(it);  // changed: start over
-      next.emplace(def.name, std::make_unique<MetricState>(
-                                 def, *registry_, overflow_, budget_));
+      next.emplace(def.name, std::make_unique<MetricState>(def, *registry_,
+                                                           overflow_, budget_));
     }
   }
   metrics_.clear();  // removed from the rules: drop their families
@@ -223,6 +310,52 @@ MetricState* MetricStore::Find(const std::string& name) const {
 void MetricStore::AppendExposition(std::string* out) const {
   auto lock = ReadLock();
   for (const auto& [name, m] : metrics_) m->AppendExposition(out);
+}
+
+std::vector<MetricSnapshot> MetricStore::Snapshot(
+    const std::function<void()>& under_lock) const {
+  std::unique_lock lock(world_);
+  std::vector<MetricSnapshot> out;
+  out.reserve(metrics_.size());
+  for (const auto& [name, m] : metrics_) out.push_back(m->Snapshot());
+  if (under_lock) under_lock();
+  return out;
+}
+
+std::vector<std::string> MetricStore::Restore(
+    const std::vector<MetricSnapshot>& saved) {
+  std::unique_lock lock(world_);
+  std::vector<std::string> restored;
+  for (const MetricSnapshot& m : saved) {
+    auto it = metrics_.find(m.name);
+    if (it == metrics_.end()) continue;
+    if (it->second->def().Signature() != m.signature) continue;
+    it->second->Restore(m);
+    restored.push_back(m.name);
+  }
+  generation_.fetch_add(1);
+  return restored;
+}
+
+void AppendSnapshotExposition(const std::vector<MetricSnapshot>& metrics,
+                              std::string* out) {
+  for (const MetricSnapshot& m : metrics) {
+    if (m.series.empty()) continue;
+    prometheus::MetricType type =
+        m.type == MetricType::kCounter ? prometheus::MetricType::Counter
+        : m.type == MetricType::kGauge ? prometheus::MetricType::Gauge
+                                       : prometheus::MetricType::Histogram;
+    text::AppendHeader(out, m.name, m.help, type);
+    prometheus::ClientMetric cm;
+    for (const SeriesSnapshot& s : m.series) {
+      if (m.type == MetricType::kHistogram) {
+        cm.histogram = s.histogram;
+        text::AppendMetric(out, m.name, type, s.labels, cm);
+      } else {
+        text::AppendSample(out, m.name, "", s.labels, s.value);
+      }
+    }
+  }
 }
 
 size_t MetricStore::Expire() {

@@ -125,6 +125,43 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string&) {
         o->once = ParseBool("once", v);
       });
+  add("output", Kind::kValue, "FORMAT",
+      "with --once: prometheus (the metrics now, default) or openmetrics "
+      "(history with each line's own time, for promtool tsdb "
+      "create-blocks-from openmetrics)",
+      [o](const std::string& v, const std::string&) {
+        if (v != "prometheus" && v != "openmetrics") {
+          throw std::invalid_argument(
+              "--output: expected prometheus or openmetrics, got '" + v + "'");
+        }
+        o->output = v;
+      });
+  add("backfill.step", Kind::kValue, "D",
+      "with --output openmetrics: one sample per series per this much log "
+      "time (default: 1m)",
+      [o](const std::string& v, const std::string&) {
+        o->backfill_step = Duration("backfill.step", v);
+      });
+  add("backfill.label", Kind::kList, "NAME=VALUE",
+      "with --output openmetrics: a label for every series (repeatable), "
+      "e.g. job=... and instance=... as Prometheus scrapes the exporter",
+      [o](const std::string& v, const std::string&) {
+        size_t eq = v.find('=');
+        std::string name = v.substr(0, eq);
+        bool ok = eq != std::string::npos && !name.empty() &&
+                  name.rfind("__", 0) != 0 &&
+                  !std::isdigit(static_cast<unsigned char>(name[0]));
+        for (char c : name) {
+          ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+        }
+        if (!ok) {
+          throw std::invalid_argument(
+              "--backfill.label: expected NAME=VALUE with a label name, got "
+              "'" +
+              v + "'");
+        }
+        o->backfill_labels.emplace_back(name, v.substr(eq + 1));
+      });
   add("check-config", Kind::kBool, "",
       "load config and rules, report the first problem as file:line, exit 0 "
       "or 2",
@@ -189,8 +226,15 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string& base) {
         o->positions_file = Resolve(v, base);
       });
+  add("state-file", Kind::kValue, "FILE",
+      "like --positions-file (the same file), and the values of every "
+      "series too: counters and histograms continue across restarts and "
+      "crashes",
+      [o](const std::string& v, const std::string& base) {
+        o->state_file = Resolve(v, base);
+      });
   add("positions.sync-interval", Kind::kValue, "DURATION",
-      "how often the positions file is written (default: 5s)",
+      "how often the positions (or state) file is written (default: 5s)",
       [o](const std::string& v, const std::string&) {
         o->positions_interval = Duration("positions.sync-interval", v);
       });
@@ -512,6 +556,19 @@ ParseResult Parse(int argc, const char* const argv[], Options* o,
     }
     if (stdin_count > 1) {
       throw std::invalid_argument("stdin (-) can be given only once");
+    }
+    if (o->output == "openmetrics" && !o->once && !o->check_config) {
+      throw std::invalid_argument(
+          "--output openmetrics needs --once (it prints the history of the "
+          "files read)");
+    }
+    if (!o->state_file.empty()) {
+      if (!o->positions_file.empty() && o->positions_file != o->state_file) {
+        throw std::invalid_argument(
+            "--state-file and --positions-file name one file (the state "
+            "file also holds the positions): give one of them");
+      }
+      o->positions_file = o->state_file;
     }
     if (o->sources.empty() && !o->check_config) {
       throw std::invalid_argument(

@@ -127,6 +127,45 @@ std::map<std::string, PositionSet> PositionsFile::Load() const {
   return out;
 }
 
+bool WriteFileAtomically(const std::string& path, std::string_view text,
+                         std::string* error) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  auto fail = [&](const char* what) {
+    *error = std::string(what) + " " + tmp + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    return false;
+  };
+  if (fd < 0) return fail("open");
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail("fsync");
+  if (::close(fd) != 0) {
+    fd = -1;
+    return fail("close");
+  }
+  fd = -1;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename");
+  // The rename itself must reach the disk too (a power cut, not a kill).
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  if (dir.empty()) dir = "/";
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return true;
+}
+
 bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
                          std::string* error) const {
   YAML::Emitter em;
@@ -151,32 +190,7 @@ bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
   text += em.c_str();
   text += "\n";
 
-  std::string tmp = path_ + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  auto fail = [&](const char* what) {
-    *error = std::string(what) + " " + tmp + ": " + std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    return false;
-  };
-  if (fd < 0) return fail("open");
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail("write");
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) return fail("fsync");
-  if (::close(fd) != 0) {
-    fd = -1;
-    return fail("close");
-  }
-  fd = -1;
-  if (::rename(tmp.c_str(), path_.c_str()) != 0) return fail("rename");
-  return true;
+  return WriteFileAtomically(path_, text, error);
 }
 
 }  // namespace sshtail

@@ -91,7 +91,9 @@ if [ "$mode" = inode ]; then
   [ -n "$d" ] || d=/
   f=
   for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-    [ -f "$c" ] || continue
+    # The file at the path is never the rotated one: an inode number is
+    # reused once its file is deleted.
+    [ -f "$c" ] && [ "$c" != "$p" ] || continue
     set -- $(stat -L -c '%d %i' -- "$c" 2>/dev/null)
     if [ "$1" = "$edev" ] && [ "$2" = "$eino" ]; then f=$c; break; fi
   done
@@ -114,23 +116,36 @@ cdev=$1 cino=$2 size=$3
 start=0
 if [ "$cdev" = "$edev" ] && [ "$cino" = "$eino" ]; then
   if [ "$noop" = 1 ]; then echo "$t SAME"; exit 0; fi
+  same=0
   if [ "$size" -ge "$off" ]; then
-    start=$off
+    same=1
     # The bytes before the offset must still be the ones read before, else
     # the file was truncated and regrew past it (copytruncate while we were
-    # away): send it from 0. od reopens /dev/fd/3 (fd 3's offset is shared
-    # with dd below).
+    # away). od reopens /dev/fd/3 (fd 3's offset is shared with dd below).
     if [ -n "$etail" ]; then
       n=$((${#etail} / 2))
       got=$(od -An -v -tx1 -j $((off - n)) -N "$n" /dev/fd/3 | tr -d ' \n')
-      [ "$got" = "$etail" ] || start=0
+      [ "$got" = "$etail" ] || same=0
     fi
+  fi
+  if [ "$same" = 1 ]; then
+    start=$off
+  elif [ "$mode" = inode ]; then
+    # A rotated file that is not what we read: ours is gone, its inode
+    # number went to another file.
+    echo "$t GONE"; exit 0
   fi
 elif [ "$atend" = 1 ] && [ "$size" -gt "$win" ]; then
   start=$((size - win))
 fi
 echo "$t BEGIN $cdev $cino $start $size"
 if [ "$mode" = once ]; then
+  # A gzip file (by its magic bytes, whatever its name) is sent
+  # decompressed. od reopens /dev/fd/3: fd 3 stays at offset 0.
+  if [ "$start" = 0 ] && [ "$size" -ge 2 ] &&
+     [ "$(od -An -tx1 -N2 /dev/fd/3 | tr -d ' \n')" = 1f8b ]; then
+    exec gzip -dc <&3
+  fi
   exec dd bs=256K skip="$start" count=$((size - start)) \
     iflag=skip_bytes,count_bytes status=none <&3
 fi

@@ -152,7 +152,7 @@ class Parser {
   RuleDef Rule(const YAML::Node& n) {
     CheckKeys(n,
               {"name", "regex", "log_format", "escape", "nginx_variables",
-               "match", "skip", "metrics"},
+               "match", "skip", "metrics", "time"},
               "rule");
     RuleDef r;
     r.loc = Loc(n);
@@ -215,12 +215,38 @@ class Parser {
     }
     if (n["match"]) r.match = Filters(n["match"], "match");
     if (n["skip"]) r.skip = Filters(n["skip"], "skip");
+    if (n["time"]) r.time = Time(n["time"]);
     if (!n["metrics"] || !n["metrics"].IsSequence() ||
         n["metrics"].size() == 0) {
       Fail(n, "rule '" + r.name + "' needs a non-empty metrics list");
     }
     for (const auto& m : n["metrics"]) r.metrics.push_back(Metric(m));
     return r;
+  }
+
+  // time: {field: ts, format: nginx | iso8601 | unix | msec | '%d/%b/...'}
+  // (format may be left out for $time_local, $time_iso8601 and $msec).
+  TimeDef Time(const YAML::Node& n) const {
+    CheckKeys(n, {"field", "format"}, "time");
+    if (!n["field"]) Fail(n, "time needs a field");
+    TimeDef t;
+    t.loc = Loc(n);
+    t.field = Scalar(n["field"], "time field");
+    if (n["format"]) {
+      std::string error;
+      if (!TimeLayout::FromSpec(Scalar(n["format"], "time format"), &t.layout,
+                                &error)) {
+        Fail(n["format"], error);
+      }
+    } else {
+      t.layout = TimeLayout::ForNginxVariable(t.field);
+      if (t.layout.kind() == TimeLayout::Kind::kNone) {
+        Fail(n,
+             "time needs a format (nginx, iso8601, unix, msec or a "
+             "pattern such as '%d/%b/%Y:%H:%M:%S %z')");
+      }
+    }
+    return t;
   }
 
   LabelDef Label(const std::string& name, const YAML::Node& n) {
@@ -454,6 +480,9 @@ void ValidateRules(RuleSetDef& set, const RuleContext& ctx) {
           (rule.regex.empty() ? "the log_format has: " : "the regex names: ") +
           Join(fields) + ")");
     };
+    if (rule.time && missing(rule.time->field)) {
+      unknown(rule.time->loc, "time", rule.time->field);
+    }
     for (auto* filters : {&rule.match, &rule.skip}) {
       for (const auto& f : *filters) {
         if (missing(f.field)) unknown(f.loc, "filter", f.field);

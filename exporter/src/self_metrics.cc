@@ -193,11 +193,11 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
       continue;
     }
     std::vector<prometheus::ClientMetric::Label> l{{"source", specs_[i].name}};
-    malformed.metric.push_back(Counter(
-        l, static_cast<double>(status_[i]->syslog_malformed.load())));
+    malformed.metric.push_back(
+        Counter(l, static_cast<double>(status_[i]->syslog_malformed.load())));
     if (kind == SourceSpec::Kind::kSyslogUdp) {
-      dropped.metric.push_back(Counter(
-          l, static_cast<double>(status_[i]->syslog_dropped.load())));
+      dropped.metric.push_back(
+          Counter(l, static_cast<double>(status_[i]->syslog_dropped.load())));
     }
   }
   if (!malformed.metric.empty()) out.push_back(std::move(malformed));

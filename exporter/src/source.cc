@@ -83,8 +83,9 @@ void ParseSyslogUrl(const std::string& url, SourceSpec* spec) {
   }
   unsigned char addr[16];
   if (inet_pton(v6 ? AF_INET6 : AF_INET, spec->host.c_str(), addr) != 1) {
-    BadUrl(url, v6 ? "not an IPv6 address" : "not an IPv4 address "
-                                             "(IPv6: [addr]:port)");
+    BadUrl(url, v6 ? "not an IPv6 address"
+                   : "not an IPv4 address "
+                     "(IPv6: [addr]:port)");
   }
   if (port.empty() || port.size() > 5) BadUrl(url, "invalid port");
   int p = 0;

@@ -15,6 +15,8 @@
 
 namespace sshtail {
 
+class BackfillStore;
+
 /// The labels a source adds to every series: its name and static labels.
 struct SourceLabels {
   std::string name;
@@ -72,6 +74,10 @@ struct CompiledRule {
   NginxEscape escape = NginxEscape::kNone;
   std::vector<CompiledFilter> filters;
   std::vector<CompiledGroup> groups;
+  /// Backfill only (Build with `with_time`): the field holding the line's
+  /// time, and how it is written.
+  int time_field = -1;
+  TimeLayout time_layout;
 };
 
 /// A rule set bound to the metric store. Immutable once built; shared by
@@ -83,10 +89,13 @@ class CompiledRules {
   /// ConfigError. With `store` null, only checks: everything that can fail
   /// fails here, so a reload can check first and then swap.
   /// `allow_scan` false forces capture groups even where an nginx format
-  /// could be scanned (for differential tests).
+  /// could be scanned (for differential tests). `with_time` also captures
+  /// each rule's time field (for --output openmetrics); a rule without one
+  /// is a ConfigError then.
   static std::shared_ptr<const CompiledRules> Build(const RuleSetDef& def,
                                                     const MetricStore* store,
-                                                    bool allow_scan = true);
+                                                    bool allow_scan = true,
+                                                    bool with_time = false);
 
   const std::vector<CompiledRule>& rules() const { return rules_; }
 
@@ -112,6 +121,16 @@ class Evaluator {
   bool ProcessLine(std::string_view line, uint32_t source,
                    const std::shared_ptr<const CompiledRules>& rules);
   void Flush();
+
+  /// Backfill mode: from now on each matching line's deltas go to `sink`,
+  /// into the step of the line's own time (rules must be built with
+  /// `with_time`), and the live metrics are left alone. A line that a rule
+  /// matches but whose time does not parse is not counted by that rule; if
+  /// no rule counted it, it is unmatched. Series still go through the
+  /// store's caps (overflow series included). `sink` must outlive this.
+  void SetBackfill(BackfillStore* sink);
+  /// Lines unmatched only because their time did not parse (backfill).
+  uint64_t untimed_lines() const;
 
  private:
   struct Impl;

@@ -1,11 +1,11 @@
 #pragma once
 
+#include <prometheus/client_metric.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
-
 #include <pthread.h>
 
 #include <atomic>
@@ -72,6 +72,33 @@ class SeriesBudget {
   std::atomic<size_t> limit_;
 };
 
+/// The values of one series, copied under the store's write lock. Plain
+/// value type.
+struct SeriesSnapshot {
+  prometheus::Labels labels;
+  bool overflow = false;  ///< the source's overflow series
+  double value = 0;       ///< counter or gauge value
+  /// Histograms: cumulative bucket counts (the last is +Inf), sum, count.
+  prometheus::ClientMetric::Histogram histogram;
+};
+
+/// The values of every series of one metric. Plain value type.
+struct MetricSnapshot {
+  std::string name;
+  std::string help;
+  std::string signature;  ///< MetricDef::Signature() of the definition
+  MetricType type = MetricType::kCounter;
+  std::vector<double> buckets;  ///< histogram upper bounds, without +Inf
+  /// In exposition order: series by labels, then overflow series by source.
+  std::vector<SeriesSnapshot> series;
+};
+
+/// Appends the exposition of saved metrics (in the given order, which
+/// MetricStore::Snapshot makes by name): the same text as
+/// MetricStore::AppendExposition gave for the values at snapshot time.
+void AppendSnapshotExposition(const std::vector<MetricSnapshot>& metrics,
+                              std::string* out);
+
 /// All series of one metric, with its cardinality caps. Thread-safe.
 ///
 /// `max_series` holds per source (the `source` label): one noisy source
@@ -97,6 +124,13 @@ class MetricState {
 
   /// Appends this metric's exposition text (series in label order).
   void AppendExposition(std::string* out) const;
+  /// Copies every series' values. Exact only while no consumer updates the
+  /// metric (MetricStore::Snapshot holds the write side).
+  MetricSnapshot Snapshot() const;
+  /// Adds saved values (same Signature(), checked by the caller) before
+  /// consumers start. The caps hold: a series past them goes into its
+  /// source's overflow series. Returns how many series were restored.
+  size_t Restore(const MetricSnapshot& saved);
   /// Takes a new definition with the same Signature() (help, caps, ttl,
   /// label mapping may differ).
   void Redefine(const MetricDef& def);
@@ -112,6 +146,8 @@ class MetricState {
   };
   Series* Overflow(const std::string& source, PerSource& ps,
                    const prometheus::Labels& labels);
+  Series* OverflowSeries(PerSource& ps, const prometheus::Labels& labels);
+  void AddValues(Series& s, const SeriesSnapshot& v);
   static const std::string& SourceOf(const prometheus::Labels& labels);
 
   MetricDef def_;
@@ -154,6 +190,18 @@ class MetricStore {
 
   /// Removes idle series of metrics that have a ttl.
   size_t Expire();
+
+  /// Copies every series' values under the write side, so that no batch is
+  /// half counted; `under_lock` runs there too (to copy what must match the
+  /// values exactly: committed positions, per-source counters). Metrics by
+  /// name.
+  std::vector<MetricSnapshot> Snapshot(
+      const std::function<void()>& under_lock = nullptr) const;
+
+  /// Before consumers start: adds saved values to the metrics whose
+  /// Signature() is unchanged. Returns the names restored; a metric that
+  /// is gone or was redefined starts from zero.
+  std::vector<std::string> Restore(const std::vector<MetricSnapshot>& saved);
 
   /// Appends the exposition of every rule metric, by name. Reads the
   /// series directly (no registry copy, no sorting). Thread-safe.

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sshtail/source.h"
@@ -21,6 +22,12 @@ struct Options {
   size_t max_series_total = 250000;  ///< all rule series together
   bool once = false;
   bool check_config = false;
+  /// --once output: "prometheus" (the text format, now) or "openmetrics"
+  /// (the history, one sample per --backfill.step of log time).
+  std::string output = "prometheus";
+  std::chrono::milliseconds backfill_step{60000};
+  /// --backfill.label NAME=VALUE: set on every backfilled series.
+  std::vector<std::pair<std::string, std::string>> backfill_labels;
 
   std::string listen_address = ":9923";
   std::string listen_address_file;
@@ -32,6 +39,9 @@ struct Options {
   size_t queue_batches = 16;
   int consumers = 0;  ///< 0: one per CPU, at most 4
   std::string positions_file;
+  /// --state-file: the same file as positions_file (which it sets), plus
+  /// the values of every series of the saved sources.
+  std::string state_file;
   std::chrono::milliseconds positions_interval{5000};
   std::string log_level = "info";
 

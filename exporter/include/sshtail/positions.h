@@ -21,7 +21,9 @@ struct FilePosition {
   /// resume they must still be there, else the file was truncated or
   /// replaced in place (copytruncate) and is read again from 0.
   std::string tail;
-  static constexpr size_t kTailBytes = 16;
+  // Long enough that lines of one template (same agent, same timings) do
+  // not match by chance when an inode number is reused.
+  static constexpr size_t kTailBytes = 64;
   friend bool operator==(const FilePosition&, const FilePosition&) = default;
 };
 
@@ -61,6 +63,11 @@ class PositionTracker {
   std::deque<Entry> pending_;
   PositionSet committed_;
 };
+
+/// Replaces `path` with `text` atomically: PATH.tmp, fsync, rename, fsync
+/// of the directory. False with an errno-style message in `error`.
+bool WriteFileAtomically(const std::string& path, std::string_view text,
+                         std::string* error);
 
 /// The positions file: source URL -> positions. Written atomically (temp
 /// file, fsync, rename).

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "sshtail/log_time.h"
 #include "sshtail/nginx_format.h"
 
 namespace sshtail {
@@ -81,6 +82,14 @@ struct FilterDef {
   SourceLoc loc;
 };
 
+/// Where a line's own time is, for --output openmetrics (backfill). Plain
+/// value type.
+struct TimeDef {
+  std::string field;  ///< a named group, or an nginx variable
+  TimeLayout layout;  ///< how the field is written
+  SourceLoc loc;
+};
+
 /// One rule: how to parse a line and which metrics it updates.
 struct RuleDef {
   std::string name;
@@ -90,6 +99,9 @@ struct RuleDef {
   std::vector<FilterDef> match;
   std::vector<FilterDef> skip;
   std::vector<MetricDef> metrics;
+  /// `time:`; unset for an nginx format means its $msec, $time_iso8601 or
+  /// $time_local (the first of these it has). Used by backfill only.
+  std::optional<TimeDef> time;
   SourceLoc loc;
 };
 

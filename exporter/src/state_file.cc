@@ -1,0 +1,475 @@
+#include "sshtail/state_file.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <stdexcept>
+
+namespace sshtail {
+namespace {
+
+// Version 2, one record a line (fast to write for 10^5 series, unlike YAML):
+//   version: 2
+//   source "<url>" "<name>"
+//   position <dev> <ino> <offset> <current 0|1> <tail hex or ->
+//   metric "<name>" <counter|gauge|histogram> "<signature>" "<help>"
+//   bounds <b1> ... <bn>                      (histograms)
+//   series <overflow 0|1> <n> "k" "v"... <value>
+//   series <overflow 0|1> <n> "k" "v"... <sum> <count> <c1> ... <cn+1>
+//   counter "<family>" <n> "k" "v"... <value>
+//   checksum <FNV-1a 64 of every byte before this line, 16 hex digits>
+// Strings are quoted; \\, \" and bytes outside 0x20..0x7e are escaped.
+constexpr std::string_view kHeader =
+    "# sshtail_exporter state: positions and series values. Written "
+    "atomically;\n# a checksum guards it, so do not edit it by hand.\n";
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+void Quote(std::string* out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  *out += '"';
+  for (unsigned char c : s) {
+    if (c == '\\' || c == '"') {
+      *out += '\\';
+      *out += static_cast<char>(c);
+    } else if (c < 0x20 || c > 0x7e) {
+      *out += "\\x";
+      *out += kHex[c >> 4];
+      *out += kHex[c & 15];
+    } else {
+      *out += static_cast<char>(c);
+    }
+  }
+  *out += '"';
+}
+
+template <class T>
+void Number(std::string* out, T v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);  // shortest round trip
+  *out += ' ';
+  out->append(buf, static_cast<size_t>(r.ptr - buf));
+}
+
+void Labels(std::string* out, const prometheus::Labels& labels) {
+  Number(out, labels.size());
+  for (const auto& [k, v] : labels) {
+    *out += ' ';
+    Quote(out, k);
+    *out += ' ';
+    Quote(out, v);
+  }
+}
+
+const char* TypeName(MetricType t) {
+  switch (t) {
+    case MetricType::kCounter:
+      return "counter";
+    case MetricType::kGauge:
+      return "gauge";
+    case MetricType::kHistogram:
+      return "histogram";
+  }
+  return "counter";
+}
+
+const std::string& SourceOf(const prometheus::Labels& labels) {
+  static const std::string kNone;
+  auto it = labels.find("source");
+  return it == labels.end() ? kNone : it->second;
+}
+
+// Reads the tokens of one line; every failure is a parse error.
+class Tokens {
+ public:
+  explicit Tokens(std::string_view line) : s_(line) {}
+
+  bool Word(std::string_view* w) {
+    Skip();
+    if (pos_ >= s_.size() || s_[pos_] == '"') return false;
+    size_t start = pos_;
+    while (pos_ < s_.size() && s_[pos_] != ' ') ++pos_;
+    *w = s_.substr(start, pos_ - start);
+    return true;
+  }
+
+  bool String(std::string* out) {
+    Skip();
+    if (pos_ >= s_.size() || s_[pos_] != '"') return false;
+    ++pos_;
+    out->clear();
+    while (pos_ < s_.size()) {
+      char c = s_[pos_++];
+      if (c == '"') return true;
+      if (c != '\\') {
+        *out += c;
+        continue;
+      }
+      if (pos_ >= s_.size()) return false;
+      char e = s_[pos_++];
+      if (e == '\\' || e == '"') {
+        *out += e;
+      } else if (e == 'x' && pos_ + 2 <= s_.size()) {
+        std::string byte;
+        if (!HexDecode(s_.substr(pos_, 2), &byte)) return false;
+        *out += byte;
+        pos_ += 2;
+      } else {
+        return false;
+      }
+    }
+    return false;  // unterminated
+  }
+
+  template <class T>
+  bool Num(T* v) {
+    std::string_view w;
+    if (!Word(&w)) return false;
+    auto r = std::from_chars(w.data(), w.data() + w.size(), *v);
+    return r.ec == std::errc() && r.ptr == w.data() + w.size();
+  }
+
+  bool Labels(prometheus::Labels* labels) {
+    size_t n;
+    if (!Num(&n) || n > 64) return false;
+    labels->clear();
+    for (size_t i = 0; i < n; ++i) {
+      std::string k, v;
+      if (!String(&k) || !String(&v)) return false;
+      if (!labels->emplace(std::move(k), std::move(v)).second) return false;
+    }
+    return true;
+  }
+
+  bool End() {
+    Skip();
+    return pos_ == s_.size();
+  }
+
+ private:
+  void Skip() {
+    while (pos_ < s_.size() && s_[pos_] == ' ') ++pos_;
+  }
+  std::string_view s_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+std::string StateFile::Serialize(
+    const std::map<std::string, SourceState>& sources,
+    const std::vector<MetricSnapshot>& metrics,
+    const std::vector<SavedCounter>& counters) {
+  std::set<std::string_view> names;
+  for (const auto& [url, s] : sources) names.insert(s.name);
+  std::string out(kHeader);
+  out.reserve(1 << 16);
+  out += "version: 2\n";
+  for (const auto& [url, s] : sources) {
+    out += "source ";
+    Quote(&out, url);
+    out += ' ';
+    Quote(&out, s.name);
+    out += '\n';
+    for (const FilePosition& p : s.positions) {
+      out += "position";
+      Number(&out, p.file.dev);
+      Number(&out, p.file.ino);
+      Number(&out, p.offset);
+      out += p.current ? " 1 " : " 0 ";
+      out += p.tail.empty() ? std::string("-") : HexEncode(p.tail);
+      out += '\n';
+    }
+  }
+  for (const MetricSnapshot& m : metrics) {
+    out += "metric ";
+    Quote(&out, m.name);
+    out += ' ';
+    out += TypeName(m.type);
+    out += ' ';
+    Quote(&out, m.signature);
+    out += ' ';
+    Quote(&out, m.help);
+    out += '\n';
+    if (m.type == MetricType::kHistogram) {
+      out += "bounds";
+      for (double b : m.buckets) Number(&out, b);
+      out += '\n';
+    }
+    for (const SeriesSnapshot& s : m.series) {
+      if (!names.count(SourceOf(s.labels))) continue;
+      out += s.overflow ? "series 1" : "series 0";
+      Labels(&out, s.labels);
+      if (m.type == MetricType::kHistogram) {
+        Number(&out, s.histogram.sample_sum);
+        Number(&out, s.histogram.sample_count);
+        for (const auto& b : s.histogram.bucket) {
+          Number(&out, b.cumulative_count);
+        }
+      } else {
+        Number(&out, s.value);
+      }
+      out += '\n';
+    }
+  }
+  for (const SavedCounter& c : counters) {
+    if (!names.count(SourceOf(c.labels))) continue;
+    out += "counter ";
+    Quote(&out, c.family);
+    Labels(&out, c.labels);
+    Number(&out, c.value);
+    out += '\n';
+  }
+  char sum[32];
+  std::snprintf(sum, sizeof sum, "checksum %016llx\n",
+                static_cast<unsigned long long>(Fnv1a(out)));
+  out += sum;
+  return out;
+}
+
+bool StateFile::Parse(std::string_view text, SavedState* out,
+                      std::string* error) {
+  SavedState st;
+  st.version = kVersion;
+  // The checksum trailer first: a damaged file is not read at all.
+  size_t last = text.rfind("\nchecksum ");
+  if (last == std::string_view::npos || text.empty() || text.back() != '\n') {
+    *error = "no checksum line (truncated?)";
+    return false;
+  }
+  std::string_view body = text.substr(0, last + 1);
+  std::string_view trailer = text.substr(last + 1);
+  char want[32];
+  std::snprintf(want, sizeof want, "checksum %016llx\n",
+                static_cast<unsigned long long>(Fnv1a(body)));
+  if (trailer != want) {
+    *error = "checksum mismatch";
+    return false;
+  }
+  size_t line_no = 0;
+  bool seen_version = false;
+  SourceState* source = nullptr;
+  MetricSnapshot* metric = nullptr;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    size_t nl = body.find('\n', pos);
+    std::string_view line = body.substr(pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (line.empty() || line[0] == '#') continue;
+    auto bad = [&](const std::string& why) {
+      *error = "line " + std::to_string(line_no) + ": " + why;
+      return false;
+    };
+    if (!seen_version) {
+      int v = 0;
+      Tokens t(line);
+      std::string_view key;
+      if (!t.Word(&key) || key != "version:" || !t.Num(&v) || !t.End()) {
+        return bad("expected 'version: 2'");
+      }
+      if (v != kVersion) {
+        return bad("version " + std::to_string(v) + ", this build reads " +
+                   std::to_string(kVersion));
+      }
+      seen_version = true;
+      continue;
+    }
+    Tokens t(line);
+    std::string_view kind;
+    if (!t.Word(&kind)) return bad("syntax");
+    if (kind == "source") {
+      std::string url, name;
+      if (!t.String(&url) || !t.String(&name) || !t.End()) {
+        return bad("syntax");
+      }
+      auto [it, fresh] = st.sources.emplace(url, SourceState{name, {}});
+      if (!fresh) return bad("source listed twice");
+      source = &it->second;
+    } else if (kind == "position") {
+      FilePosition p;
+      int current = 0;
+      std::string_view tail;
+      if (source == nullptr || !t.Num(&p.file.dev) || !t.Num(&p.file.ino) ||
+          !t.Num(&p.offset) || !t.Num(&current) || !t.Word(&tail) || !t.End() ||
+          (current != 0 && current != 1)) {
+        return bad("syntax");
+      }
+      p.current = current == 1;
+      if (tail != "-" && (!HexDecode(tail, &p.tail) ||
+                          p.tail.size() > FilePosition::kTailBytes ||
+                          p.tail.size() > p.offset)) {
+        return bad("bad tail");
+      }
+      source->positions.push_back(std::move(p));
+    } else if (kind == "metric") {
+      MetricSnapshot m;
+      std::string_view type;
+      if (!t.String(&m.name) || !t.Word(&type) || !t.String(&m.signature) ||
+          !t.String(&m.help) || !t.End()) {
+        return bad("syntax");
+      }
+      if (type == "counter") {
+        m.type = MetricType::kCounter;
+      } else if (type == "gauge") {
+        m.type = MetricType::kGauge;
+      } else if (type == "histogram") {
+        m.type = MetricType::kHistogram;
+      } else {
+        return bad("unknown metric type");
+      }
+      st.metrics.push_back(std::move(m));
+      metric = &st.metrics.back();
+    } else if (kind == "bounds") {
+      if (metric == nullptr || metric->type != MetricType::kHistogram ||
+          !metric->series.empty()) {
+        return bad("bounds out of place");
+      }
+      metric->buckets.clear();
+      double b;
+      while (!t.End()) {
+        if (!t.Num(&b)) return bad("syntax");
+        metric->buckets.push_back(b);
+      }
+    } else if (kind == "series") {
+      if (metric == nullptr) return bad("series before its metric");
+      SeriesSnapshot s;
+      int overflow = 0;
+      if (!t.Num(&overflow) || (overflow != 0 && overflow != 1) ||
+          !t.Labels(&s.labels)) {
+        return bad("syntax");
+      }
+      s.overflow = overflow == 1;
+      if (metric->type == MetricType::kHistogram) {
+        auto& h = s.histogram;
+        if (!t.Num(&h.sample_sum) || !t.Num(&h.sample_count)) {
+          return bad("syntax");
+        }
+        std::vector<double> bounds = metric->buckets;
+        bounds.push_back(std::numeric_limits<double>::infinity());
+        for (double b : bounds) {
+          prometheus::ClientMetric::Bucket bucket;
+          bucket.upper_bound = b;
+          if (!t.Num(&bucket.cumulative_count)) return bad("syntax");
+          h.bucket.push_back(bucket);
+        }
+      } else if (!t.Num(&s.value)) {
+        return bad("syntax");
+      }
+      if (!t.End()) return bad("syntax");
+      metric->series.push_back(std::move(s));
+    } else if (kind == "counter") {
+      SavedCounter c;
+      if (!t.String(&c.family) || !t.Labels(&c.labels) || !t.Num(&c.value) ||
+          !t.End()) {
+        return bad("syntax");
+      }
+      st.counters.push_back(std::move(c));
+    } else {
+      return bad("unknown record '" + std::string(kind) + "'");
+    }
+  }
+  if (!seen_version) {
+    *error = "no version";
+    return false;
+  }
+  *out = std::move(st);
+  return true;
+}
+
+bool StateFile::Save(const std::map<std::string, SourceState>& sources,
+                     const std::vector<MetricSnapshot>& metrics,
+                     const std::vector<SavedCounter>& counters,
+                     std::string* error) const {
+  return WriteFileAtomically(path_, Serialize(sources, metrics, counters),
+                             error);
+}
+
+SavedState StateFile::Load(std::string* problem) const {
+  problem->clear();
+  SavedState st;
+  std::string text;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    if (!in) {
+      if (errno == ENOENT) return st;
+      *problem = path_ + ": " + std::strerror(errno);
+      return st;  // unreadable: not ours to move away
+    }
+    in.seekg(0, std::ios::end);
+    std::streamoff size = in.tellg();
+    in.seekg(0);
+    if (size < 0 || static_cast<size_t>(size) > kMaxBytes) {
+      text.clear();
+      *problem = "larger than " + std::to_string(kMaxBytes) + " bytes";
+    } else {
+      text.resize(static_cast<size_t>(size));
+      in.read(text.data(), size);
+      if (!in) *problem = "cannot read";
+    }
+  }
+  if (problem->empty()) {
+    // The first record tells the format: `version:` for ours, else the
+    // positions-only YAML of older releases (or a foreign file).
+    std::string_view rest = text;
+    bool blank = true, versioned = false;
+    while (!rest.empty()) {
+      size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
+      if (line.find_first_not_of(" \t\r") == std::string_view::npos ||
+          line[0] == '#') {
+        continue;
+      }
+      blank = false;
+      versioned = line.rfind("version:", 0) == 0;
+      break;
+    }
+    if (blank) return st;
+    if (versioned) {
+      std::string error;
+      if (Parse(text, &st, &error)) return st;
+      *problem = error;
+    } else {
+      try {
+        YAML::Node root = YAML::Load(text);
+        if (!root.IsMap() || !root["sources"] ||
+            !(root["sources"].IsMap() || root["sources"].IsNull())) {
+          *problem = "not a state or positions file";
+        } else {
+          st.version = 1;
+          for (auto& [url, set] : PositionsFile(path_).Load()) {
+            st.sources[url].positions = std::move(set);
+          }
+          return st;
+        }
+      } catch (const std::exception& e) {
+        *problem = e.what();
+      }
+    }
+  }
+  st = SavedState();
+  std::string aside = path_ + ".corrupt-" + std::to_string(std::time(nullptr));
+  if (std::rename(path_.c_str(), aside.c_str()) == 0) {
+    *problem += "; set aside as " + aside;
+  } else {
+    *problem += "; cannot set it aside: " + std::string(std::strerror(errno));
+  }
+  return st;
+}
+
+}  // namespace sshtail
