@@ -30,6 +30,9 @@ BatchPtr BatchQueue::Pop() {
   if (next == items_.end()) return nullptr;
   BatchPtr batch = std::move(*next);
   items_.erase(next);
+  // Ordered: consumers may sleep on a closed queue whose batches were all
+  // blocked; the one that empties it tells them to end.
+  bool drained = ordered_ && closed_ && items_.empty();
   if (ordered_) {
     if (batch->source >= in_flight_.size()) {
       in_flight_.resize(batch->source + 1, false);
@@ -38,6 +41,7 @@ BatchPtr BatchQueue::Pop() {
   }
   lock.unlock();
   not_full_.notify_one();
+  if (drained) not_empty_.notify_all();
   return batch;
 }
 

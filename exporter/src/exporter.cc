@@ -123,6 +123,9 @@ struct Exporter::Impl {
       WebConfig::Load(options.web_config_file);  // fail early, exit 2
     }
     CompiledRules::Build(defs, nullptr);  // fails before the store changes
+    std::vector<std::string> names;
+    for (const auto& sl : source_labels) names.push_back(sl.name);
+    store.SetSources(std::move(names));
     store.Apply(defs);
     rules = CompiledRules::Build(defs, &store);
     // --output openmetrics: the same rules, each with its time field (a
@@ -369,8 +372,7 @@ struct Exporter::Impl {
       } catch (const std::system_error& e) {
         if (!thread_failed) {
           Log(LogLevel::kError,
-              "cannot start a reader thread (" + std::string(e.what()) +
-                  "); " +
+              "cannot start a reader thread (" + std::string(e.what()) + "); " +
                   std::to_string(producers.size() - producers_started) +
                   " reader(s) wait and are retried");
         }

@@ -15,9 +15,11 @@
 #include <chrono>
 #include <cstring>
 #include <list>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "rotated_files.h"
 #include "sshtail/line_splitter.h"
 #include "sshtail/log.h"
 #include "unique_fd.h"
@@ -50,9 +52,30 @@ std::string DirOf(const std::string& path) {
   return path.substr(0, slash);
 }
 
+struct GzClose {
+  void operator()(gzFile_s* f) const { gzclose(f); }
+};
+using GzPtr = std::unique_ptr<gzFile_s, GzClose>;
+
+int64_t MtimeNs(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 +
+         st.st_mtim.tv_nsec;
+}
+
+bool IsGzip(int fd) {
+  unsigned char magic[2] = {0, 0};
+  return ::pread(fd, magic, sizeof magic, 0) == 2 && magic[0] == 0x1f &&
+         magic[1] == 0x8b;
+}
+
 struct OpenFile {
   OpenFile(size_t max_line) : splitter(max_line) {}
   UniqueFd fd;
+  // A rotated file compressed while we were away: read through zlib, its
+  // offsets are those of the decompressed bytes (the original file's).
+  GzPtr gz;
+  std::string hist;       // gz: the last decompressed bytes, for TailBefore
+  bool finished = false;  // gz: read to its end (it never grows)
   FileId id;
   uint64_t start = 0;     // offset the splitter started at
   uint64_t read_pos = 0;  // bytes read so far (file offset of fd)
@@ -60,10 +83,11 @@ struct OpenFile {
   bool current = true;
   Clock::time_point last_growth = Clock::now();
   int wd = -1;
-  std::string tail;              // the last bytes read, to notice a rewrite
+  std::string tail;  // the last bytes read, to notice a rewrite
   uint64_t saved_tail_at = UINT64_MAX;  // FilePosition::tail cache
   std::string saved_tail;
   uint64_t eof_at = UINT64_MAX;  // once mode: stop here
+  int64_t mtime_ns = 0;          // when opened
 
   uint64_t line_offset() const { return start + splitter.complete_bytes(); }
 };
@@ -77,6 +101,7 @@ class FileProducer : public Producer {
         options_(options),
         builder_(queue, index, status, options.batch_bytes),
         dir_(DirOf(spec.path)),
+        base_(spec.path.substr(spec.path.rfind('/') + 1)),
         buf_(kReadChunk) {
     stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     inotify_.Reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
@@ -113,9 +138,7 @@ class FileProducer : public Producer {
     }
     struct stat st {};
     ::fstat(fd.get(), &st);
-    unsigned char magic[2] = {0, 0};
-    if (::pread(fd.get(), magic, sizeof magic, 0) == 2 && magic[0] == 0x1f &&
-        magic[1] == 0x8b) {
+    if (IsGzip(fd.get())) {
       RunOnceGzip(std::move(fd));
       return;
     }
@@ -130,17 +153,12 @@ class FileProducer : public Producer {
     status_.up.store(false);
   }
 
-  struct GzClose {
-    void operator()(gzFile_s* f) const { gzclose(f); }
-  };
-
   // --once of a gzip file (found by its magic bytes, whatever its name):
   // decompressed with zlib, to its end. A corrupt or cut-off file yields
   // its lines up to the damage, logged; the last partial line is dropped.
   void RunOnceGzip(UniqueFd fd) {
     int raw = ::dup(fd.get());
-    std::unique_ptr<gzFile_s, GzClose> gz(raw >= 0 ? gzdopen(raw, "rb")
-                                                   : nullptr);
+    GzPtr gz(raw >= 0 ? gzdopen(raw, "rb") : nullptr);
     if (!gz) {
       if (raw >= 0) ::close(raw);
       Log(LogLevel::kWarn,
@@ -197,26 +215,43 @@ class FileProducer : public Producer {
     bool have_current = false;
     struct stat cur {};
     bool cur_exists = ::stat(spec_.path.c_str(), &cur) == 0;
+    // The saved current file when it is no longer at the path: rotated
+    // (maybe compressed) while we were away.
+    const FilePosition* moved = nullptr;
     // The file at the path first: only it can have been truncated in place.
     for (const auto& p : saved) {
-      if (p.current && cur_exists && IdOf(cur) == p.file) {
+      if (!p.current) continue;
+      if (!cur_exists || !(IdOf(cur) == p.file)) {
+        moved = &p;
+      } else if (!TailMatches(spec_.path, p) && FindInGzip(p, nullptr)) {
+        // Its inode number went to the new file after ours was compressed
+        // and deleted: ours is in a .gz, the path holds a new file.
+        moved = &p;
+      } else {
         have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
       }
     }
+    bool have_ref = false;
+    int64_t ref_mtime = 0;
     for (const auto& p : saved) {
-      if (cur_exists && IdOf(cur) == p.file) continue;
-      // Rotated while we were away: find it by inode next to the path. An
-      // inode number is reused once its file is deleted, so a candidate
-      // whose bytes before the offset differ is someone else's.
-      std::string old = FindByInode(p.file);
-      if (old.empty() || !OpenAt(old, p, false, /*rewritten_from_0=*/false)) {
+      if (p.current && &p != moved) continue;
+      if (!p.current && cur_exists && IdOf(cur) == p.file) continue;
+      int64_t mtime = 0;
+      if (!OpenSaved(p, &mtime)) {
         status_.files_lost.fetch_add(1);
         Log(LogLevel::kWarn, "source " + spec_.name +
                                  ": a rotated file from the positions file is "
                                  "gone; lines after offset " +
                                  std::to_string(p.offset) + " in it are lost");
+        continue;
+      }
+      if (&p == moved) {
+        have_ref = true;
+        ref_mtime = mtime;
       }
     }
+    // Files rotated after ours while we were away hold only new lines.
+    if (have_ref) OpenNewer(ref_mtime, cur_exists ? IdOf(cur) : FileId{});
     if (!saved.empty() && !have_current) {
       // The file at the path is new since the last run: all of it is new.
       TryOpenCurrent(/*from_start=*/true);
@@ -225,6 +260,132 @@ class FileProducer : public Producer {
     if (files_.empty() || !HasCurrent()) {
       TryOpenCurrent(options_.start_at == StartAt::kBeginning);
     }
+  }
+
+  // The saved bytes are still before the saved offset in `path` (true when
+  // nothing was saved to compare).
+  bool TailMatches(const std::string& path, const FilePosition& p) {
+    if (p.tail.empty() || p.tail.size() > p.offset) return true;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) return false;
+    std::string now(p.tail.size(), '\0');
+    ssize_t n = ::pread(fd.get(), now.data(), now.size(),
+                        static_cast<off_t>(p.offset - p.tail.size()));
+    return n == static_cast<ssize_t>(now.size()) && now == p.tail;
+  }
+
+  // Opens a saved file that is not at the path: by inode (plain, or a .gz
+  // we were reading), else by its fingerprint among the .gz siblings (the
+  // inode changes when logrotate compresses it). Sets its mtime.
+  bool OpenSaved(const FilePosition& p, int64_t* mtime) {
+    std::string old = FindByInode(p.file);
+    if (!old.empty()) {
+      UniqueFd probe(::open(old.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+      bool gz = probe && IsGzip(probe.get());
+      if (gz ? OpenGzAt(old, p) : OpenAt(old, p, false, false)) {
+        *mtime = files_.back().mtime_ns;
+        return true;
+      }
+    }
+    return FindInGzip(p, mtime);
+  }
+
+  // The .gz sibling whose decompressed bytes [offset - 64, offset) are the
+  // saved tail: opened at the offset when `mtime` is set, else only found.
+  // Without a tail (offset 0) nothing can be recognised.
+  bool FindInGzip(const FilePosition& p, int64_t* mtime) {
+    if (p.tail.empty() || p.offset == 0) return false;
+    for (const auto& r : ListRotated(spec_.path)) {
+      if (!r.gz || IsOpen(r.id)) continue;
+      if (OpenGzAt(r.path, p)) {
+        Log(LogLevel::kInfo, "source " + spec_.name + ": catching up: " +
+                                 r.path + " holds the rest of the file we " +
+                                 "were reading (compressed while away)");
+        if (mtime != nullptr) {
+          *mtime = files_.back().mtime_ns;
+        } else {
+          files_.pop_back();
+        }
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Rotated siblings modified after the file we were in (`ref_mtime`) were
+  // rotated after it: read whole. Skipped: files already open, the file at
+  // the path, and a .gz whose plain twin is still there (same content).
+  void OpenNewer(int64_t ref_mtime, const FileId& at_path) {
+    std::vector<RotatedFile> list = ListRotated(spec_.path);
+    for (const auto& r : list) {
+      if (r.mtime_ns <= ref_mtime) break;  // newest first
+      if (IsOpen(r.id) || r.id == at_path) continue;
+      if (r.gz && HasPlainTwin(list, r.name)) continue;
+      FilePosition from0{r.id, 0, false, {}};
+      bool ok =
+          r.gz ? OpenGzAt(r.path, from0) : OpenAt(r.path, from0, false, false);
+      if (ok) {
+        Log(LogLevel::kInfo,
+            "source " + spec_.name + ": catching up: " + r.path +
+                " was rotated while away; " + "reading all of it");
+      }
+    }
+  }
+
+  bool IsOpen(const FileId& id) const {
+    for (const auto& f : files_) {
+      if (f.id == id) return true;
+    }
+    return false;
+  }
+
+  // Opens a gzip file as a rotated file, at decompressed offset
+  // `saved.offset`, if the decompressed bytes before it are `saved.tail`.
+  bool OpenGzAt(const std::string& path, const FilePosition& saved) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    if (!fd) return false;
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+        !IsGzip(fd.get())) {
+      return false;
+    }
+    int raw = ::dup(fd.get());
+    GzPtr gz(raw >= 0 ? gzdopen(raw, "rb") : nullptr);
+    if (!gz) {
+      if (raw >= 0) ::close(raw);
+      return false;
+    }
+    gzbuffer(gz.get(), 128 * 1024);
+    // Skip to the tail, then compare it: decompressing is the only way.
+    uint64_t tail_len =
+        saved.tail.size() <= saved.offset ? saved.tail.size() : 0;
+    uint64_t skip = saved.offset - tail_len;
+    while (skip > 0) {
+      unsigned want =
+          static_cast<unsigned>(std::min<uint64_t>(skip, buf_.size()));
+      int n = gzread(gz.get(), buf_.data(), want);
+      if (n <= 0) return false;  // shorter than the offset: not ours
+      skip -= static_cast<uint64_t>(n);
+    }
+    std::string got(tail_len, '\0');
+    size_t have = 0;
+    while (have < got.size()) {
+      int n = gzread(gz.get(), got.data() + have,
+                     static_cast<unsigned>(got.size() - have));
+      if (n <= 0) return false;
+      have += static_cast<size_t>(n);
+    }
+    if (got != saved.tail.substr(0, tail_len)) return false;
+    auto& f = files_.emplace_back(options_.max_line_bytes);
+    f.fd = std::move(fd);
+    f.gz = std::move(gz);
+    f.id = IdOf(st);
+    f.mtime_ns = MtimeNs(st);
+    f.start = saved.offset;
+    f.read_pos = saved.offset;
+    f.current = false;
+    f.hist = got;
+    return true;
   }
 
   bool HasCurrent() const {
@@ -239,7 +400,9 @@ class FileProducer : public Producer {
     if (d == nullptr) return {};
     std::string found;
     while (struct dirent* e = ::readdir(d)) {
-      if (e->d_ino != id.ino) continue;
+      // The file at the path is never the rotated one: an inode number is
+      // reused once its file is deleted.
+      if (e->d_ino != id.ino || base_ == e->d_name) continue;
       std::string candidate = dir_ + "/" + e->d_name;
       struct stat st {};
       if (::stat(candidate.c_str(), &st) == 0 && IdOf(st) == id &&
@@ -255,8 +418,8 @@ class FileProducer : public Producer {
   // Opens `path` at a saved position. If the file is shorter than the
   // offset or the bytes before it changed, it is read from 0 when
   // `rewritten_from_0` (copytruncate), else not opened (not our file).
-  bool OpenAt(const std::string& path, const FilePosition& saved,
-              bool current, bool rewritten_from_0) {
+  bool OpenAt(const std::string& path, const FilePosition& saved, bool current,
+              bool rewritten_from_0) {
     uint64_t offset = saved.offset;
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
     if (!fd) return false;
@@ -280,9 +443,8 @@ class FileProducer : public Producer {
       // Truncated and grown past the offset while we were away
       // (copytruncate): the bytes before the offset are not ours any more.
       std::string now(saved.tail.size(), '\0');
-      ssize_t n =
-          ::pread(fd.get(), now.data(), now.size(),
-                  static_cast<off_t>(offset - saved.tail.size()));
+      ssize_t n = ::pread(fd.get(), now.data(), now.size(),
+                          static_cast<off_t>(offset - saved.tail.size()));
       if (n != static_cast<ssize_t>(now.size()) || now != saved.tail) {
         if (!rewritten_from_0) return false;
         Log(LogLevel::kInfo, "source " + spec_.name + ": " + path +
@@ -298,6 +460,7 @@ class FileProducer : public Producer {
     auto& f = files_.emplace_back(options_.max_line_bytes);
     f.fd = std::move(fd);
     f.id = IdOf(st);
+    f.mtime_ns = MtimeNs(st);
     f.start = offset;
     f.read_pos = offset;
     f.current = current;
@@ -394,7 +557,8 @@ class FileProducer : public Producer {
     // Close drained files.
     auto now = Clock::now();
     for (auto it = files_.begin(); it != files_.end();) {
-      if (!it->current && now - it->last_growth >= kDrainQuiet) {
+      if (!it->current &&
+          (it->finished || now - it->last_growth >= kDrainQuiet)) {
         ReadAvailable(*it);
         Unwatch(*it);
         it = files_.erase(it);
@@ -407,6 +571,7 @@ class FileProducer : public Producer {
   // Truncated (size below what we read) or rewritten (the bytes before our
   // position changed): the copytruncate case.
   bool Truncated(OpenFile& f) {
+    if (f.gz) return false;
     struct stat st {};
     if (::fstat(f.fd.get(), &st) != 0) return false;
     uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -420,6 +585,10 @@ class FileProducer : public Producer {
   }
 
   void ReadAvailable(OpenFile& f) {
+    if (f.gz) {
+      ReadGz(f);
+      return;
+    }
     if (!options_.once && Truncated(f)) {
       Log(LogLevel::kInfo, "source " + spec_.name + ": file truncated; " +
                                "reading it from the start");
@@ -459,6 +628,42 @@ class FileProducer : public Producer {
     }
   }
 
+  // Reads a compressed rotated file to its end. Damage ends it early (the
+  // lines before it are counted), logged.
+  void ReadGz(OpenFile& f) {
+    while (!f.finished) {
+      int n =
+          gzread(f.gz.get(), buf_.data(), static_cast<unsigned>(buf_.size()));
+      if (n <= 0) {
+        int err = Z_OK;
+        const char* msg = gzerror(f.gz.get(), &err);
+        if (n < 0 || err != Z_OK) {
+          Log(LogLevel::kWarn, "source " + spec_.name +
+                                   ": a compressed rotated file is damaged "
+                                   "or cut off (" +
+                                   (msg ? msg : "?") +
+                                   "); lines before the damage are counted");
+        }
+        f.finished = true;
+        break;
+      }
+      f.read_pos += static_cast<uint64_t>(n);
+      f.last_growth = Clock::now();
+      uint64_t before = f.splitter.complete_bytes();
+      f.splitter.Feed(std::string_view(buf_.data(), static_cast<size_t>(n)),
+                      builder_);
+      pending_raw_ += f.splitter.complete_bytes() - before;
+      // Keep the bytes from kFingerprint before the last complete line on.
+      f.hist.append(buf_.data(), static_cast<size_t>(n));
+      size_t keep =
+          static_cast<size_t>(f.read_pos - f.line_offset()) + kFingerprint;
+      if (f.hist.size() > keep + kReadChunk) {
+        f.hist.erase(0, f.hist.size() - keep);
+      }
+      if (builder_.full() && !Publish()) return;
+    }
+  }
+
   void CheckRotation() {
     struct stat st {};
     bool exists = ::stat(spec_.path.c_str(), &st) == 0;
@@ -489,8 +694,18 @@ class FileProducer : public Producer {
   // tell whether the file is still the one we read.
   const std::string& TailBefore(OpenFile& f, uint64_t at) {
     if (f.saved_tail_at == at) return f.saved_tail;
-    size_t want = static_cast<size_t>(
-        std::min<uint64_t>(at, FilePosition::kTailBytes));
+    size_t want =
+        static_cast<size_t>(std::min<uint64_t>(at, FilePosition::kTailBytes));
+    if (f.gz) {
+      size_t back = static_cast<size_t>(f.read_pos - at);
+      if (f.hist.size() >= back + want) {
+        f.saved_tail = f.hist.substr(f.hist.size() - back - want, want);
+      } else {
+        f.saved_tail.clear();
+      }
+      f.saved_tail_at = at;
+      return f.saved_tail;
+    }
     f.saved_tail.assign(want, '\0');
     ssize_t n = ::pread(f.fd.get(), f.saved_tail.data(), want,
                         static_cast<off_t>(at - want));
@@ -537,6 +752,7 @@ class FileProducer : public Producer {
   const ProducerOptions options_;
   BatchBuilder builder_;
   const std::string dir_;
+  const std::string base_;  // the path's file name
   std::vector<char> buf_;
   std::list<OpenFile> files_;
   UniqueFd stop_fd_;

@@ -43,7 +43,7 @@ int64_t MetricStore::NowSeconds() {
 MetricState::MetricState(
     const MetricDef& def, prometheus::Registry& registry,
     prometheus::Family<prometheus::Counter>& overflow_family,
-    SeriesBudget& budget)
+    SeriesBudget& budget, const std::vector<std::string>& sources)
     : def_(def),
       registry_(registry),
       overflow_family_(overflow_family),
@@ -66,6 +66,10 @@ MetricState::MetricState(
           &prometheus::BuildHistogram().Name(def.name).Help(def.help).Register(
               registry);
       break;
+  }
+  for (const auto& source : sources) {
+    sources_[source].overflow_counter =
+        &overflow_family_.Add({{"metric", def_.name}, {"source", source}});
   }
 }
 
@@ -292,8 +296,9 @@ void MetricStore::Apply(const RuleSetDef& rules,
         continue;
       }
       if (it != metrics_.end()) metrics_.erase(it);  // changed: start over
-      next.emplace(def.name, std::make_unique<MetricState>(def, *registry_,
-                                                           overflow_, budget_));
+      next.emplace(def.name,
+                   std::make_unique<MetricState>(def, *registry_, overflow_,
+                                                 budget_, source_names_));
     }
   }
   metrics_.clear();  // removed from the rules: drop their families

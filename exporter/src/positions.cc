@@ -111,7 +111,8 @@ std::map<std::string, PositionSet> PositionsFile::Load() const {
         p.current = item["current"] ? item["current"].as<bool>() : false;
         if (item["tail"] &&
             (!HexDecode(item["tail"].as<std::string>(), &p.tail) ||
-             p.tail.size() > FilePosition::kTailBytes || p.tail.size() > p.offset)) {
+             p.tail.size() > FilePosition::kTailBytes ||
+             p.tail.size() > p.offset)) {
           throw std::runtime_error(path_ + ":" +
                                    std::to_string(item.Mark().line + 1) +
                                    ": bad tail");

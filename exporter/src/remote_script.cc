@@ -85,19 +85,93 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "noop=" + std::string(r.same_is_noop ? "1" : "0") + "\n";
   s += "atend=" + std::string(r.start_at_end ? "1" : "0") + "\n";
   s += "win=" + std::to_string(r.end_window) + "\n";
+  s += "newer=" + std::string(r.list_newer ? "1" : "0") + "\n";
+  // mode=inode: the rotated file is found by inode (plain, or a .gz we
+  // were reading), else by its fingerprint among the .gz rotated siblings
+  // (compression changes the inode): the decompressed bytes before the
+  // offset must be the saved ones. With newer=1 the script also lists the
+  // rotated siblings modified after it ("NEWER dev ino"): rotated after
+  // it while we were away, to be read whole. Same rules as
+  // rotated_files.cc.
   s += R"SH(f=$p
+d=${p%/*}
+[ -n "$d" ] || d=/
+b=${p##*/}
+# A rotated sibling: the path's name, '.' or '-', a digit, then only
+# digits and . _ - (logrotate's .N and dateext), maybe .gz.
+rot() {
+  r=${1##*/}
+  case $r in "$b".[0-9]*|"$b"-[0-9]*) ;; *) return 1 ;; esac
+  r=${r#"$b"?}
+  r=${r%.gz}
+  case $r in *[!0-9._-]*) return 1 ;; esac
+  [ -f "$1" ]
+}
+isgz() { [ "$(od -An -tx1 -N2 /dev/fd/3 | tr -d ' \n')" = 1f8b ]; }
+# The bytes before $off in fd 3 (decompressed if $1 = 1) are $etail.
+tailok() {
+  [ -n "$etail" ] || return 0
+  n=$((${#etail} / 2))
+  if [ "$1" = 1 ]; then
+    got=$(gzip -dc </dev/fd/3 2>/dev/null |
+      od -An -v -tx1 -j $((off - n)) -N "$n" | tr -d ' \n')
+  else
+    got=$(od -An -v -tx1 -j $((off - n)) -N "$n" /dev/fd/3 | tr -d ' \n')
+  fi
+  [ "$got" = "$etail" ]
+}
 if [ "$mode" = inode ]; then
-  d=${p%/*}
-  [ -n "$d" ] || d=/
   f=
+  gz=0
   for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
     # The file at the path is never the rotated one: an inode number is
     # reused once its file is deleted.
     [ -f "$c" ] && [ "$c" != "$p" ] || continue
     set -- $(stat -L -c '%d %i' -- "$c" 2>/dev/null)
-    if [ "$1" = "$edev" ] && [ "$2" = "$eino" ]; then f=$c; break; fi
+    if [ "$1" = "$edev" ] && [ "$2" = "$eino" ]; then
+      { command exec 3<"$c"; } 2>/dev/null && f=$c
+      break
+    fi
   done
+  if [ -n "$f" ] && isgz; then
+    gz=1
+    tailok 1 || f=
+  elif [ -n "$f" ]; then
+    set -- $(stat -L -c '%s' /dev/fd/3)
+    { [ "$1" -ge "$off" ] && tailok 0; } || f=
+  fi
+  if [ -z "$f" ] && [ -n "$etail" ] && [ "$off" -gt 0 ]; then
+    for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      case $c in *.gz) rot "$c" || continue ;; *) continue ;; esac
+      { command exec 3<"$c"; } 2>/dev/null || continue
+      if isgz && tailok 1; then f=$c gz=1; break; fi
+    done
+  fi
   if [ -z "$f" ]; then echo "$t GONE"; exit 0; fi
+  set -- $(stat -L -c '%d %i %s %.9Y' /dev/fd/3)
+  cdev=$1 cino=$2 size=$3 ref=${4%.*}${4#*.}
+  if [ "$newer" = 1 ]; then
+    s=$(stat -L -c '%d %i' -- "$p" 2>/dev/null) || s='- -'
+    k=0
+    for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      rot "$c" || continue
+      # logrotate writes X.gz, then deletes X: read X only.
+      case $c in *.gz) [ -f "${c%.gz}" ] && continue ;; esac
+      m=$(stat -L -c '%d %i %.9Y' -- "$c" 2>/dev/null) || continue
+      set -- $m
+      [ "$1 $2" != "$cdev $cino" ] && [ "$1 $2" != "$s" ] || continue
+      [ "${3%.*}${3#*.}" -gt "$ref" ] || continue
+      echo "$t NEWER $1 $2"
+      k=$((k + 1))
+      [ "$k" -lt 64 ] || break
+    done
+  fi
+  if [ "$gz" = 1 ]; then
+    # A compressed file never grows: its rest, then the end of the channel.
+    echo "$t BEGIN $cdev $cino $off $size"
+    gzip -dc <&3 | tail -c +$((off + 1))
+    exit 0
+  fi
 else
   said=0
   while [ ! -e "$f" ]; do
@@ -109,8 +183,10 @@ else
   # It appeared while we waited: every line of it is new.
   if [ "$said" = 1 ]; then atend=0; fi
 fi
-if [ ! -r "$f" ] || [ ! -f "$f" ]; then echo "$t NOACCESS"; exit 0; fi
-exec 3<"$f"
+if [ "$mode" != inode ]; then
+  if [ ! -r "$f" ] || [ ! -f "$f" ]; then echo "$t NOACCESS"; exit 0; fi
+  exec 3<"$f"
+fi
 set -- $(stat -L -c '%d %i %s' /dev/fd/3)
 cdev=$1 cino=$2 size=$3
 start=0

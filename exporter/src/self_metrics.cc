@@ -145,10 +145,6 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
              "Files that went away before they were read to their end (e.g. "
              "rotated and deleted while the exporter was stopped).",
              MetricType::Counter);
-  auto bytes_lost = Family("sshtail_bytes_lost_total",
-                           "Bytes known to be unread in lost files (a lower "
-                           "bound: a gone file's size may be unknown).",
-                           MetricType::Counter);
   auto last = Family("sshtail_source_last_line_timestamp_seconds",
                      "When the last line of the source was read (unix time; "
                      "0 = never).",
@@ -166,8 +162,6 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
     last.metric.push_back(Gauge(l, s.last_line_time.load()));
     files_lost.metric.push_back(
         Counter(l, static_cast<double>(s.files_lost.load())));
-    bytes_lost.metric.push_back(
-        Counter(l, static_cast<double>(s.bytes_lost.load())));
     if (specs_[i].kind == SourceSpec::Kind::kSsh) {
       for (const auto& [reason, n] : s.Failures()) {
         reconnects.metric.push_back(
@@ -207,7 +201,6 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(rotations));
   out.push_back(std::move(last));
   out.push_back(std::move(files_lost));
-  out.push_back(std::move(bytes_lost));
   out.push_back(std::move(reconnects));
   return out;
 }

@@ -40,6 +40,10 @@ constexpr size_t kMaxHeaderBytes = 64 * 1024;
 constexpr size_t kMaxHeaderLine = 4096;
 constexpr size_t kMaxStderrLine = 4096;
 constexpr size_t kMaxErrText = 1024;
+// Rotated files of one stream read at once while catching up (the others
+// wait in Stream::resume): sshd's MaxSessions (10) bounds the channels of
+// a connection.
+constexpr size_t kMaxDrains = 2;
 
 // One SSH channel running the remote script for one file.
 struct Channel {
@@ -70,6 +74,7 @@ struct Channel {
   std::string err_text;    // stderr that is not a heartbeat, for messages
   Clock::time_point last_data = Clock::now();
   bool closed = false;
+  bool ended = false;  // the remote reader exited by itself
 
   uint64_t file_offset() const {
     return static_cast<uint64_t>(
@@ -397,14 +402,46 @@ class SshConnection : public Producer {
       cur.end_window = po_.max_line_bytes + 2;
     }
     if (!OpenChannel(s, cur, Channel::Role::kCurrent)) return;
-    for (const auto& p : s.resume) {
-      if (p.current) continue;
+    OpenPendingDrains(s);
+  }
+
+  // `p` is the saved position `r` asked for. The offset and tail count
+  // too: an inode number freed by compression can come back as a newer
+  // rotated file, which has its own entry (offset 0).
+  static bool IsRequested(const FilePosition& p, const RemoteRequest& r) {
+    return p.file == r.expect && p.offset == r.offset &&
+           p.tail == r.expect_tail;
+  }
+
+  // A channel other than `except` reads (or will read, once begun) the
+  // file `id`.
+  static bool HasChannelFor(const Stream& s, const FileId& id,
+                            const Channel* except = nullptr) {
+    for (const auto& c : s.channels) {
+      if (c.closed || &c == except) continue;
+      if (c.begun ? c.id == id : c.request.expect == id) return true;
+    }
+    return false;
+  }
+
+  // Opens draining channels for rotated files in `resume` that have none,
+  // at most kMaxDrains at a time.
+  void OpenPendingDrains(Stream& s) {
+    size_t open = 0;
+    for (const auto& c : s.channels) {
+      if (!c.closed && c.role == Channel::Role::kDraining) ++open;
+    }
+    PositionSet todo = s.resume;  // OpenChannel may change s.resume
+    for (const auto& p : todo) {
+      if (open >= kMaxDrains) return;
+      if (p.current || HasChannelFor(s, p.file)) continue;
       RemoteRequest old;
       old.mode = RemoteRequest::Mode::kInode;
       old.expect = p.file;
       old.offset = p.offset;
       old.expect_tail = p.tail;
       if (!OpenChannel(s, old, Channel::Role::kDraining)) return;
+      ++open;
     }
   }
 
@@ -500,10 +537,28 @@ class SshConnection : public Producer {
                                " in it are lost");
       s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
                                     [&](const FilePosition& p) {
-                                      return p.file == c.request.expect;
+                                      return IsRequested(p, c.request);
                                     }),
                      s.resume.end());
       c.closed = true;
+      return;
+    }
+    unsigned long long ndev, nino;
+    if (std::sscanf(rest.c_str(), "NEWER %llu %llu", &ndev, &nino) == 2) {
+      // Rotated after the file being caught up while we were away: read
+      // whole. Kept in resume (offset 0) until its channel has begun.
+      FileId id{ndev, nino};
+      bool known = HasChannelFor(s, id, &c);
+      for (const auto& p : s.resume) {
+        known = known || (!p.current && p.file == id);
+      }
+      if (!known) {
+        Log(LogLevel::kInfo, "source " + s.ref.spec->name +
+                                 ": catching up: a file rotated while away "
+                                 "is read whole");
+        s.resume.push_back(FilePosition{id, 0, false, {}});
+        OpenPendingDrains(s);
+      }
       return;
     }
     if (rest == "NOACCESS") {
@@ -533,10 +588,21 @@ class SshConnection : public Producer {
       // (the window is the whole file when it is small).
       c.drop_until = size - start;
     }
-    if (start > 0 && c.id == c.request.expect && start == c.request.offset) {
+    bool by_inode = c.request.mode == RemoteRequest::Mode::kInode;
+    if (start > 0 && start == c.request.offset &&
+        (c.id == c.request.expect || by_inode)) {
       // The script checked that these bytes are still before `start`.
       c.prefix = c.request.expect_tail;
       c.tail = c.prefix;
+    }
+    if (by_inode && !(c.id == c.request.expect)) {
+      // Found by its fingerprint in a .gz: the channel's position (the .gz's
+      // identity) replaces the saved one.
+      s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
+                                    [&](const FilePosition& p) {
+                                      return IsRequested(p, c.request);
+                                    }),
+                     s.resume.end());
     }
     bool rotated_while_away =
         c.request.expect.valid() && !(c.id == c.request.expect);
@@ -567,6 +633,7 @@ class SshConnection : public Producer {
         old.expect = c.request.expect;
         old.offset = c.request.offset;
         old.expect_tail = c.request.expect_tail;
+        old.list_newer = true;  // files rotated after it are read too
         OpenChannel(s, old, Channel::Role::kDraining);
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
@@ -715,6 +782,23 @@ class SshConnection : public Producer {
         }
         if (c.closed) {
           if (c.role == Channel::Role::kCurrent) SaveChannelPosition(s, c);
+          if (c.role == Channel::Role::kDraining && !c.begun && c.ended) {
+            // Its reader failed before it started (GONE was handled in
+            // Control): not retried for ever, counted.
+            size_t before = s.resume.size();
+            s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
+                                          [&](const FilePosition& p) {
+                                            return IsRequested(p, c.request);
+                                          }),
+                           s.resume.end());
+            if (s.resume.size() != before) {
+              s.ref.status->files_lost.fetch_add(1);
+              Log(LogLevel::kWarn, "source " + s.ref.spec->name +
+                                       ": cannot read a rotated file (" +
+                                       RemoteMessage(c) +
+                                       "); its lines are lost");
+            }
+          }
           if (c.role == Channel::Role::kDraining && c.begun) {
             s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
                                           [&](const FilePosition& p) {
@@ -754,6 +838,7 @@ class SshConnection : public Producer {
                    "the remote reader stopped: " + RemoteMessage(c));
       return;
     }
+    c.ended = true;
     c.closed = true;
   }
 
@@ -782,6 +867,9 @@ class SshConnection : public Producer {
         if (!s->done && !s->HasRole(Channel::Role::kCurrent) &&
             !s->HasRole(Channel::Role::kProbe) && now >= s->retry_at) {
           OpenStream(*s);
+          if (!session_) return;
+        } else if (!po_.once && s->HasRole(Channel::Role::kCurrent)) {
+          OpenPendingDrains(*s);
           if (!session_) return;
         }
       }

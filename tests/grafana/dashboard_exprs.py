@@ -49,6 +49,7 @@ _COUNTERS_AND_GAUGES = {
     "sshtail_source_up": True,
     "sshtail_source_offset_bytes": True,
     "sshtail_rotations_total": True,
+    "sshtail_files_lost_total": True,
     "sshtail_source_last_line_timestamp_seconds": True,
     "sshtail_ssh_reconnects_total": True,
     "sshtail_series_overflow_total": True,

@@ -392,6 +392,67 @@ def run_sidecar_nginx_conf(conf, fmt):
         assert promtext.total(m, 'nginx_http_request_duration_seconds_count') == 4
 
 
+def run_sidecar_nginx_conf_syslog(conf, fmt, source):
+    """Runs the sidecar's nginx.conf with its syslog target moved to a free
+    port (or a socket in a temp dir) and the exporter receiving there; every
+    logged request is counted and parses as --format."""
+    d = harness.tmpdir()
+    if source.startswith('syslog+udp://'):
+        old_target = source[len('syslog+udp://'):]
+        new_target = '127.0.0.1:%d' % harness.free_port()
+        url = 'syslog+udp://' + new_target
+    else:
+        old_target = 'unix:' + source[len('syslog+unix://'):]
+        sock = os.path.join(d, 'nginx.sock')
+        new_target = 'unix:' + sock
+        url = 'syslog+unix://' + sock
+    assert conf.count('server=' + old_target) >= 1, (old_target, conf)
+    exp = harness.Exporter(['--format', fmt, url], d)
+    if url.startswith('syslog+unix://'):
+        os.chmod(sock, 0o666)  # root's nginx workers run as nobody
+    port = harness.free_port()
+    html = os.path.join(d, 'html')
+    os.makedirs(html)
+    with open(os.path.join(html, 'index.html'), 'w') as f:
+        f.write('hi\n')
+    c = conf.replace('server=' + old_target, 'server=' + new_target)
+    c = re.sub(r'(?m)^(\s*)pid\s+\S+;', r'\1pid %s/nginx.pid;' % d, c)
+    c = re.sub(r'(?m)^(\s*)listen\s+\d+\s*;', r'\1listen 127.0.0.1:%d;' % port, c)
+    c = re.sub(r'(?m)^(\s*)root\s+\S+;', r'\1root %s;' % html, c)
+    c = re.sub(r'(?m)^(\s*)error_log\s+\S+', r'\1error_log %s/error.log' % d, c)
+    if not os.path.exists('/etc/nginx/mime.types'):
+        c = re.sub(r'(?m)^\s*include\s+/etc/nginx/mime.types;', '', c)
+    temps = ''.join('  %s_temp_path %s/%s;\n' % (t, d, t)
+                    for t in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
+    c = c.replace('http {', 'http {\n' + temps, 1)
+    c = 'daemon off;\n' + c
+    conf_path = os.path.join(d, 'nginx.conf')
+    with open(conf_path, 'w') as f:
+        f.write(c)
+    nginx = shutil.which('nginx') or '/usr/sbin/nginx'
+    proc = subprocess.Popen([nginx, '-p', d, '-c', conf_path, '-e', os.path.join(d, 'error.log')],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness._cleanups.append(lambda: harness.stop_process(proc))
+    harness.wait_for(lambda: harness.port_open(port) or proc.poll() is not None, 10,
+                     what='sidecar nginx to listen')
+    assert proc.poll() is None, 'sidecar nginx.conf does not start nginx'
+    for path in ('/', '/index.html', '/missing', '/healthz', '/nope?x=1'):
+        try:
+            urllib.request.urlopen('http://127.0.0.1:%d%s' % (port, path), timeout=5).close()
+        except urllib.error.HTTPError:
+            pass
+    # /healthz is not logged: 4 lines.
+    exp.wait_value('sshtail_lines_total', 4, timeout=10)
+    m = exp.metrics()
+    assert promtext.total(m, 'sshtail_lines_unmatched_total') == 0, exp.logs()
+    assert promtext.total(m, 'sshtail_syslog_datagrams_malformed_total') == 0
+    assert promtext.total(m, 'nginx_http_requests_total', status='200') == 2
+    assert promtext.total(m, 'nginx_http_requests_total', status='404') == 2
+    if fmt == 'timed':
+        assert promtext.total(m, 'nginx_http_request_duration_seconds_count') == 4
+    exp.stop()
+
+
 def test_kubernetes_sidecar():
     yaml = yaml_module()
     if yaml is None:
@@ -410,7 +471,8 @@ def test_kubernetes_sidecar():
     assert len(exp) == 1 and len(web) == 1, list(containers)
     exp, web = exp[0], web[0]
 
-    # The exporter follows a file on an emptyDir that nginx mounts too.
+    # The exporter receives nginx's syslog, or follows a file on an emptyDir
+    # that nginx mounts too.
     args = exp.get('command', [])[1:] + exp.get('args', [])
     sources = exporter_sources(args)
     assert sources, args
@@ -428,7 +490,43 @@ def test_kubernetes_sidecar():
     formats = nginx_log_formats(conf)
     access_logs = [a.split() for a in nginx_directives(conf, 'access_log') if a.split()[0] != 'off']
     assert access_logs, 'nginx.conf has no access_log'
-    for src in sources:
+    syslog_sources = [x for x in sources if x.startswith('syslog+')]
+    for src in syslog_sources:
+        # nginx sends to the exporter's socket: the same address (loopback of
+        # the pod), or the same socket file on a shared emptyDir.
+        sent = []
+        for al in access_logs:
+            if not al[0].startswith('syslog:'):
+                continue
+            params = dict(p.split('=', 1) if '=' in p else (p, '')
+                          for p in al[0][len('syslog:'):].split(','))
+            server = params.get('server', '')
+            if src.startswith('syslog+udp://'):
+                if server == src[len('syslog+udp://'):]:
+                    assert server.startswith(('127.', '[::1]')), \
+                        'the syslog port is reachable from outside the pod: %s' % server
+                    sent.append(al)
+            elif server.startswith('unix:'):
+                sock = src[len('syslog+unix://'):]
+                vol, rel = mount_of(exp, sock)
+                wvol, wrel = mount_of(web, server[len('unix:'):])
+                if (vol, rel) == (wvol, wrel):
+                    assert 'emptyDir' in volumes[vol], '%s is not on an emptyDir' % sock
+                    assert not [m for m in exp['volumeMounts']
+                                if m['name'] == vol and m.get('readOnly')], \
+                        'the exporter creates the socket: its volume must be writable'
+                    sent.append(al)
+        assert sent, '%s: nginx sends no access_log there (%s)' % (src, access_logs)
+        for al in sent:
+            assert len(al) >= 2 and al[1] in formats, 'access_log %s has no named format' % al
+            assert formats[al[1]] == FORMATS[fmt], (al, formats[al[1]], FORMATS[fmt])
+    # No volume of the pod grows with traffic when nginx logs to syslog.
+    if syslog_sources and not [x for x in sources if not x.startswith('syslog+')]:
+        for v in volumes.values():
+            if 'emptyDir' in v:
+                assert v['emptyDir'].get('medium') == 'Memory' or \
+                    v['emptyDir'].get('sizeLimit') in ('1Mi', '64Ki'), v
+    for src in [x for x in sources if not x.startswith('syslog+')]:
         vol, rel = mount_of(exp, src)
         assert 'emptyDir' in volumes[vol], '%s is not on an emptyDir' % src
         written = []
@@ -482,7 +580,10 @@ def test_kubernetes_sidecar():
     assert [e for e in sm['spec']['endpoints'] if e.get('port') == 'metrics'], sm['spec']
 
     # The ConfigMap's nginx.conf, run for real: its lines parse as --format.
-    run_sidecar_nginx_conf(conf, fmt)
+    if syslog_sources:
+        run_sidecar_nginx_conf_syslog(conf, fmt, syslog_sources[0])
+    else:
+        run_sidecar_nginx_conf(conf, fmt)
 
 
 # ------------------------------------------------------------------ systemd

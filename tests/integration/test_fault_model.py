@@ -19,7 +19,7 @@ was seen.
 Lines the model expects to be lost (documented: README / issue 9 "when a
 file is truly gone, count what could not be read"): complete lines that were
 not read yet when their file's content was destroyed while the exporter
-could not be reading it -- a rotated file compressed and deleted, a file
+could not be reading it -- a file
 deleted, or a file copied-and-truncated, while the exporter was stopped or
 while the SSH session was frozen and the exporter gave up on it (and the
 reader of the frozen session cannot deliver anything). Everything else is
@@ -449,9 +449,15 @@ class Run:
             self.sync('rotated file drained before compression')
         with open(name, 'rb') as fi, gzip.open(name + '.gz', 'wb') as fo:
             shutil.copyfileobj(fi, fo)
+        shutil.copystat(name, name + '.gz')  # logrotate keeps the mtime too
         os.unlink(name)
         old.linked = False
-        self.destroy_unread(s, old, 'compressed and deleted')
+        if old.rewritten_blind:
+            # Its bytes before the saved offset changed: the .gz cannot be
+            # recognised as ours (README "Catching up after downtime").
+            self.destroy_unread(s, old, 'truncated, then compressed')
+        # Otherwise nothing is lost: a restart or reconnect finds the rest
+        # of the file in the .gz by the 64 bytes before the saved offset.
 
     def _truncate(self, s, why):
         old_size = s.w.size

@@ -106,6 +106,17 @@ def test_positions_file_resumes_after_restart():
     assert exp2.stop() == 0
 
 
+def write_lines(path, lines, mode='a'):
+    with open(path, mode) as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def check_rest(exp, truth, first_n, seed, source):
+    """`exp` counted exactly the lines after the first `first_n`."""
+    _, first = harness.generate(first_n, 'timed', seed=seed)
+    harness.check_truth(exp.metrics(), harness.truth_minus(truth, first), source)
+
+
 def test_copytruncate_and_regrowth_while_stopped_is_read_from_start():
     # Issue 9, defect 6: the bytes before the saved offset changed while no
     # exporter ran; the file must be read again from 0, not from the offset.
@@ -115,21 +126,18 @@ def test_copytruncate_and_regrowth_while_stopped_is_read_from_start():
     lines, truth = harness.generate(2200, 'timed', seed=21)
     args = ['--format', 'timed', '--positions-file', pos,
             '--start-at', 'beginning', path]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines[:1000]) + '\n')
+    write_lines(path, lines[:1000], 'w')
     exp = harness.Exporter(args, d, name='first')
     exp.wait_value('sshtail_lines_total', 1000, source=path)
     assert exp.stop() == 0
     shutil.copy(path, path + '.1')
     with open(path, 'r+') as f:
         f.truncate(0)
-    with open(path, 'a') as f:  # 1200 new lines: past the old offset
-        f.write('\n'.join(lines[1000:]) + '\n')
+    write_lines(path, lines[1000:], 'a')  # 1200 new lines: past the old offset
     assert os.path.getsize(path) > os.path.getsize(path + '.1')
     exp2 = harness.Exporter(args, d, name='second')
     exp2.wait_value('sshtail_lines_total', 1200, source=path)
-    _, first = harness.generate(1000, 'timed', seed=21)
-    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, first), path)
+    check_rest(exp2, truth, 1000, 21, path)
     assert exp2.stop() == 0
 
 
@@ -142,15 +150,13 @@ def test_once_leaves_the_daemons_positions_alone():
     pos = os.path.join(d, 'positions.yml')
     lines, truth = harness.generate(1030, 'timed', seed=22)
     args = ['--format', 'timed', '--positions-file', pos, path]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines[:1000]) + '\n')
+    write_lines(path, lines[:1000], 'w')
     exp = harness.Exporter(args + ['--start-at', 'beginning'], d, name='first')
     exp.wait_value('sshtail_lines_total', 1000, source=path)
     assert exp.stop() == 0
     with open(pos) as f:
         saved = f.read()
-    with open(path, 'a') as f:  # written while the daemon is down
-        f.write('\n'.join(lines[1000:]) + '\n')
+    write_lines(path, lines[1000:], 'a')  # written while the daemon is down
     r = harness.run_once(['--format', 'timed', '--positions-file', pos, path])
     assert r.returncode == 0, r.stderr
     assert promtext.total(promtext.parse(r.stdout), 'nginx_http_requests_total') == 1030
@@ -158,8 +164,7 @@ def test_once_leaves_the_daemons_positions_alone():
         assert f.read() == saved
     exp2 = harness.Exporter(args, d, name='second')
     exp2.wait_value('sshtail_lines_total', 30, source=path)
-    _, first = harness.generate(1000, 'timed', seed=22)
-    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, first), path)
+    check_rest(exp2, truth, 1000, 22, path)
     assert exp2.stop() == 0
 
 
@@ -172,10 +177,8 @@ def test_restore_never_trusts_a_reused_inode():
     path = os.path.join(d, 'access.log')
     other = os.path.join(d, 'copy.log')
     lines, truth = harness.generate(50, 'timed', seed=23)
-    with open(path, 'w') as f:  # created while the exporter was down
-        f.write('\n'.join(lines) + '\n')
-    with open(other, 'w') as f:  # counted long ago
-        f.write('\n'.join(harness.generate(30, 'timed', seed=24)[0]) + '\n')
+    write_lines(path, lines, 'w')  # created while the exporter was down
+    write_lines(other, harness.generate(30, 'timed', seed=24)[0], 'w')  # counted long ago
     st_path, st_other = os.stat(path), os.stat(other)
     pos = os.path.join(d, 'positions.yml')
     wrong = '78' * 16
@@ -198,6 +201,32 @@ def test_restore_never_trusts_a_reused_inode():
     assert exp.stop() == 0
 
 
+def test_truncation_inside_an_over_long_line_is_seen():
+    # Issue 9: a truncation while an over-long line is being skipped must
+    # still restart the file at 0 (local files compare sizes and the bytes
+    # before the read position, whatever the line splitter is doing).
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    lines, truth = harness.generate(120, 'timed', seed=25)
+    write_lines(path, lines[:10], 'w')
+    exp = harness.Exporter(['--format', 'timed', '--max-line-bytes', '1024',
+                            '--start-at', 'beginning', path], d)
+    exp.wait_value('sshtail_lines_total', 10, source=path)
+    with open(path, 'a') as f:  # over-long lines, the last unfinished,
+        f.write('x' * 5000 + '\n' + 'y' * 5000)  # in one write: read at once
+    exp.wait_value('sshtail_lines_too_long_total', 1, source=path)
+    old_size = os.path.getsize(path)
+    with open(path, 'r+') as f:
+        f.truncate(0)
+    write_lines(path, lines[10:], 'a')  # regrows past the old size
+    assert os.path.getsize(path) > old_size  # regrew past where we were
+    exp.wait_value('sshtail_lines_total', 120, source=path)
+    harness.check_truth(exp.metrics(), truth, path)
+    assert exp.value('sshtail_lines_too_long_total', source=path) == 1
+    assert exp.value('sshtail_rotations_total', source=path) == 1
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_tail_rename_and_copytruncate_exact,
                   test_missing_file_is_waited_for_and_read_from_start,
@@ -205,4 +234,5 @@ if __name__ == '__main__':
                   test_positions_file_resumes_after_restart,
                   test_copytruncate_and_regrowth_while_stopped_is_read_from_start,
                   test_once_leaves_the_daemons_positions_alone,
-                  test_restore_never_trusts_a_reused_inode])
+                  test_restore_never_trusts_a_reused_inode,
+                  test_truncation_inside_an_over_long_line_is_seen])

@@ -201,8 +201,8 @@ rules:
   h.Feed(lines);
   CHECK(h.SeriesCount("paths_total") == 4);  // 3 + overflow
   CHECK(h.Value("paths_total", {{"source", "src"}, {"path", "/p0"}}) == 2);
-  CHECK(h.Value("paths_total",
-                {{"source", "src"}, {"path", "__overflow__"}}) == 7);
+  CHECK(h.Value("paths_total", {{"source", "src"}, {"path", "__overflow__"}}) ==
+        7);
   CHECK(h.Overflow("paths_total") == 7);
 }
 

@@ -39,9 +39,9 @@ TEST_CASE("positions file round-trips and is replaced atomically") {
   PositionsFile f(path);
   CHECK(f.Load().empty());
   std::map<std::string, PositionSet> in;
-  in["ssh://h/var/log/a b.log"] = {FilePosition{FileId{2049, 77}, 123, true, ""},
-                                   FilePosition{FileId{2049, 76}, 999, false,
-                                                std::string("a\n\0\xff", 4)}};
+  in["ssh://h/var/log/a b.log"] = {
+      FilePosition{FileId{2049, 77}, 123, true, ""},
+      FilePosition{FileId{2049, 76}, 999, false, std::string("a\n\0\xff", 4)}};
   in["/var/log/x"] = At(5);
   std::string error;
   REQUIRE(f.Save(in, &error));

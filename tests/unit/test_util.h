@@ -17,11 +17,10 @@ namespace sshtail {
 /// A rule set loaded from YAML text, bound to its own store: what the
 /// consumers run, without the threads.
 struct RuleHarness {
-  explicit RuleHarness(const std::string& yaml,
-                       std::vector<SourceLabels> srcs = {{"src", {}}},
-                       RuleContext ctx = {},
-                       size_t max_series_total =
-                           MetricStore::kDefaultMaxSeriesTotal)
+  explicit RuleHarness(
+      const std::string& yaml, std::vector<SourceLabels> srcs = {{"src", {}}},
+      RuleContext ctx = {},
+      size_t max_series_total = MetricStore::kDefaultMaxSeriesTotal)
       : sources(std::move(srcs)),
         overflow_registry(std::make_shared<prometheus::Registry>()),
         overflow(prometheus::BuildCounter()

@@ -107,9 +107,11 @@ void AppendSnapshotExposition(const std::vector<MetricSnapshot>& metrics,
 /// SeriesBudget, every source's new label sets overflow the same way.
 class MetricState {
  public:
+  /// The overflow counters of `sources` exist from the start, at 0.
   MetricState(const MetricDef& def, prometheus::Registry& registry,
               prometheus::Family<prometheus::Counter>& overflow_family,
-              SeriesBudget& budget);
+              SeriesBudget& budget,
+              const std::vector<std::string>& sources = {});
   ~MetricState();
 
   /// The series for `labels`, created if the caps allow; past them, the
@@ -178,6 +180,12 @@ class MetricStore {
                        size_t max_series_total = kDefaultMaxSeriesTotal);
   static constexpr size_t kDefaultMaxSeriesTotal = 250000;
 
+  /// The configured sources: their overflow counters exist from the start
+  /// (at 0), so that increase() sees a first overflow. Before Apply().
+  void SetSources(std::vector<std::string> names) {
+    source_names_ = std::move(names);
+  }
+
   /// Makes the store match `rules`: metrics with an unchanged definition keep
   /// their series and values; others are created or removed.
   /// `publish` runs with the write side held, after the states are
@@ -211,6 +219,7 @@ class MetricStore {
     return std::shared_lock<WriterFirstMutex>(world_);
   }
   const SeriesBudget& budget() const { return budget_; }
+  const std::vector<std::string>& sources() const { return source_names_; }
   uint64_t generation() const { return generation_.load(); }
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -220,6 +229,7 @@ class MetricStore {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& overflow_;
   SeriesBudget budget_;
+  std::vector<std::string> source_names_;
   mutable WriterFirstMutex world_;
   std::atomic<uint64_t> generation_{1};
   std::map<std::string, std::unique_ptr<MetricState>> metrics_;

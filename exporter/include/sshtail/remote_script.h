@@ -25,6 +25,9 @@ struct RemoteRequest {
   bool same_is_noop = false;  ///< kPath: print SAME and exit if unchanged
   bool start_at_end = false;  ///< new file: send only its tail window
   uint64_t end_window = 0;    ///< bytes before the end sent for start_at_end
+  /// kInode: also list the rotated siblings modified after the file found
+  /// ("<tag> NEWER dev ino" lines before BEGIN): rotated after it.
+  bool list_newer = false;
   int heartbeat_seconds = 5;
   std::string tag;         ///< random; starts every control line
   std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern

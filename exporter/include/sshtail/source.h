@@ -56,11 +56,9 @@ struct SourceStatus {
   std::atomic<bool> up{false};
   std::atomic<uint64_t> offset{0};
   std::atomic<uint64_t> rotations{0};
-  /// Files that went away before they were read to their end, and the bytes
-  /// known to be unread in them (a lower bound: a gone file's size may be
-  /// unknown).
+  /// Files that went away before they were read to their end (their size
+  /// is often unknown, so lines are not counted).
   std::atomic<uint64_t> files_lost{0};
-  std::atomic<uint64_t> bytes_lost{0};
   std::atomic<double> last_line_time{0};  ///< unix seconds; 0 = never
   std::atomic<bool> connected_once{false};
   /// syslog: datagrams without a valid RFC 3164 header (or with a newline

@@ -1,0 +1,207 @@
+#include "sshtail/state_file.h"
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "test_util.h"
+
+namespace sshtail {
+namespace {
+
+const char* kRules = R"(
+rules:
+  - name: r
+    regex: '^(?P<method>[A-Z]+) (?P<status>[0-9]+) (?P<t>[0-9.]+)$'
+    metrics:
+      - name: req_total
+        type: counter
+        labels: {method: method, status: status}
+        max_series: 3
+      - name: last_t
+        type: gauge
+        value: t
+        labels: {method: method}
+      - name: t_seconds
+        type: histogram
+        value: t
+        buckets: [0.1, 1, 10]
+        labels: {method: method}
+)";
+
+std::vector<std::string> Lines() {
+  return {"GET 200 0.05", "GET 200 0.5",  "POST 201 2.5", "GET 404 0.01",
+          "PUT 500 20",   "HEAD 200 0.2", "GET 200 0.3",  "weird"};
+}
+
+std::string Exposition(const MetricStore& store) {
+  std::string out;
+  store.AppendExposition(&out);
+  return out;
+}
+
+std::string TempPath(const std::string& name) {
+  return std::filesystem::temp_directory_path() /
+         ("sshtail-state-test-" + std::to_string(getpid()) + "-" + name);
+}
+
+TEST_CASE("a snapshot renders exactly like the live store") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  std::string from_snapshot;
+  AppendSnapshotExposition(h.store.Snapshot(), &from_snapshot);
+  CHECK(from_snapshot == Exposition(h.store));
+  CHECK(from_snapshot.find("req_total{method=\"__overflow__\"") !=
+        std::string::npos);
+}
+
+TEST_CASE("snapshot, serialize, parse and restore give the same values") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  std::map<std::string, SourceState> sources;
+  FilePosition p;
+  p.file = FileId{7, 42};
+  p.offset = 1234;
+  p.tail = std::string("ab\n\x01", 4);
+  sources["/var/log/a.log"] = SourceState{"src", {p}};
+  std::vector<SavedCounter> counters = {
+      {"sshtail_lines_total", {{"source", "src"}}, 8},
+      {"sshtail_lines_total", {{"source", "gone"}}, 99}};
+  std::string text =
+      StateFile::Serialize(sources, h.store.Snapshot(), counters);
+
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  CHECK(st.version == StateFile::kVersion);
+  REQUIRE(st.sources.size() == 1);
+  CHECK(st.sources["/var/log/a.log"].name == "src");
+  CHECK(st.sources["/var/log/a.log"].positions == PositionSet{p});
+  REQUIRE(st.counters.size() == 1);  // only sources that are saved
+  CHECK(st.counters[0].value == 8);
+
+  RuleHarness fresh(kRules);
+  auto restored = fresh.store.Restore(st.metrics);
+  CHECK(restored.size() == 3);
+  CHECK(Exposition(fresh.store) == Exposition(h.store));
+  CHECK(fresh.Value("t_seconds_count",
+                    {{"method", "GET"}, {"source", "src"}}) == 4);
+  CHECK(fresh.Value("t_seconds_sum", {{"method", "GET"}, {"source", "src"}}) ==
+        h.Value("t_seconds_sum", {{"method", "GET"}, {"source", "src"}}));
+
+  // And it continues from there: both see the same lines again.
+  h.Feed(Lines());
+  fresh.Feed(Lines());
+  CHECK(Exposition(fresh.store) == Exposition(h.store));
+}
+
+TEST_CASE("restore respects the caps and keeps totals in the overflow") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  auto snap = h.store.Snapshot();
+  // A smaller global budget now: series past it go to the overflow series.
+  RuleHarness small(kRules, {{"src", {}}}, {}, 2);
+  small.store.Restore(snap);
+  CHECK(small.store.budget().used() <= 2);
+  double total = 0;
+  for (const auto& f : small.store.registry()->Collect()) {
+    if (f.name != "req_total") continue;
+    for (const auto& m : f.metric) total += m.counter.value;
+  }
+  CHECK(total == 7);  // every matching line still counted
+}
+
+TEST_CASE("a redefined metric is not restored") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  auto snap = h.store.Snapshot();
+  std::string changed = kRules;
+  changed.replace(changed.find("buckets: [0.1, 1, 10]"), 21,
+                  "buckets: [0.1, 1, 5]");
+  RuleHarness next(changed);
+  auto restored = next.store.Restore(snap);
+  CHECK(std::find(restored.begin(), restored.end(), "t_seconds") ==
+        restored.end());
+  CHECK(std::find(restored.begin(), restored.end(), "req_total") !=
+        restored.end());
+  CHECK(next.SeriesCount("t_seconds") == 0);
+  CHECK(next.Value("req_total",
+                   {{"method", "GET"}, {"status", "200"}, {"source", "src"}}) ==
+        3);
+}
+
+TEST_CASE("damaged state text is refused whole") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  std::string text = StateFile::Serialize({{"/a", SourceState{"src", {}}}},
+                                          h.store.Snapshot(), {});
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  std::string flipped = text;
+  flipped[flipped.find("series 0") + 7] = '1';
+  CHECK_FALSE(StateFile::Parse(flipped, &st, &error));
+  CHECK(error == "checksum mismatch");
+  CHECK_FALSE(StateFile::Parse(text.substr(0, text.size() / 2), &st, &error));
+  std::string newer = text;
+  newer.replace(newer.find("version: 2"), 10, "version: 3");
+  CHECK_FALSE(StateFile::Parse(newer, &st, &error));  // checksum, then version
+}
+
+TEST_CASE("state file: missing, old positions format, corrupt") {
+  std::string path = TempPath("load");
+  std::filesystem::remove(path);
+  StateFile file(path);
+  std::string problem;
+  SavedState st = file.Load(&problem);
+  CHECK(problem.empty());
+  CHECK(st.version == 0);
+
+  {
+    std::ofstream f(path);
+    f << "# sshtail_exporter positions\nsources:\n  /x.log:\n"
+         "    - {dev: 1, ino: 2, offset: 3, current: true}\n";
+  }
+  st = file.Load(&problem);
+  CHECK(problem.empty());
+  CHECK(st.version == 1);
+  REQUIRE(st.sources.count("/x.log"));
+  CHECK(st.sources["/x.log"].positions.at(0).offset == 3);
+  CHECK(st.metrics.empty());
+
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  std::string error;
+  REQUIRE(file.Save({{"/x.log", SourceState{"src", {}}}}, h.store.Snapshot(),
+                    {}, &error));
+  st = file.Load(&problem);
+  CHECK(problem.empty());
+  CHECK(st.version == 2);
+  CHECK(st.metrics.size() == 3);
+
+  for (const char* bad : {"version: 2\nsource \"x\"\n", "just: [a, yaml]\n",
+                          "\x01\x02 not yaml: ["}) {
+    {
+      std::ofstream f(path);
+      f << bad;
+    }
+    st = file.Load(&problem);
+    CHECK_FALSE(problem.empty());
+    CHECK(st.version == 0);
+    CHECK(st.sources.empty());
+    CHECK_FALSE(std::filesystem::exists(path));  // set aside
+    for (const auto& e : std::filesystem::directory_iterator(
+             std::filesystem::path(path).parent_path())) {
+      if (e.path().string().rfind(path + ".corrupt-", 0) == 0) {
+        std::filesystem::remove(e.path());
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sshtail
