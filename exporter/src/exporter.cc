@@ -762,7 +762,17 @@ int Exporter::RunServer() {
       std::chrono::steady_clock::now() + impl_->options.positions_interval;
   auto next_expire = std::chrono::steady_clock::now() + impl_->expire_every;
   for (;;) {
-    struct timespec ts = {1, 0};
+    // Woken for the next save or expiry: a fixed 1 s wait would stretch a
+    // shorter --positions.sync-interval (and the lines a crash repeats).
+    auto wake = std::min({next_save, next_expire,
+                          std::chrono::steady_clock::now() +
+                              std::chrono::seconds(1)});
+    auto wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       wake - std::chrono::steady_clock::now())
+                       .count();
+    if (wait_ns < 1000000) wait_ns = 1000000;
+    struct timespec ts = {static_cast<time_t>(wait_ns / 1000000000),
+                          static_cast<long>(wait_ns % 1000000000)};
     int sig = sigtimedwait(&set, nullptr, &ts);
     if (sig == SIGTERM || sig == SIGINT) {
       Log(LogLevel::kInfo, "shutting down");

@@ -106,6 +106,31 @@ def test_positions_file_resumes_after_restart():
     assert exp2.stop() == 0
 
 
+def test_positions_are_saved_at_the_configured_interval():
+    # A save every 100 ms bounds what a crash reads again; the main loop
+    # used to wake once a second whatever the interval (regression).
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    pos = os.path.join(d, 'positions.yml')
+    write_lines(path, harness.generate(10, 'timed', seed=3)[0], 'w')
+    exp = harness.Exporter(['--format', 'timed', '--start-at', 'beginning',
+                            '--positions-file', pos,
+                            '--positions.sync-interval', '100ms', path], d)
+    exp.wait_value('sshtail_lines_total', 10, source=path)
+    harness.wait_for(lambda: os.path.exists(pos), what='first positions save')
+    # Each save is an atomic rename: another inode than the one before. Two
+    # seconds hold about 20 saves at 100 ms, 2 or 3 at a once-a-second wake.
+    saves, last = 0, os.stat(pos).st_ino
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        ino = os.stat(pos).st_ino
+        saves += ino != last
+        last = ino
+        time.sleep(0.005)
+    assert saves >= 8, '%d saves in 2 s at a 100 ms interval' % saves
+    assert exp.stop() == 0
+
+
 def write_lines(path, lines, mode='a'):
     with open(path, mode) as f:
         f.write('\n'.join(lines) + '\n')
@@ -232,6 +257,7 @@ if __name__ == '__main__':
                   test_missing_file_is_waited_for_and_read_from_start,
                   test_start_at_end_counts_a_line_being_written,
                   test_positions_file_resumes_after_restart,
+                  test_positions_are_saved_at_the_configured_interval,
                   test_copytruncate_and_regrowth_while_stopped_is_read_from_start,
                   test_once_leaves_the_daemons_positions_alone,
                   test_restore_never_trusts_a_reused_inode,
