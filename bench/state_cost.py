@@ -111,8 +111,18 @@ def one_run(args, work, logs, rules, state):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     hz = os.sysconf('SC_CLK_TCK')
     last_ticks, last_change = 0, start
+    st_path = os.path.join(work, 'state')
+    writes, st_ino = 0, None  # state writes while parsing (atomic renames)
     while True:
         time.sleep(0.02)
+        if state:
+            try:
+                ino = os.stat(st_path).st_ino
+            except FileNotFoundError:
+                ino = None
+            if ino is not None and ino != st_ino:
+                writes += 1
+            st_ino = ino
         if proc.poll() is not None:
             raise SystemExit('exporter exited: %s' % proc.stderr.read().decode())
         t = cpu_ticks(proc.pid)
@@ -137,7 +147,8 @@ def one_run(args, work, logs, rules, state):
     proc.wait(60)
     return {'wall': wall, 'cpu': cpu, 'lines_per_s': want / wall,
             'cpu_us_per_line': cpu / want * 1e6, 'series': series,
-            'scrape_ms': sorted(x * 1000 for x in latencies), 'state_bytes': size}
+            'scrape_ms': sorted(x * 1000 for x in latencies), 'state_bytes': size,
+            'writes': writes}
 
 
 def main():
@@ -168,10 +179,11 @@ def main():
                 res = one_run(args, work, logs, rules, state)
                 results[state].append(res)
                 print('run %d state=%-3s %7.3f s  %9.0f lines/s  %.3f us CPU/line  '
-                      'scrape p50 %.1f ms  (%d series, state %d bytes)'
+                      'scrape p50 %.1f ms  (%d series, state %d bytes, %d writes '
+                      'while parsing)'
                       % (r + 1, 'on' if state else 'off', res['wall'], res['lines_per_s'],
                          res['cpu_us_per_line'], statistics.median(res['scrape_ms']),
-                         res['series'], res['state_bytes']), flush=True)
+                         res['series'], res['state_bytes'], res['writes']), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -196,6 +208,7 @@ def main():
     for q, name in ((0.5, 'p50'), (0.99, 'p99')):
         print('| scrape latency %s | %.1f ms | %.1f ms | |' % (name, pct(False, q), pct(True, q)))
     print('| state file size | | %d bytes | |' % results[True][0]['state_bytes'])
+    print('| state writes while parsing (median) | | %d | |' % med(True, 'writes'))
 
 
 if __name__ == '__main__':

@@ -42,6 +42,20 @@ std::string PercentDecode(std::string_view s) {
   throw std::invalid_argument("source '" + url + "': " + why);
 }
 
+// A decimal port in 1-65535.
+int ParsePort(const std::string& url, std::string_view port) {
+  if (port.empty() || port.size() > 5) BadUrl(url, "invalid port");
+  int p = 0;
+  for (char c : port) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) {
+      BadUrl(url, "invalid port");
+    }
+    p = p * 10 + (c - '0');
+  }
+  if (p < 1 || p > 65535) BadUrl(url, "port out of range (1-65535)");
+  return p;
+}
+
 // syslog+unix:///abs/path or syslog+udp://IP:port ([IPv6]:port).
 void ParseSyslogUrl(const std::string& url, SourceSpec* spec) {
   std::string_view rest(url);
@@ -87,17 +101,8 @@ void ParseSyslogUrl(const std::string& url, SourceSpec* spec) {
                    : "not an IPv4 address "
                      "(IPv6: [addr]:port)");
   }
-  if (port.empty() || port.size() > 5) BadUrl(url, "invalid port");
-  int p = 0;
-  for (char c : port) {
-    if (!std::isdigit(static_cast<unsigned char>(c))) {
-      BadUrl(url, "invalid port");
-    }
-    p = p * 10 + (c - '0');
-  }
   // nginx needs a fixed port to send to.
-  if (p < 1 || p > 65535) BadUrl(url, "port out of range (1-65535)");
-  spec->port = p;
+  spec->port = ParsePort(url, port);
 }
 
 }  // namespace
@@ -158,16 +163,7 @@ SourceSpec ParseSourceUrl(const std::string& url) {
       }
     }
     if (!port.empty() || authority.find(':') != std::string_view::npos) {
-      if (port.empty() || port.size() > 5) BadUrl(url, "invalid port");
-      int p = 0;
-      for (char c : port) {
-        if (!std::isdigit(static_cast<unsigned char>(c))) {
-          BadUrl(url, "invalid port");
-        }
-        p = p * 10 + (c - '0');
-      }
-      if (p < 1 || p > 65535) BadUrl(url, "port out of range");
-      spec.port = p;
+      spec.port = ParsePort(url, port);
     }
     return spec;
   }
