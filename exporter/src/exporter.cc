@@ -764,9 +764,9 @@ int Exporter::RunServer() {
   for (;;) {
     // Woken for the next save or expiry: a fixed 1 s wait would stretch a
     // shorter --positions.sync-interval (and the lines a crash repeats).
-    auto wake = std::min({next_save, next_expire,
-                          std::chrono::steady_clock::now() +
-                              std::chrono::seconds(1)});
+    auto wake =
+        std::min({next_save, next_expire,
+                  std::chrono::steady_clock::now() + std::chrono::seconds(1)});
     auto wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                        wake - std::chrono::steady_clock::now())
                        .count();
