@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "http_gzip.h"
 #include "sshtail/log.h"
 #include "web_config.h"
 
@@ -79,8 +80,19 @@ struct WebServer::Impl {
     bool get = method == "GET" || method == "HEAD";
     if (uri == self->telemetry_path) {
       if (!get) return method_not_allowed("GET, HEAD");
-      self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
-                 self->handlers.metrics());
+      std::string body = self->handlers.metrics();
+      const char* accept = mg_get_header(conn, "Accept-Encoding");
+      if (accept != nullptr && AcceptsGzip(accept)) {
+        // Prometheus asks for gzip; a large exposition shrinks ~10x.
+        std::string gz = GzipCompress(body);
+        if (!gz.empty()) {
+          self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", gz,
+                     "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
+          return 200;
+        }
+      }
+      self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", body,
+                 "Vary: Accept-Encoding\r\n");
       return 200;
     }
     if (uri == "/-/healthy") {

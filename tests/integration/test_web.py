@@ -1,6 +1,7 @@
 """The web endpoint: TLS and basic auth from --web.config.file (exporter-
 toolkit format), checked with real curl/openssl clients; bad web configs;
 /-/ready and /-/reload."""
+import gzip
 import os
 import select
 import shutil
@@ -749,6 +750,36 @@ def test_reload_needs_enable_lifecycle():
     assert exp.stop() == 0
 
 
+def test_metrics_are_gzipped_when_asked():
+    d = harness.tmpdir()
+    path = source_file(d)
+    lines, truth = harness.generate(3000, 'timed', seed=41)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    exp = harness.Exporter(['--format', 'timed', '--start-at', 'beginning', path], d)
+    exp.wait_value('sshtail_lines_total', 3000, source=path)
+
+    def get(accept):
+        req = urllib.request.Request(exp.url + '/metrics')
+        if accept is not None:
+            req.add_header('Accept-Encoding', accept)
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.headers, r.read()
+
+    headers, raw = get('gzip')  # what Prometheus sends
+    assert headers.get('Content-Encoding') == 'gzip'
+    assert headers.get('Vary') == 'Accept-Encoding'
+    assert int(headers['Content-Length']) == len(raw)
+    text = gzip.decompress(raw).decode()
+    assert len(raw) * 4 < len(text)
+    harness.check_truth(promtext.parse(text), truth, path)
+    for accept in (None, 'identity', 'gzip;q=0, br'):
+        headers, raw = get(accept)
+        assert headers.get('Content-Encoding') is None, accept
+        harness.check_truth(promtext.parse(raw.decode()), truth, path)
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_tls_and_basic_auth, test_basic_auth_without_tls, test_tls_without_auth,
                   test_bad_web_config_exits_2_with_one_line,
@@ -756,4 +787,5 @@ if __name__ == '__main__':
                   test_reload_needs_enable_lifecycle,
                   test_idle_and_slowloris_connections_do_not_starve_scrapes,
                   test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
-                  test_tls_restrictions_are_enforced, test_unenforceable_tls_settings_are_refused])
+                  test_tls_restrictions_are_enforced, test_unenforceable_tls_settings_are_refused,
+                  test_metrics_are_gzipped_when_asked])
