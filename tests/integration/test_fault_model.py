@@ -181,6 +181,8 @@ class Inode:
         self.truncated_at = 0.0  # wall time of the last truncation
         self.rewritten_blind = False  # truncated while the reader was away
         self.gz_at = None  # wall time it was compressed (and deleted) at
+        self.name = None  # its path once rotated away (None: deleted)
+        self.saved_at_0 = False  # the reader's last save has it at offset 0
 
     def complete_end(self):
         return self.ends[-1] if self.ends else 0
@@ -314,12 +316,14 @@ class Run:
                 '--positions-file', self.positions, '--positions.sync-interval', '200ms',
                 '--ssh.max-backoff', '1s'] + self.sshd.exporter_args('1s') + \
             [self.src[LOCAL].path, self.sshd.url(self.src[SSH].path)]
+        self.started_at = time.time()
         self.exp = harness.Exporter(args, self.state, name='exp%d' % self.runs)
         self.down = False
         for s in self.src.values():
             s.rot_min = 0
             for ino in s.inodes:  # the new reader has seen these rewrites
                 ino.rewritten_blind = False
+                ino.saved_at_0 = False
         # Both readers running before anything else happens (a rotation
         # racing the first connect would be a blind window of unknown size).
         self.wait(lambda m: all(self.val(m, 'sshtail_source_up', s) == 1
@@ -385,6 +389,27 @@ class Run:
             for ino in s.inodes:
                 ino.read_upto = ino.complete_end()
 
+    @staticmethod
+    def save_predates_truncation(ino, s, saved):
+        """True if the saved position of `ino` lies in its content from
+        before its last truncation: its saved bytes before the offset are
+        not the file's bytes there now."""
+        path = s.path if ino is s.w else ino.name
+        if not ino.linked or path is None:
+            return False
+        for entries in saved.values():
+            for p in entries or []:
+                try:
+                    if (int(p['dev']), int(p['ino'])) != ino.id:
+                        continue
+                    off, tail = int(p['offset']), bytes.fromhex(p.get('tail') or '')
+                except (KeyError, TypeError, ValueError):
+                    continue
+                with open(path, 'rb') as f:
+                    f.seek(max(0, off - len(tail)))
+                    return f.read(len(tail)) != tail or os.path.getsize(path) < off
+        return False
+
     def read_positions(self):
         try:
             import yaml
@@ -421,6 +446,7 @@ class Run:
             s.rot += 1
             name = '%s.%d' % (s.path, s.rot)
             os.rename(s.path, name)
+            old.name = name
         # The writer finishes its line and writes a few more to the old
         # file until it reopens the path (nginx until USR1).
         self.write(s, a['late'])
@@ -459,6 +485,10 @@ class Run:
             # Its bytes before the saved offset changed: the .gz cannot be
             # recognised as ours (README "Catching up after downtime").
             self.destroy_unread(s, old, 'truncated, then compressed')
+        elif old.saved_at_0:
+            # Saved before its first line was read: no bytes to find its
+            # .gz by (README "Catching up after downtime", limits).
+            self.destroy_unread(s, old, 'saved at offset 0, then compressed')
         # Otherwise nothing is lost: a restart or reconnect finds the rest
         # of the file in the .gz by the 64 bytes before the saved offset.
 
@@ -610,21 +640,26 @@ class Run:
                 # A file compressed after the save can be read again from its
                 # .gz: the save names an older file, and catch-up reads the
                 # .gz whole.
+                # (A save is taken at most an interval after the lines it
+                # covers were read, so "after the save" is "in this run".)
                 in_gz = ino.gz_at is not None and (
-                    ino.id in offs or ino.gz_at >= saved_at - 0.05)
+                    ino.id in offs or ino.gz_at >= self.started_at)
                 if not ino.linked and ino is not s.w and not in_gz:
                     continue
+                # A save from before the reader committed its last
+                # truncation: a restart reads the file from 0.
+                stale = ino.truncated_at > 0 and self.save_predates_truncation(ino, s, saved)
+                if stale:
+                    # To the restarted reader this truncation happened while
+                    # it was away: a rotated or compressed copy no longer
+                    # matches the saved bytes.
+                    ino.rewritten_blind = True
+                ino.saved_at_0 = offs.get(ino.id) == [0]
                 since = min(offs.get(ino.id, [0]))
-                if ino.truncated_at >= saved_at - 0.05:
+                if stale or ino.truncated_at >= saved_at - 0.05:
                     since = 0  # the saved offset may be in the old content
                 b += sum(1 for e in ino.ends if since < e <= ino.read_upto)
             bound[s.key] = b
-            for ino in s.inodes:
-                if ino.truncated_at >= saved_at - 0.05:
-                    # The save predates this truncation: to the restarted
-                    # reader it happened while it was away (a rotated or
-                    # compressed copy no longer matches the saved bytes).
-                    ino.rewritten_blind = True
         self._down_window(a)
         # Reads of files destroyed meanwhile cannot be repeated: the bound
         # above only shrinks by that. Now: no line lost, then settle.
