@@ -198,6 +198,7 @@ class Source:
         self.path = os.path.join(directory, 'access.log')
         self.label = label
         self.inodes = []
+        self.copies = []  # copytruncate's copies (read only)
         self.fd = None
         self.w = None          # the inode the writer (nginx) has open
         self.partial = None    # (rest bytes, body) of a line half written to self.w
@@ -494,10 +495,12 @@ class Run:
 
     def _truncate(self, s, why):
         old_size = s.w.size
+        # A reader at offset 0 has no bytes to miss: the file is new to it.
+        was_read = s.w.read_upto > 0
         self.destroy_unread(s, s.w, why)
         os.truncate(s.path, 0)
         s.w.truncated_at = time.time()
-        s.w.rewritten_blind = s.w.rewritten_blind or self.blind(s)
+        s.w.rewritten_blind = s.w.rewritten_blind or (self.blind(s) and was_read)
         s.w.size = 0
         s.w.ends, s.w.bodies = [], []
         s.w.read_upto = 0
@@ -507,7 +510,17 @@ class Run:
         self._live_flush_partial(s)
         s.rot += 1
         seen = None if self.blind(s) else self.val(self.metrics(), 'sshtail_rotations_total', s)
-        shutil.copy(s.path, '%s.%d' % (s.path, s.rot))
+        name = '%s.%d' % (s.path, s.rot)
+        shutil.copy(s.path, name)
+        # The copy is a rotated sibling: a restart that catches up reads it
+        # whole, so the lines read from the original count as read in it.
+        fd = os.open(name, os.O_RDONLY)
+        copy = Inode(fd)
+        os.close(fd)
+        copy.name, copy.copied_at = name, time.time()
+        copy.ends, copy.bodies = list(s.w.ends), list(s.w.bodies)
+        copy.read_upto = s.w.read_upto
+        s.copies.append(copy)
         old_size = self._truncate(s, 'copied and truncated')
         if old_size and not self.blind(s):
             s.rot_min += 1
@@ -659,6 +672,11 @@ class Run:
                 if stale or ino.truncated_at >= saved_at - 0.05:
                     since = 0  # the saved offset may be in the old content
                 b += sum(1 for e in ino.ends if since < e <= ino.read_upto)
+            for c in s.copies:
+                # A stale save names a file older than this run's copies:
+                # catch-up reads them whole.
+                if c.copied_at >= self.started_at:
+                    b += sum(1 for e in c.ends if e <= c.read_upto)
             bound[s.key] = b
         self._down_window(a)
         # Reads of files destroyed meanwhile cannot be repeated: the bound
