@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -140,6 +141,12 @@ struct Exporter::Impl {
       positions = std::make_unique<PositionsFile>(options.positions_file);
       state_file = std::make_unique<StateFile>(options.positions_file);
       keep_values = !options.state_file.empty();
+      // When it was saved: files rotated after that hold only new lines.
+      struct stat st {};
+      int64_t saved_at_ns =
+          ::stat(options.positions_file.c_str(), &st) == 0
+              ? int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec
+              : 0;
       std::string problem;
       SavedState saved = state_file->Load(&problem);
       if (!problem.empty()) {
@@ -149,7 +156,7 @@ struct Exporter::Impl {
       for (size_t i = 0; i < options.sources.size(); ++i) {
         auto it = saved.sources.find(options.sources[i].url);
         if (it != saved.sources.end()) {
-          status[i]->positions.Restore(it->second.positions);
+          status[i]->positions.Restore(it->second.positions, saved_at_ns);
         }
       }
       if (keep_values) RestoreValues(saved);

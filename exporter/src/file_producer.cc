@@ -32,6 +32,9 @@ using Clock = std::chrono::steady_clock;
 // A rotated file is read until it has been quiet this long: writers such as
 // nginx keep appending to it until they reopen their logs.
 constexpr auto kDrainQuiet = std::chrono::seconds(5);
+// A file saved at offset 0 and gone at restart is looked for among files
+// modified after the save, less this (lines written just before it).
+constexpr int64_t kUnreadMarginNs = 1000000000;
 // Safety net when inotify says nothing (NFS, a directory that does not exist
 // yet, writes through mmap).
 constexpr int kFallbackPollMs = 1000;
@@ -218,10 +221,23 @@ class FileProducer : public Producer {
     // The saved current file when it is no longer at the path: rotated
     // (maybe compressed) while we were away.
     const FilePosition* moved = nullptr;
+    // The saved current file had nothing read yet (offset 0): nothing
+    // identifies it (an inode number is reused, a .gz has a new one), so it
+    // is found by time instead: every file rotated after the save, less a
+    // margin for lines written just before it, is read whole.
+    bool unread_current = false;
+    for (const auto& p : saved) {
+      if (p.current && p.offset == 0 && status_.positions.RestoredAt() > 0) {
+        unread_current = true;
+      }
+    }
     // The file at the path first: only it can have been truncated in place.
     for (const auto& p : saved) {
       if (!p.current) continue;
-      if (!cur_exists || !(IdOf(cur) == p.file)) {
+      if (unread_current) {
+        // Whatever is at the path now is read from its start below.
+        if (!cur_exists || !(IdOf(cur) == p.file)) moved = &p;
+      } else if (!cur_exists || !(IdOf(cur) == p.file)) {
         moved = &p;
       } else if (!TailMatches(spec_.path, p) && FindInGzip(p, nullptr)) {
         // Its inode number went to the new file after ours was compressed
@@ -231,10 +247,11 @@ class FileProducer : public Producer {
         have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
       }
     }
-    bool have_ref = false;
-    int64_t ref_mtime = 0;
+    bool have_ref = unread_current;
+    int64_t ref_mtime =
+        unread_current ? status_.positions.RestoredAt() - kUnreadMarginNs : 0;
     for (const auto& p : saved) {
-      if (p.current && &p != moved) continue;
+      if (p.current && (&p != moved || unread_current)) continue;
       if (!p.current && cur_exists && IdOf(cur) == p.file) continue;
       int64_t mtime = 0;
       if (!OpenSaved(p, &mtime)) {

@@ -77,10 +77,16 @@ PositionSet PositionTracker::Committed() const {
   return committed_;
 }
 
-void PositionTracker::Restore(PositionSet restored) {
+void PositionTracker::Restore(PositionSet restored, int64_t saved_at_ns) {
   std::lock_guard lock(mutex_);
   pending_.clear();
   committed_ = std::move(restored);
+  restored_at_ns_ = saved_at_ns;
+}
+
+int64_t PositionTracker::RestoredAt() const {
+  std::lock_guard lock(mutex_);
+  return restored_at_ns_;
 }
 
 std::map<std::string, PositionSet> PositionsFile::Load() const {

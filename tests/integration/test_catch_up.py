@@ -196,6 +196,33 @@ def deleted_is_lost(remote):
     assert exp.stop() == 0
 
 
+def test_quiet_file_saved_at_offset_0_is_found_compressed_local():
+    """Stopped right after a rotation, in a new file not read yet (saved at
+    offset 0: no bytes to find it by); while stopped it gets lines and is
+    rotated twice (.1, then .2.gz: a new inode). It is read from the .gz
+    whole, as a file rotated after the save (regression: counted lost)."""
+    c = Case(False)
+    exp = c.start()
+    c.write(2000)                # A
+    exp.wait_value('sshtail_lines_total', 2000, source=c.label)
+    c.logrotate()                # A -> .1, B new and empty
+    def at_b():
+        st = os.stat(c.path)
+        return any(p['current'] and p['ino'] == st.st_ino and p['offset'] == 0
+                   for p in c.positions())
+    harness.wait_for(at_b, 20, 0.05, 'positions at offset 0 of the new file')
+    assert exp.stop() == 0
+    c.write(600)                 # B, a quiet vhost's log
+    c.logrotate()                # A -> .2.gz, B -> .1, C new
+    c.write(300)
+    c.logrotate()                # A -> .3.gz, B -> .2.gz, C -> .1, D new
+    c.write(200)
+    exp = c.start()
+    c.wait_caught_up(c.at - 2000, 2000)
+    assert exp.value('sshtail_files_lost_total', source=c.label) == 0, exp.logs()
+    assert exp.stop() == 0
+
+
 def test_deleted_file_is_counted_lost_local():
     deleted_is_lost(False)
 
@@ -212,6 +239,7 @@ if __name__ == '__main__':
              test_three_logrotations_while_stopped_ssh,
              test_plain_and_gz_twins_are_read_once_local,
              test_plain_and_gz_twins_are_read_once_ssh,
+             test_quiet_file_saved_at_offset_0_is_found_compressed_local,
              test_deleted_file_is_counted_lost_local,
              test_deleted_file_is_counted_lost_ssh]
     only = [t for t in tests if any(a in t.__name__ for a in sys.argv[1:])]

@@ -486,9 +486,11 @@ class Run:
             # Its bytes before the saved offset changed: the .gz cannot be
             # recognised as ours (README "Catching up after downtime").
             self.destroy_unread(s, old, 'truncated, then compressed')
-        elif old.saved_at_0:
+        elif s.key == SSH and (old.saved_at_0 or old.read_upto == 0):
             # Saved before its first line was read: no bytes to find its
-            # .gz by (README "Catching up after downtime", limits).
+            # .gz by; locally the files rotated after the save are read
+            # instead, the remote script does not yet (README "Catching up
+            # after downtime", limits).
             self.destroy_unread(s, old, 'saved at offset 0, then compressed')
         # Otherwise nothing is lost: a restart or reconnect finds the rest
         # of the file in the .gz by the 64 bytes before the saved offset.
@@ -625,6 +627,12 @@ class Run:
         rc = self.exp.stop(signal.SIGTERM)
         if rc != 0:
             raise Failure('exporter exited with %s on SIGTERM' % rc)
+        saved = self.read_positions()
+        for s in self.src.values():
+            for ino in s.inodes:
+                ino.saved_at_0 = any(
+                    (int(p['dev']), int(p['ino'])) == ino.id and int(p['offset']) == 0
+                    for entries in saved.values() for p in entries or [])
         self._down_window(a)
         self.start_exporter()
         self.sync('after SIGTERM and restart')

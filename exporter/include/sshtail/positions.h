@@ -48,8 +48,11 @@ class PositionTracker {
   void Done(uint64_t seq);
   /// Consumed position; empty if nothing is known yet.
   PositionSet Committed() const;
-  /// Producer at start: what a previous run committed.
-  void Restore(PositionSet restored);
+  /// Producer at start: what a previous run committed, saved at
+  /// `saved_at_ns` (the file's mtime, unix ns; 0: unknown).
+  void Restore(PositionSet restored, int64_t saved_at_ns = 0);
+  /// When the restored positions were saved (0: unknown or none).
+  int64_t RestoredAt() const;
 
  private:
   struct Entry {
@@ -62,6 +65,7 @@ class PositionTracker {
   mutable std::mutex mutex_;
   std::deque<Entry> pending_;
   PositionSet committed_;
+  int64_t restored_at_ns_ = 0;
 };
 
 /// Replaces `path` with `text` atomically: PATH.tmp, fsync, rename, fsync
