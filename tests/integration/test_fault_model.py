@@ -495,11 +495,12 @@ class Run:
         # Otherwise nothing is lost: a restart or reconnect finds the rest
         # of the file in the .gz by the 64 bytes before the saved offset.
 
-    def _truncate(self, s, why):
+    def _truncate(self, s, why, keep=False):
         old_size = s.w.size
         # A reader at offset 0 has no bytes to miss: the file is new to it.
         was_read = s.w.read_upto > 0
-        self.destroy_unread(s, s.w, why)
+        if not keep:
+            self.destroy_unread(s, s.w, why)
         os.truncate(s.path, 0)
         s.w.truncated_at = time.time()
         s.w.rewritten_blind = s.w.rewritten_blind or (self.blind(s) and was_read)
@@ -523,7 +524,10 @@ class Run:
         copy.ends, copy.bodies = list(s.w.ends), list(s.w.bodies)
         copy.read_upto = s.w.read_upto
         s.copies.append(copy)
-        old_size = self._truncate(s, 'copied and truncated')
+        # Saved at offset 0, the local reader finds its unread lines in the
+        # copy (a file rotated after the save, read whole).
+        keep = s.key == LOCAL and s.w.saved_at_0 and self.blind(s)
+        old_size = self._truncate(s, 'copied and truncated', keep)
         if old_size and not self.blind(s):
             s.rot_min += 1
             # The writer goes on only once the reader saw the truncation
