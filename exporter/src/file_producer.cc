@@ -268,7 +268,13 @@ class FileProducer : public Producer {
       }
     }
     // Files rotated after ours while we were away hold only new lines.
-    if (have_ref) OpenNewer(ref_mtime, cur_exists ? IdOf(cur) : FileId{});
+    // Found by time, a file must also have been renamed or created after
+    // the save (rotated, compressed or copied then): rotated files that
+    // were there already are not ours.
+    if (have_ref) {
+      OpenNewer(ref_mtime, cur_exists ? IdOf(cur) : FileId{},
+                unread_current ? status_.positions.RestoredAt() : 0);
+    }
     if (!saved.empty() && !have_current) {
       // The file at the path is new since the last run: all of it is new.
       TryOpenCurrent(/*from_start=*/true);
@@ -332,11 +338,13 @@ class FileProducer : public Producer {
   // Rotated siblings modified after the file we were in (`ref_mtime`) were
   // rotated after it: read whole. Skipped: files already open, the file at
   // the path, and a .gz whose plain twin is still there (same content).
-  void OpenNewer(int64_t ref_mtime, const FileId& at_path) {
+  // With `min_ctime`, only files also renamed or created after it.
+  void OpenNewer(int64_t ref_mtime, const FileId& at_path,
+                 int64_t min_ctime = 0) {
     std::vector<RotatedFile> list = ListRotated(spec_.path);
     for (const auto& r : list) {
       if (r.mtime_ns <= ref_mtime) break;  // newest first
-      if (IsOpen(r.id) || r.id == at_path) continue;
+      if (IsOpen(r.id) || r.id == at_path || r.ctime_ns <= min_ctime) continue;
       if (r.gz && HasPlainTwin(list, r.name)) continue;
       FilePosition from0{r.id, 0, false, {}};
       bool ok =

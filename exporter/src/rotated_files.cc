@@ -51,6 +51,8 @@ std::vector<RotatedFile> ListRotated(const std::string& path) {
                   static_cast<uint64_t>(st.st_ino)};
     r.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 +
                  st.st_mtim.tv_nsec;
+    r.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 +
+                 st.st_ctim.tv_nsec;
     r.gz = gz;
     out.push_back(std::move(r));
   }

@@ -16,7 +16,8 @@ struct RotatedFile {
   std::string name;
   FileId id;
   int64_t mtime_ns = 0;
-  bool gz = false;  ///< name ends in ".gz"
+  int64_t ctime_ns = 0;  ///< renamed, created or linked last (unix ns)
+  bool gz = false;       ///< name ends in ".gz"
 };
 
 /// True if `name` is `base` followed by a rotation suffix: '.' or '-', a
