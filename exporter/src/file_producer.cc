@@ -233,11 +233,9 @@ class FileProducer : public Producer {
     }
     // The file at the path first: only it can have been truncated in place.
     for (const auto& p : saved) {
-      if (!p.current) continue;
-      if (unread_current) {
-        // Whatever is at the path now is read from its start below.
-        if (!cur_exists || !(IdOf(cur) == p.file)) moved = &p;
-      } else if (!cur_exists || !(IdOf(cur) == p.file)) {
+      // Unread: whatever is at the path now is read from its start below.
+      if (!p.current || unread_current) continue;
+      if (!cur_exists || !(IdOf(cur) == p.file)) {
         moved = &p;
       } else if (!TailMatches(spec_.path, p) && FindInGzip(p, nullptr)) {
         // Its inode number went to the new file after ours was compressed
@@ -251,7 +249,7 @@ class FileProducer : public Producer {
     int64_t ref_mtime =
         unread_current ? status_.positions.RestoredAt() - kUnreadMarginNs : 0;
     for (const auto& p : saved) {
-      if (p.current && (&p != moved || unread_current)) continue;
+      if (p.current && &p != moved) continue;
       if (!p.current && cur_exists && IdOf(cur) == p.file) continue;
       int64_t mtime = 0;
       if (!OpenSaved(p, &mtime)) {

@@ -331,18 +331,13 @@ def mount_of(container, path):
     return best[0], best[1]
 
 
-def run_sidecar_nginx_conf(conf, fmt):
-    """Runs the sidecar's nginx.conf (paths moved into a temp dir), sends
-    requests, and checks that `--once --format fmt` parses every line."""
-    d = harness.tmpdir()
-    port = harness.free_port()
-    logs = os.path.join(d, 'logs')
-    html = os.path.join(d, 'html')
-    os.makedirs(logs)
+def write_local_nginx_conf(c, d, port, html):
+    """Writes `c`, a shipped nginx.conf, runnable unprivileged in `d`:
+    pid, error log and temp paths in `d`, listening on 127.0.0.1:`port`,
+    serving `html` (created with an index page). Returns its path."""
     os.makedirs(html)
     with open(os.path.join(html, 'index.html'), 'w') as f:
         f.write('hi\n')
-    c = conf.replace('/var/log/nginx/', logs + '/')
     c = re.sub(r'(?m)^(\s*)pid\s+\S+;', r'\1pid %s/nginx.pid;' % d, c)
     c = re.sub(r'(?m)^(\s*)listen\s+\d+\s*;', r'\1listen 127.0.0.1:%d;' % port, c)
     c = re.sub(r'(?m)^(\s*)root\s+\S+;', r'\1root %s;' % html, c)
@@ -356,6 +351,19 @@ def run_sidecar_nginx_conf(conf, fmt):
     conf_path = os.path.join(d, 'nginx.conf')
     with open(conf_path, 'w') as f:
         f.write(c)
+    return conf_path
+
+
+def run_sidecar_nginx_conf(conf, fmt):
+    """Runs the sidecar's nginx.conf (paths moved into a temp dir), sends
+    requests, and checks that `--once --format fmt` parses every line."""
+    d = harness.tmpdir()
+    port = harness.free_port()
+    logs = os.path.join(d, 'logs')
+    html = os.path.join(d, 'html')
+    os.makedirs(logs)
+    conf_path = write_local_nginx_conf(conf.replace('/var/log/nginx/', logs + '/'),
+                                       d, port, html)
     os.chmod(d, 0o755)
     for p in (html, logs):
         os.chmod(p, 0o755)
@@ -412,23 +420,8 @@ def run_sidecar_nginx_conf_syslog(conf, fmt, source):
         os.chmod(sock, 0o666)  # root's nginx workers run as nobody
     port = harness.free_port()
     html = os.path.join(d, 'html')
-    os.makedirs(html)
-    with open(os.path.join(html, 'index.html'), 'w') as f:
-        f.write('hi\n')
-    c = conf.replace('server=' + old_target, 'server=' + new_target)
-    c = re.sub(r'(?m)^(\s*)pid\s+\S+;', r'\1pid %s/nginx.pid;' % d, c)
-    c = re.sub(r'(?m)^(\s*)listen\s+\d+\s*;', r'\1listen 127.0.0.1:%d;' % port, c)
-    c = re.sub(r'(?m)^(\s*)root\s+\S+;', r'\1root %s;' % html, c)
-    c = re.sub(r'(?m)^(\s*)error_log\s+\S+', r'\1error_log %s/error.log' % d, c)
-    if not os.path.exists('/etc/nginx/mime.types'):
-        c = re.sub(r'(?m)^\s*include\s+/etc/nginx/mime.types;', '', c)
-    temps = ''.join('  %s_temp_path %s/%s;\n' % (t, d, t)
-                    for t in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'))
-    c = c.replace('http {', 'http {\n' + temps, 1)
-    c = 'daemon off;\n' + c
-    conf_path = os.path.join(d, 'nginx.conf')
-    with open(conf_path, 'w') as f:
-        f.write(c)
+    conf_path = write_local_nginx_conf(
+        conf.replace('server=' + old_target, 'server=' + new_target), d, port, html)
     nginx = shutil.which('nginx') or '/usr/sbin/nginx'
     proc = subprocess.Popen([nginx, '-p', d, '-c', conf_path, '-e', os.path.join(d, 'error.log')],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
