@@ -237,9 +237,10 @@ class FileProducer : public Producer {
       if (!p.current || unread_current) continue;
       if (!cur_exists || !(IdOf(cur) == p.file)) {
         moved = &p;
-      } else if (!TailMatches(spec_.path, p) && FindInGzip(p, nullptr)) {
-        // Its inode number went to the new file after ours was compressed
-        // and deleted: ours is in a .gz, the path holds a new file.
+      } else if (!TailMatches(spec_.path, p) && FindInRotated(p, nullptr)) {
+        // Copied and truncated while away, or its inode number went to a
+        // new file after ours was compressed and deleted: the rest of ours
+        // is in a rotated sibling, the path holds new lines.
         moved = &p;
       } else {
         have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
@@ -296,8 +297,8 @@ class FileProducer : public Producer {
   }
 
   // Opens a saved file that is not at the path: by inode (plain, or a .gz
-  // we were reading), else by its fingerprint among the .gz siblings (the
-  // inode changes when logrotate compresses it). Sets its mtime.
+  // we were reading), else by its fingerprint among the rotated siblings
+  // (compression and copytruncate give it a new inode). Sets its mtime.
   bool OpenSaved(const FilePosition& p, int64_t* mtime) {
     std::string old = FindByInode(p.file);
     if (!old.empty()) {
@@ -308,20 +309,21 @@ class FileProducer : public Producer {
         return true;
       }
     }
-    return FindInGzip(p, mtime);
+    return FindInRotated(p, mtime);
   }
 
-  // The .gz sibling whose decompressed bytes [offset - 64, offset) are the
-  // saved tail: opened at the offset when `mtime` is set, else only found.
-  // Without a tail (offset 0) nothing can be recognised.
-  bool FindInGzip(const FilePosition& p, int64_t* mtime) {
+  // The rotated sibling whose bytes [offset - 64, offset) (decompressed for
+  // a .gz) are the saved tail: compressed (new inode) or copied
+  // (copytruncate) while away. Opened at the offset when `mtime` is set,
+  // else only found. Without a tail (offset 0) nothing can be recognised.
+  bool FindInRotated(const FilePosition& p, int64_t* mtime) {
     if (p.tail.empty() || p.offset == 0) return false;
     for (const auto& r : ListRotated(spec_.path)) {
-      if (!r.gz || IsOpen(r.id)) continue;
-      if (OpenGzAt(r.path, p)) {
+      if (IsOpen(r.id)) continue;
+      if (r.gz ? OpenGzAt(r.path, p) : OpenAt(r.path, p, false, false)) {
         Log(LogLevel::kInfo, "source " + spec_.name + ": catching up: " +
                                  r.path + " holds the rest of the file we " +
-                                 "were reading (compressed while away)");
+                                 "were reading (rotated while away)");
         if (mtime != nullptr) {
           *mtime = files_.back().mtime_ns;
         } else {

@@ -86,10 +86,12 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "atend=" + std::string(r.start_at_end ? "1" : "0") + "\n";
   s += "win=" + std::to_string(r.end_window) + "\n";
   s += "newer=" + std::string(r.list_newer ? "1" : "0") + "\n";
+  bool by_time = r.newer_than_ns > 0 && r.offset == 0;
+  s += "since=" + (by_time ? std::to_string(r.newer_than_ns) : "") + "\n";
   // mode=inode: the rotated file is found by inode (plain, or a .gz we
-  // were reading), else by its fingerprint among the .gz rotated siblings
-  // (compression changes the inode): the decompressed bytes before the
-  // offset must be the saved ones. With newer=1 the script also lists the
+  // were reading), else by its fingerprint among the rotated siblings
+  // (compression and copytruncate's copy have a new inode): the
+  // (decompressed) bytes before the offset must be the saved ones. With newer=1 the script also lists the
   // rotated siblings modified after it ("NEWER dev ino"): rotated after
   // it while we were away, to be read whole. Same rules as
   // rotated_files.cc.
@@ -107,6 +109,26 @@ rot() {
   case $r in *[!0-9._-]*) return 1 ;; esac
   [ -f "$1" ]
 }
+# "NEWER dev ino" for each rotated sibling modified after $1 (ns) and
+# changed (ctime) after $2, but not the file $3 ("dev ino") nor the one at
+# the path. logrotate writes X.gz, then deletes X: X only is listed.
+newer() {
+  nref=$1 nmin=$2 nex=$3
+  s=$(stat -L -c '%d %i' -- "$p" 2>/dev/null) || s='- -'
+  k=0
+  for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+    rot "$c" || continue
+    case $c in *.gz) [ -f "${c%.gz}" ] && continue ;; esac
+    m=$(stat -L -c '%d %i %.9Y %.9Z' -- "$c" 2>/dev/null) || continue
+    set -- $m
+    [ "$1 $2" != "$nex" ] && [ "$1 $2" != "$s" ] || continue
+    [ "${3%.*}${3#*.}" -gt "$nref" ] || continue
+    [ "${4%.*}${4#*.}" -gt "$nmin" ] || continue
+    echo "$t NEWER $1 $2"
+    k=$((k + 1))
+    [ "$k" -lt 64 ] || break
+  done
+}
 isgz() { [ "$(od -An -tx1 -N2 /dev/fd/3 | tr -d ' \n')" = 1f8b ]; }
 # The bytes before $off in fd 3 (decompressed if $1 = 1) are $etail.
 tailok() {
@@ -120,6 +142,12 @@ tailok() {
   fi
   [ "$got" = "$etail" ]
 }
+if [ "$mode" = inode ] && [ -n "$since" ]; then
+  # Found by time (as the local reader does): modified after the save less
+  # 1 s, and renamed or created after it.
+  newer $((since - 1000000000)) "$since" -
+  echo "$t GONE"; exit 0
+fi
 if [ "$mode" = inode ]; then
   f=
   gz=0
@@ -141,31 +169,23 @@ if [ "$mode" = inode ]; then
     { [ "$1" -ge "$off" ] && tailok 0; } || f=
   fi
   if [ -z "$f" ] && [ -n "$etail" ] && [ "$off" -gt 0 ]; then
+    # By fingerprint: compressed (new inode), or copied (copytruncate).
     for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-      case $c in *.gz) rot "$c" || continue ;; *) continue ;; esac
+      rot "$c" || continue
       { command exec 3<"$c"; } 2>/dev/null || continue
-      if isgz && tailok 1; then f=$c gz=1; break; fi
+      if isgz; then
+        if tailok 1; then f=$c gz=1; break; fi
+      else
+        set -- $(stat -L -c '%s' /dev/fd/3)
+        if [ "$1" -ge "$off" ] && tailok 0; then f=$c; break; fi
+      fi
     done
   fi
   if [ -z "$f" ]; then echo "$t GONE"; exit 0; fi
   set -- $(stat -L -c '%d %i %s %.9Y' /dev/fd/3)
   cdev=$1 cino=$2 size=$3 ref=${4%.*}${4#*.}
-  if [ "$newer" = 1 ]; then
-    s=$(stat -L -c '%d %i' -- "$p" 2>/dev/null) || s='- -'
-    k=0
-    for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-      rot "$c" || continue
-      # logrotate writes X.gz, then deletes X: read X only.
-      case $c in *.gz) [ -f "${c%.gz}" ] && continue ;; esac
-      m=$(stat -L -c '%d %i %.9Y' -- "$c" 2>/dev/null) || continue
-      set -- $m
-      [ "$1 $2" != "$cdev $cino" ] && [ "$1 $2" != "$s" ] || continue
-      [ "${3%.*}${3#*.}" -gt "$ref" ] || continue
-      echo "$t NEWER $1 $2"
-      k=$((k + 1))
-      [ "$k" -lt 64 ] || break
-    done
-  fi
+  edev=$cdev eino=$cino  # ours, maybe a copy: resumed at the offset below
+  if [ "$newer" = 1 ]; then newer "$ref" 0 "$cdev $cino"; fi
   if [ "$gz" = 1 ]; then
     # A compressed file never grows: its rest, then the end of the channel.
     echo "$t BEGIN $cdev $cino $off $size"

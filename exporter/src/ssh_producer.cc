@@ -75,6 +75,9 @@ struct Channel {
   Clock::time_point last_data = Clock::now();
   bool closed = false;
   bool ended = false;  // the remote reader exited by itself
+  // Looks for the rest of a file truncated while away: not finding it
+  // proves nothing was lost (it may have been emptied at our offset).
+  bool gone_is_unknown = false;
 
   uint64_t file_offset() const {
     return static_cast<uint64_t>(
@@ -175,6 +178,9 @@ struct Stream {
   // files still being drained.
   PositionSet resume;
   bool fresh = true;  // never streamed: --start-at applies
+  // The saved current file had nothing read (offset 0): the files rotated
+  // after this save instant (ns) are found by time, once.
+  int64_t unread_since = 0;
   bool done = false;  // once mode: read to the end
   bool missing_logged = false;
   bool saw_missing = false;  // waited for the file: read it from its start
@@ -207,6 +213,11 @@ class SshConnection : public Producer {
       Stream& s = *streams_.back();
       s.resume = r.status->positions.Committed();
       s.fresh = s.resume.empty();
+      for (const auto& p : s.resume) {
+        if (p.current && p.offset == 0) {
+          s.unread_since = r.status->positions.RestoredAt();
+        }
+      }
     }
     const SourceSpec& first = *refs.front().spec;
     host_ = first.host;
@@ -401,6 +412,16 @@ class SshConnection : public Producer {
       cur.start_at_end = true;
       cur.end_window = po_.max_line_bytes + 2;
     }
+    if (s.unread_since > 0) {
+      // Nothing identifies an unread file (an inode number is reused, a .gz
+      // has a new one): the file at the path is read from its start, and
+      // the ones rotated after the save are listed by time.
+      cur.expect = FileId{};
+      RemoteRequest by_time;
+      by_time.mode = RemoteRequest::Mode::kInode;
+      by_time.newer_than_ns = s.unread_since;
+      if (!OpenChannel(s, by_time, Channel::Role::kDraining)) return;
+    }
     if (!OpenChannel(s, cur, Channel::Role::kCurrent)) return;
     OpenPendingDrains(s);
   }
@@ -528,6 +549,16 @@ class SshConnection : public Producer {
       if (po_.once) s.done = true;
       return;
     }
+    if (rest == "GONE" && c.request.newer_than_ns > 0) {
+      s.unread_since = 0;  // every file rotated since is listed (NEWER)
+      c.closed = true;
+      OpenPendingDrains(s);
+      return;
+    }
+    if (rest == "GONE" && c.gone_is_unknown) {
+      c.closed = true;
+      return;
+    }
     if (rest == "GONE") {
       s.ref.status->files_lost.fetch_add(1);
       Log(LogLevel::kWarn, "source " + s.ref.spec->name +
@@ -541,16 +572,25 @@ class SshConnection : public Producer {
                                     }),
                      s.resume.end());
       c.closed = true;
+      OpenPendingDrains(s);
       return;
     }
     unsigned long long ndev, nino;
     if (std::sscanf(rest.c_str(), "NEWER %llu %llu", &ndev, &nino) == 2) {
       // Rotated after the file being caught up while we were away: read
       // whole. Kept in resume (offset 0) until its channel has begun.
+      // A saved rotated file with this inode number, not reopened yet, may
+      // be another file (the number is reused once a file is deleted): kept
+      // too, and dropped if that file's reader finds it by inode (BEGIN).
       FileId id{ndev, nino};
-      bool known = HasChannelFor(s, id, &c);
+      bool known = false;
+      for (const auto& o : s.channels) {
+        if (&o == &c || o.closed) continue;
+        known = known || (o.begun ? o.id == id
+                                  : o.request.expect == id && o.request.offset == 0);
+      }
       for (const auto& p : s.resume) {
-        known = known || (!p.current && p.file == id);
+        known = known || (!p.current && p.file == id && p.offset == 0);
       }
       if (!known) {
         Log(LogLevel::kInfo, "source " + s.ref.spec->name +
@@ -597,10 +637,20 @@ class SshConnection : public Producer {
     }
     if (by_inode && !(c.id == c.request.expect)) {
       // Found by its fingerprint in a .gz: the channel's position (the .gz's
-      // identity) replaces the saved one.
+      // identity) replaces the saved one. A file listed NEWER with the saved
+      // inode number is another one: it can be read now.
       s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
                                     [&](const FilePosition& p) {
                                       return IsRequested(p, c.request);
+                                    }),
+                     s.resume.end());
+      OpenPendingDrains(s);
+    } else if (by_inode && c.request.offset > 0) {
+      // Found by inode (and content): a NEWER entry for it is this file.
+      s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
+                                    [&](const FilePosition& p) {
+                                      return !p.current && p.file == c.id &&
+                                             p.offset == 0;
                                     }),
                      s.resume.end());
     }
@@ -638,7 +688,20 @@ class SshConnection : public Producer {
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
                start == 0 && c.request.offset > 0) {
-      s.ref.status->rotations.fetch_add(1);  // truncated while away
+      // Truncated while away: the rest of what we were reading is in the
+      // copy if it was copied first (copytruncate), maybe compressed since.
+      s.ref.status->rotations.fetch_add(1);
+      if (!c.request.expect_tail.empty()) {
+        RemoteRequest old;
+        old.mode = RemoteRequest::Mode::kInode;
+        old.expect = c.request.expect;
+        old.offset = c.request.offset;
+        old.expect_tail = c.request.expect_tail;
+        old.list_newer = true;
+        if (OpenChannel(s, old, Channel::Role::kDraining)) {
+          s.channels.back().gone_is_unknown = true;
+        }
+      }
     }
     if (c.role == Channel::Role::kCurrent) {
       s.ref.status->up.store(true);

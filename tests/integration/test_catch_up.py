@@ -78,6 +78,21 @@ class Case:
         (entries,) = (doc.get('sources') or {}).values()
         return entries
 
+    def reuse_inode(self, current, path):
+        """Rewrites the saved (current or rotated) entry with the inode
+        number of `path`, as when the file system gives a freed number to
+        a new file. The file keeps its mtime: the time of the save."""
+        saved_at = os.stat(self.pos).st_mtime_ns
+        with open(self.pos) as f:
+            doc = yaml.safe_load(f)
+        (entries,) = doc['sources'].values()
+        picked = [p for p in entries if p['current'] == current]
+        assert len(picked) == 1, ('no single entry to change', entries)
+        picked[0]['ino'] = os.stat(path).st_ino
+        with open(self.pos, 'w') as f:
+            yaml.safe_dump(doc, f)
+        os.utime(self.pos, ns=(saved_at, saved_at))
+
     def wait_caught_up(self, want_lines, skipped):
         """Waits until this run counted `want_lines` and its positions file
         holds only the file at the path; then checks every counter against
@@ -145,9 +160,15 @@ def gzip_keep(src, dst):
     shutil.copystat(src, dst)
 
 
-def twins_read_once(remote):
+def twins_read_once(remote, reused=False):
     """Stopped in A; two logrotate runs, then a third one stopped between
-    writing access.log.2.gz and deleting access.log.2 (B is in both)."""
+    writing access.log.2.gz and deleting access.log.2 (B is in both).
+
+    reused: the new file at the path has A's inode number (A's .1 was
+    deleted when compressed; seen here). It is shorter than the saved
+    offset, like a file truncated in place: the rest of A and the files
+    after it must still be found (regression over SSH: only the new file
+    was read)."""
     c = Case(remote)
     c.first_run(2000)
     c.write(700)                 # rest of A
@@ -164,6 +185,8 @@ def twins_read_once(remote):
     names = sorted(os.listdir(c.logdir))
     assert names == ['access.log', 'access.log.1', 'access.log.2', 'access.log.2.gz',
                      'access.log.3.gz'], names
+    if reused:
+        c.reuse_inode(True, c.path)
     exp = c.start()
     c.write(300)
     c.wait_caught_up(c.at - 2000, 2000)
@@ -177,6 +200,14 @@ def test_plain_and_gz_twins_are_read_once_local():
 
 def test_plain_and_gz_twins_are_read_once_ssh():
     twins_read_once(True)
+
+
+def test_reused_inode_number_at_the_path_local():
+    twins_read_once(False, reused=True)
+
+
+def test_reused_inode_number_at_the_path_ssh():
+    twins_read_once(True, reused=True)
 
 
 def deleted_is_lost(remote):
@@ -196,12 +227,18 @@ def deleted_is_lost(remote):
     assert exp.stop() == 0
 
 
-def test_quiet_file_saved_at_offset_0_is_found_compressed_local():
+def quiet_file_saved_at_offset_0(remote, reused=False):
     """Stopped right after a rotation, in a new file not read yet (saved at
     offset 0: no bytes to find it by); while stopped it gets lines and is
     rotated twice (.1, then .2.gz: a new inode). It is read from the .gz
-    whole, as a file rotated after the save (regression: counted lost)."""
-    c = Case(False)
+    whole, as a file rotated after the save (regression: counted lost).
+
+    reused: the file before it (A, still being drained at the stop) was
+    saved with the inode number that the file now at .1 has, as happens
+    when the file system reuses a freed number (seen here: A's .1 is
+    deleted when it is compressed, then C is created). That file is
+    another one and is read whole (regression: skipped as "A")."""
+    c = Case(remote)
     exp = c.start()
     c.write(2000)                # A
     exp.wait_value('sshtail_lines_total', 2000, source=c.label)
@@ -217,10 +254,24 @@ def test_quiet_file_saved_at_offset_0_is_found_compressed_local():
     c.write(300)
     c.logrotate()                # A -> .3.gz, B -> .2.gz, C -> .1, D new
     c.write(200)
+    if reused:
+        c.reuse_inode(False, c.path + '.1')
     exp = c.start()
     c.wait_caught_up(c.at - 2000, 2000)
     assert exp.value('sshtail_files_lost_total', source=c.label) == 0, exp.logs()
     assert exp.stop() == 0
+
+
+def test_reused_inode_number_does_not_hide_a_rotated_file_ssh():
+    quiet_file_saved_at_offset_0(True, reused=True)
+
+
+def test_quiet_file_saved_at_offset_0_is_found_compressed_local():
+    quiet_file_saved_at_offset_0(False)
+
+
+def test_quiet_file_saved_at_offset_0_is_found_compressed_ssh():
+    quiet_file_saved_at_offset_0(True)
 
 
 def test_deleted_file_is_counted_lost_local():
@@ -239,7 +290,11 @@ if __name__ == '__main__':
              test_three_logrotations_while_stopped_ssh,
              test_plain_and_gz_twins_are_read_once_local,
              test_plain_and_gz_twins_are_read_once_ssh,
+             test_reused_inode_number_at_the_path_local,
+             test_reused_inode_number_at_the_path_ssh,
              test_quiet_file_saved_at_offset_0_is_found_compressed_local,
+             test_quiet_file_saved_at_offset_0_is_found_compressed_ssh,
+             test_reused_inode_number_does_not_hide_a_rotated_file_ssh,
              test_deleted_file_is_counted_lost_local,
              test_deleted_file_is_counted_lost_ssh]
     only = [t for t in tests if any(a in t.__name__ for a in sys.argv[1:])]

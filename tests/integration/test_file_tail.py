@@ -142,26 +142,29 @@ def check_rest(exp, truth, first_n, seed, source):
     harness.check_truth(exp.metrics(), harness.truth_minus(truth, first), source)
 
 
-def test_copytruncate_and_regrowth_while_stopped_is_read_from_start():
+def test_copytruncate_and_regrowth_while_stopped_reads_the_copy_then_the_file():
     # Issue 9, defect 6: the bytes before the saved offset changed while no
     # exporter ran; the file must be read again from 0, not from the offset.
+    # What was written after the offset and before the copy is read from
+    # the copy (it was counted lost).
     d = harness.tmpdir()
     path = os.path.join(d, 'a.log')
     pos = os.path.join(d, 'positions.yml')
-    lines, truth = harness.generate(2200, 'timed', seed=21)
+    lines, truth = harness.generate(2400, 'timed', seed=21)
     args = ['--format', 'timed', '--positions-file', pos,
             '--start-at', 'beginning', path]
     write_lines(path, lines[:1000], 'w')
     exp = harness.Exporter(args, d, name='first')
     exp.wait_value('sshtail_lines_total', 1000, source=path)
     assert exp.stop() == 0
+    write_lines(path, lines[1000:1100], 'a')  # after the offset: in the copy
     shutil.copy(path, path + '.1')
     with open(path, 'r+') as f:
         f.truncate(0)
-    write_lines(path, lines[1000:], 'a')  # 1200 new lines: past the old offset
+    write_lines(path, lines[1100:], 'a')  # 1300 new lines: past the old offset
     assert os.path.getsize(path) > os.path.getsize(path + '.1')
     exp2 = harness.Exporter(args, d, name='second')
-    exp2.wait_value('sshtail_lines_total', 1200, source=path)
+    exp2.wait_value('sshtail_lines_total', 1400, source=path)
     check_rest(exp2, truth, 1000, 21, path)
     assert exp2.stop() == 0
 
@@ -258,7 +261,7 @@ if __name__ == '__main__':
                   test_start_at_end_counts_a_line_being_written,
                   test_positions_file_resumes_after_restart,
                   test_positions_are_saved_at_the_configured_interval,
-                  test_copytruncate_and_regrowth_while_stopped_is_read_from_start,
+                  test_copytruncate_and_regrowth_while_stopped_reads_the_copy_then_the_file,
                   test_once_leaves_the_daemons_positions_alone,
                   test_restore_never_trusts_a_reused_inode,
                   test_truncation_inside_an_over_long_line_is_seen])

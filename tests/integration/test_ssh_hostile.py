@@ -146,15 +146,17 @@ def test_copytruncate_and_regrow_while_stopped_or_disconnected():
     assert exp.stop() == 0
     old_size = os.path.getsize(path)
 
-    # Stopped: copytruncate, then more bytes than before.
+    # Stopped: lines after the offset, copytruncate, then more bytes than
+    # before. The lines written before the copy are read from the copy.
+    second, truth2 = harness.generate(1300, 'timed', 62)
+    append_lines(path, second[:100])
     shutil.copy(path, path + '.1')
     with open(path, 'r+') as f:
         f.truncate(0)
-    second, truth2 = harness.generate(1200, 'timed', 62)
-    append_lines(path, second)
+    append_lines(path, second[100:])
     assert os.path.getsize(path) > old_size
     exp2 = harness.Exporter(args, d, name='exp2')
-    exp2.wait_value('sshtail_lines_total', 1200, timeout=20, source=SRC)
+    exp2.wait_value('sshtail_lines_total', 1300, timeout=20, source=SRC)
     harness.check_truth(exp2.metrics(), truth2, SRC)
     assert exp2.value('sshtail_source_offset_bytes', source=SRC) == os.path.getsize(path)
 
@@ -163,6 +165,8 @@ def test_copytruncate_and_regrow_while_stopped_or_disconnected():
     sshd.stop()
     sshd.kill_connections()  # a session process can outlive the listener
     exp2.wait_value('sshtail_source_up', 0, timeout=20, source=SRC)
+    rest2, _ = harness.generate(50, 'timed', 65)
+    append_lines(path, rest2)
     shutil.copy(path, path + '.2')
     with open(path, 'r+') as f:
         f.truncate(0)
@@ -170,9 +174,9 @@ def test_copytruncate_and_regrow_while_stopped_or_disconnected():
     append_lines(path, third)
     assert os.path.getsize(path) > size2
     sshd.start(sshd.port)
-    exp2.wait_value('sshtail_lines_total', 2600, timeout=30, source=SRC)
+    exp2.wait_value('sshtail_lines_total', 2750, timeout=30, source=SRC)
     m = exp2.metrics()
-    assert promtext.total(m, 'nginx_http_requests_total', source=SRC) == 2600
+    assert promtext.total(m, 'nginx_http_requests_total', source=SRC) == 2750
     assert exp2.value('sshtail_source_offset_bytes', source=SRC) == os.path.getsize(path)
     assert exp2.stop() == 0
 

@@ -28,6 +28,11 @@ struct RemoteRequest {
   /// kInode: also list the rotated siblings modified after the file found
   /// ("<tag> NEWER dev ino" lines before BEGIN): rotated after it.
   bool list_newer = false;
+  /// kInode with offset 0: the file is not looked for (nothing read from it
+  /// identifies it); instead the rotated siblings modified after this
+  /// instant less 1 s, and renamed or created after it (ctime), are listed
+  /// as NEWER, then GONE. 0: unused.
+  int64_t newer_than_ns = 0;
   int heartbeat_seconds = 5;
   std::string tag;         ///< random; starts every control line
   std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern
