@@ -91,9 +91,9 @@ std::string RemoteScript(const RemoteRequest& r) {
   // mode=inode: the rotated file is found by inode (plain, or a .gz we
   // were reading), else by its fingerprint among the rotated siblings
   // (compression and copytruncate's copy have a new inode): the
-  // (decompressed) bytes before the offset must be the saved ones. With newer=1 the script also lists the
-  // rotated siblings modified after it ("NEWER dev ino"): rotated after
-  // it while we were away, to be read whole. Same rules as
+  // (decompressed) bytes before the offset must be the saved ones. With newer=1
+  // the script also lists the rotated siblings modified after it ("NEWER dev
+  // ino"): rotated after it while we were away, to be read whole. Same rules as
   // rotated_files.cc.
   s += R"SH(f=$p
 d=${p%/*}

@@ -586,8 +586,9 @@ class SshConnection : public Producer {
       bool known = false;
       for (const auto& o : s.channels) {
         if (&o == &c || o.closed) continue;
-        known = known || (o.begun ? o.id == id
-                                  : o.request.expect == id && o.request.offset == 0);
+        known = known ||
+                (o.begun ? o.id == id
+                         : o.request.expect == id && o.request.offset == 0);
       }
       for (const auto& p : s.resume) {
         known = known || (!p.current && p.file == id && p.offset == 0);
