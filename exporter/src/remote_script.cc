@@ -88,6 +88,8 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "newer=" + std::string(r.list_newer ? "1" : "0") + "\n";
   bool by_time = r.newer_than_ns > 0 && r.offset == 0;
   s += "since=" + (by_time ? std::to_string(r.newer_than_ns) : "") + "\n";
+  s += "before=" +
+       (r.newer_before_ns > 0 ? std::to_string(r.newer_before_ns) : "") + "\n";
   // mode=inode: the rotated file is found by inode (plain, or a .gz we
   // were reading), else by its fingerprint among the rotated siblings
   // (compression and copytruncate's copy have a new inode): the
@@ -110,10 +112,11 @@ rot() {
   [ -f "$1" ]
 }
 # "NEWER dev ino" for each rotated sibling modified after $1 (ns) and
-# changed (ctime) after $2, but not the file $3 ("dev ino") nor the one at
-# the path. logrotate writes X.gz, then deletes X: X only is listed.
+# changed (ctime) after $2 and, if $4 is set, not after $4, but not the
+# file $3 ("dev ino") nor the one at the path. logrotate writes X.gz, then
+# deletes X: X only is listed.
 newer() {
-  nref=$1 nmin=$2 nex=$3
+  nref=$1 nmin=$2 nex=$3 nmax=$4
   s=$(stat -L -c '%d %i' -- "$p" 2>/dev/null) || s='- -'
   k=0
   for c in "$d"/* "$d"/.[!.]* "$d"/..?*; do
@@ -124,6 +127,7 @@ newer() {
     [ "$1 $2" != "$nex" ] && [ "$1 $2" != "$s" ] || continue
     [ "${3%.*}${3#*.}" -gt "$nref" ] || continue
     [ "${4%.*}${4#*.}" -gt "$nmin" ] || continue
+    [ -z "$nmax" ] || [ "${4%.*}${4#*.}" -le "$nmax" ] || continue
     echo "$t NEWER $1 $2"
     k=$((k + 1))
     [ "$k" -lt 64 ] || break
@@ -185,7 +189,7 @@ if [ "$mode" = inode ]; then
   set -- $(stat -L -c '%d %i %s %.9Y' /dev/fd/3)
   cdev=$1 cino=$2 size=$3 ref=${4%.*}${4#*.}
   edev=$cdev eino=$cino  # ours, maybe a copy: resumed at the offset below
-  if [ "$newer" = 1 ]; then newer "$ref" 0 "$cdev $cino"; fi
+  if [ "$newer" = 1 ]; then newer "$ref" 0 "$cdev $cino" "$before"; fi
   if [ "$gz" = 1 ]; then
     # A compressed file never grows: its rest, then the end of the channel.
     echo "$t BEGIN $cdev $cino $off $size"
@@ -207,6 +211,8 @@ if [ "$mode" != inode ]; then
   if [ ! -r "$f" ] || [ ! -f "$f" ]; then echo "$t NOACCESS"; exit 0; fi
   exec 3<"$f"
 fi
+now=$(date +%s%N 2>/dev/null)
+case $now in *[!0-9]*) now= ;; esac
 set -- $(stat -L -c '%d %i %s' /dev/fd/3)
 cdev=$1 cino=$2 size=$3
 start=0
@@ -234,7 +240,7 @@ if [ "$cdev" = "$edev" ] && [ "$cino" = "$eino" ]; then
 elif [ "$atend" = 1 ] && [ "$size" -gt "$win" ]; then
   start=$((size - win))
 fi
-echo "$t BEGIN $cdev $cino $start $size"
+echo "$t BEGIN $cdev $cino $start $size $now"
 if [ "$mode" = once ]; then
   # A gzip file (by its magic bytes, whatever its name) is sent
   # decompressed. od reopens /dev/fd/3: fd 3 stays at offset 0.

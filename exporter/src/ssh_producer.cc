@@ -613,9 +613,9 @@ class SshConnection : public Producer {
       c.closed = true;
       return;
     }
-    unsigned long long dev, ino, start, size;
-    if (std::sscanf(rest.c_str(), "BEGIN %llu %llu %llu %llu", &dev, &ino,
-                    &start, &size) != 4) {
+    unsigned long long dev, ino, start, size, now = 0;
+    if (std::sscanf(rest.c_str(), "BEGIN %llu %llu %llu %llu %llu", &dev, &ino,
+                    &start, &size, &now) < 4) {
       StreamFailed(s, "protocol", "unexpected reply from the remote reader");
       return;
     }
@@ -685,6 +685,7 @@ class SshConnection : public Producer {
         old.offset = c.request.offset;
         old.expect_tail = c.request.expect_tail;
         old.list_newer = true;  // files rotated after it are read too
+        old.newer_before_ns = static_cast<int64_t>(now);
         OpenChannel(s, old, Channel::Role::kDraining);
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
@@ -699,6 +700,7 @@ class SshConnection : public Producer {
         old.offset = c.request.offset;
         old.expect_tail = c.request.expect_tail;
         old.list_newer = true;
+        old.newer_before_ns = static_cast<int64_t>(now);
         if (OpenChannel(s, old, Channel::Role::kDraining)) {
           s.channels.back().gone_is_unknown = true;
         }

@@ -183,6 +183,11 @@ class Inode:
         self.gz_at = None  # wall time it was compressed (and deleted) at
         self.name = None  # its path once rotated away (None: deleted)
         self.saved_at_0 = False  # the reader's last save has it at offset 0
+        # Truncated while blind by copytruncate: the reader finds the rest
+        # in the copy (by the saved bytes, or as a file newer than its own).
+        self.copied_blind = False
+        self.born_blind = False  # created while the reader was away
+        self.last_trunc_copy = False  # its last truncation was a copytruncate
 
     def complete_end(self):
         return self.ends[-1] if self.ends else 0
@@ -323,7 +328,7 @@ class Run:
         for s in self.src.values():
             s.rot_min = 0
             for ino in s.inodes:  # the new reader has seen these rewrites
-                ino.rewritten_blind = False
+                ino.rewritten_blind = ino.copied_blind = ino.born_blind = False
                 ino.saved_at_0 = False
         # Both readers running before anything else happens (a rotation
         # racing the first connect would be a blind window of unknown size).
@@ -452,6 +457,7 @@ class Run:
         # file until it reopens the path (nginx until USR1).
         self.write(s, a['late'])
         s.reopen()
+        s.w.born_blind = self.blind(s)
         self.write(s, a['new'])
         if not self.blind(s):
             s.rot_min += 1
@@ -459,7 +465,7 @@ class Run:
 
     def op_rename(self, s, a):
         old, _ = self._rotate_away(s, a, False)
-        if old.rewritten_blind:
+        if old.rewritten_blind and not old.copied_blind:
             # Truncated and then rotated away while the reader was away: the
             # bytes before the saved offset differ, which a resume cannot
             # tell from an inode number reused by another file (README:
@@ -480,18 +486,19 @@ class Run:
         shutil.copystat(name, name + '.gz')  # logrotate keeps the mtime too
         os.unlink(name)
         old.linked = False
-        if not old.rewritten_blind:
+        rewritten = old.rewritten_blind and not old.copied_blind
+        if not rewritten:
             old.gz_at = time.time()  # its content lives on in the .gz
-        if old.rewritten_blind:
-            # Its bytes before the saved offset changed: the .gz cannot be
-            # recognised as ours (README "Catching up after downtime").
+        if rewritten:
+            # Its bytes before the saved offset changed (and no copy holds
+            # them): the .gz cannot be recognised as ours (README "Catching
+            # up after downtime").
             self.destroy_unread(s, old, 'truncated, then compressed')
-        elif s.key == SSH and (old.saved_at_0 or old.read_upto == 0):
-            # Saved before its first line was read: no bytes to find its
-            # .gz by; locally the files rotated after the save are read
-            # instead, the remote script does not yet (README "Catching up
-            # after downtime", limits).
-            self.destroy_unread(s, old, 'saved at offset 0, then compressed')
+        elif (s.key == SSH and not self.down and old.read_upto == 0 and
+              not old.born_blind and not old.copied_blind):
+            # A reconnect (not a restart) at offset 0 of it: no bytes to
+            # find its .gz by, and only a restart looks for files by time.
+            self.destroy_unread(s, old, 'at offset 0 on reconnect, then compressed')
         # Otherwise nothing is lost: a restart or reconnect finds the rest
         # of the file in the .gz by the 64 bytes before the saved offset.
 
@@ -504,6 +511,7 @@ class Run:
         os.truncate(s.path, 0)
         s.w.truncated_at = time.time()
         s.w.rewritten_blind = s.w.rewritten_blind or (self.blind(s) and was_read)
+        s.w.last_trunc_copy = False
         s.w.size = 0
         s.w.ends, s.w.bodies = [], []
         s.w.read_upto = 0
@@ -524,10 +532,18 @@ class Run:
         copy.ends, copy.bodies = list(s.w.ends), list(s.w.bodies)
         copy.read_upto = s.w.read_upto
         s.copies.append(copy)
-        # Saved at offset 0, the local reader finds its unread lines in the
-        # copy (a file rotated after the save, read whole).
-        keep = s.key == LOCAL and s.w.saved_at_0 and self.blind(s)
+        # While blind the reader finds the unread lines in the copy: by the
+        # bytes before its saved offset, as a file newer than the one it was
+        # in, or by time (a restart, saved at offset 0). Not: when those
+        # bytes were rewritten without a copy, or on a reconnect at offset
+        # 0 of this file.
+        w = s.w
+        keep = self.blind(s) and not (w.rewritten_blind and not w.copied_blind) and (
+            self.down or w.read_upto > 0 or w.born_blind or w.copied_blind)
         old_size = self._truncate(s, 'copied and truncated', keep)
+        w.last_trunc_copy = True
+        if keep:
+            w.copied_blind = True
         if old_size and not self.blind(s):
             s.rot_min += 1
             # The writer goes on only once the reader saw the truncation
@@ -599,7 +615,7 @@ class Run:
                       'stalled session noticed and replaced')
             self.ssh_blind = False
             for ino in s.inodes:
-                ino.rewritten_blind = False
+                ino.rewritten_blind = ino.copied_blind = ino.born_blind = False
             self.sync('after reconnecting past a frozen session')
             self.thaw()
         self.sync('after thaw')
@@ -679,6 +695,8 @@ class Run:
                     # it was away: a rotated or compressed copy no longer
                     # matches the saved bytes.
                     ino.rewritten_blind = True
+                    # A live copytruncate's copy holds the saved bytes.
+                    ino.copied_blind = ino.last_trunc_copy
                 ino.saved_at_0 = offs.get(ino.id) == [0]
                 since = min(offs.get(ino.id, [0]))
                 if stale or ino.truncated_at >= saved_at - 0.05:

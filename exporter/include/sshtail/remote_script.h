@@ -33,13 +33,19 @@ struct RemoteRequest {
   /// instant less 1 s, and renamed or created after it (ctime), are listed
   /// as NEWER, then GONE. 0: unused.
   int64_t newer_than_ns = 0;
+  /// With list_newer: only siblings changed (ctime) at or before this
+  /// remote time (ns) are listed; later ones are the live reader's (a
+  /// copytruncate copy made after it began holds lines it read). 0: no
+  /// bound.
+  int64_t newer_before_ns = 0;
   int heartbeat_seconds = 5;
   std::string tag;         ///< random; starts every control line
   std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern
 };
 
 /// The POSIX sh script (fed to `sh -s` on the remote host) that streams one
-/// file. stdout: one control line "<tag> BEGIN dev ino start size" (or
+/// file. stdout: one control line "<tag> BEGIN dev ino start size now" (now:
+/// the host's time in ns just before it looked at the file, maybe empty; or
 /// "<tag> MISSING", "GONE", "NOACCESS", "SAME"), then the file's bytes from
 /// `start`; a truncation shows up in-band as the line
 /// "tail: <nonce_path>: file truncated". stderr: "H dev ino size" every

@@ -1,0 +1,133 @@
+// The remote reader's catch-up listings, run with the local sh: which
+// rotated siblings it names (NEWER) and where it resumes (BEGIN).
+#include "sshtail/remote_script.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "sshtail/positions.h"
+
+namespace sshtail {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+struct Dir {
+  Dir() {
+    char tmpl[] = "/tmp/sshtail-rs-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~Dir() { std::system(("rm -rf '" + path + "'").c_str()); }
+  std::string Write(const std::string& name, const std::string& text) {
+    std::string p = path + "/" + name;
+    std::ofstream(p, std::ios::binary) << text;
+    return p;
+  }
+  FileId Id(const std::string& name) const {
+    struct stat st {};
+    REQUIRE(::stat((path + "/" + name).c_str(), &st) == 0);
+    return FileId{static_cast<uint64_t>(st.st_dev),
+                  static_cast<uint64_t>(st.st_ino)};
+  }
+  std::string path;
+};
+
+// The control lines the script prints (tail's and the heartbeat's output
+// cut off by `timeout`, which ends the whole process group).
+std::vector<std::string> Run(const Dir& d, RemoteRequest r) {
+  r.path = d.path + "/access.log";
+  r.tag = "T";
+  r.nonce_path = "/dev/fd/3";
+  std::string script = d.path + "/script.sh";
+  std::ofstream(script) << RemoteScript(r);
+  FILE* p = popen(("timeout 1 sh " + script + " 2>/dev/null").c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  std::vector<std::string> lines;
+  std::istringstream in(out);
+  for (std::string l; std::getline(in, l);) {
+    if (l.rfind("T ", 0) == 0) lines.push_back(l.substr(2));
+  }
+  return lines;
+}
+
+std::string Newer(const FileId& id) {
+  return "NEWER " + std::to_string(id.dev) + " " + std::to_string(id.ino);
+}
+
+void Pause() { ::usleep(20000); }  // ctime has ns resolution; be safe
+
+}  // namespace
+
+TEST_CASE("an unread saved file: siblings renamed or created after the save",
+          "[remote_script]") {
+  Dir d;
+  d.Write("access.log.3", "old\n");  // there before the save: not ours
+  Pause();
+  int64_t saved = NowNs();
+  Pause();
+  d.Write("access.log.2.gz", "not really gz\n");
+  d.Write("access.log.1", "rotated after the save\n");
+  d.Write("access.log", "at the path\n");
+  RemoteRequest r;
+  r.mode = RemoteRequest::Mode::kInode;
+  r.newer_than_ns = saved;
+  std::vector<std::string> got = Run(d, r);
+  REQUIRE(got.size() == 3);
+  CHECK(got.back() == "GONE");
+  std::vector<std::string> listed(got.begin(), got.end() - 1);
+  std::sort(listed.begin(), listed.end());
+  std::vector<std::string> want{Newer(d.Id("access.log.1")),
+                                Newer(d.Id("access.log.2.gz"))};
+  std::sort(want.begin(), want.end());
+  CHECK(listed == want);
+}
+
+TEST_CASE("the rest of a copied file is found by its bytes, then newer ones",
+          "[remote_script]") {
+  Dir d;
+  std::string before_copy = "line one\nline two\n";
+  d.Write("access.log.2", before_copy + "line three, after the offset\n");
+  Pause();
+  d.Write("access.log.1", "rotated after the copy\n");
+  Pause();
+  int64_t begun = NowNs();  // the live reader began here
+  Pause();
+  d.Write("access.log.0", "copied after the live reader began\n");
+  d.Write("access.log", "new\n");
+  RemoteRequest r;
+  r.mode = RemoteRequest::Mode::kInode;
+  r.expect = FileId{d.Id("access.log").dev, 1};  // gone
+  r.offset = before_copy.size();
+  r.expect_tail = before_copy;
+  r.list_newer = true;
+  r.newer_before_ns = begun;
+  std::vector<std::string> got = Run(d, r);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0] == Newer(d.Id("access.log.1")));
+  FileId copy = d.Id("access.log.2");
+  CHECK(got[1].rfind("BEGIN " + std::to_string(copy.dev) + " " +
+                         std::to_string(copy.ino) + " " +
+                         std::to_string(before_copy.size()) + " ",
+                     0) == 0);
+}
+
+}  // namespace sshtail
