@@ -321,14 +321,14 @@ class FileProducer : public Producer {
     for (const auto& r : ListRotated(spec_.path)) {
       if (IsOpen(r.id)) continue;
       if (r.gz ? OpenGzAt(r.path, p) : OpenAt(r.path, p, false, false)) {
+        if (mtime == nullptr) {
+          files_.pop_back();
+          return true;
+        }
+        *mtime = files_.back().mtime_ns;
         Log(LogLevel::kInfo, "source " + spec_.name + ": catching up: " +
                                  r.path + " holds the rest of the file we " +
                                  "were reading (rotated while away)");
-        if (mtime != nullptr) {
-          *mtime = files_.back().mtime_ns;
-        } else {
-          files_.pop_back();
-        }
         return true;
       }
     }
