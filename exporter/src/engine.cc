@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <set>
 
@@ -372,14 +373,34 @@ struct Evaluator::Impl {
   Impl(MetricStore& s, const std::vector<SourceLabels>& src)
       : store(s), sources(src) {}
 
-  void Bind(const std::shared_ptr<const CompiledRules>& rules) {
+  // The runtime of one rule set (a source's format picks one of several).
+  struct SetRt {
+    std::shared_ptr<const CompiledRules> rules;
+    std::vector<RuleRt> rule_rt;
+  };
+
+  // Keeps the runtimes of several rule sets: switching between the formats
+  // of different sources must not recompile or drop caches.
+  std::vector<RuleRt>& Bind(const std::shared_ptr<const CompiledRules>& rules) {
     uint64_t gen = store.generation();
-    if (rules == bound && gen == generation) return;
-    // Series pointers may be gone: start over (nothing is pending here,
-    // every batch ends with a flush).
-    rule_rt.clear();
-    bound = rules;
-    generation = gen;
+    if (gen == generation && current != nullptr && current->rules == rules) {
+      return current->rule_rt;
+    }
+    if (gen != generation) {
+      // Series pointers may be gone: start over (nothing is pending here,
+      // every batch ends with a flush).
+      sets.clear();
+      current = nullptr;
+      generation = gen;
+    }
+    for (auto& set : sets) {
+      if (set.rules == rules) {
+        current = &set;
+        return set.rule_rt;
+      }
+    }
+    SetRt& set = sets.emplace_back();
+    set.rules = rules;
     for (const auto& r : rules->rules()) {
       RuleRt rt;
       rt.def = &r;
@@ -394,9 +415,11 @@ struct Evaluator::Impl {
       rt.memo_line.assign(r.fields.size(), 0);
       rt.spans.resize(r.scan.steps.size());
       max_sub = std::max(max_sub, r.submatches);
-      rule_rt.push_back(std::move(rt));
+      set.rule_rt.push_back(std::move(rt));
     }
     subs.resize(static_cast<size_t>(std::max(max_sub, 1)));
+    current = &set;
+    return set.rule_rt;
   }
 
   // The text of a field after its kind, before unescaping and mapping.
@@ -600,7 +623,8 @@ struct Evaluator::Impl {
     }
   }
 
-  bool Line(std::string_view line, uint32_t source) {
+  bool Line(std::string_view line, uint32_t source,
+            std::vector<RuleRt>& rule_rt) {
     bool any = false;
     bool untimed = false;
     ++line_id;
@@ -667,9 +691,9 @@ struct Evaluator::Impl {
 
   MetricStore& store;
   const std::vector<SourceLabels>& sources;
-  std::shared_ptr<const CompiledRules> bound;
   uint64_t generation = 0;
-  std::vector<RuleRt> rule_rt;
+  std::deque<SetRt> sets;  // a deque: RuleRt pointers stay valid
+  SetRt* current = nullptr;
   std::vector<re2::StringPiece> subs;
   int max_sub = 0;
   std::string key;
@@ -688,28 +712,64 @@ Evaluator::Evaluator(MetricStore& store,
 
 Evaluator::~Evaluator() = default;
 
-uint64_t Evaluator::Process(const LineBatch& batch,
-                            const std::shared_ptr<const CompiledRules>& rules) {
-  impl_->Bind(rules);
+namespace {
+
+// The line loop; kRuns adds the count of unmatched lines in a row (only
+// auto-detected sources pay for it, and only on unmatched lines).
+template <bool kRuns, typename LineFn>
+uint64_t EachLine(const LineBatch& batch, BatchCursor* at, uint32_t* run,
+                  uint32_t stop_run, uint64_t max_lines, LineFn&& line) {
   uint64_t unmatched = 0;
-  const char* p = batch.data.data();
-  const char* end = p + batch.data.size();
-  uint64_t line_no = 0;
-  while (p < end) {
+  const char* begin = batch.data.data();
+  const char* p = begin + at->offset;
+  const char* end = begin + batch.data.size();
+  uint64_t n = 0;
+  while (p < end && n < max_lines) {
     const char* nl = static_cast<const char*>(std::memchr(p, '\n', end - p));
     if (nl == nullptr) nl = end;
-    impl_->version = batch.seq << 24 | (line_no++ & 0xffffff);
-    if (!impl_->Line(std::string_view(p, nl - p), batch.source)) ++unmatched;
+    bool matched = line(std::string_view(p, nl - p), at->line_no++);
     p = nl + 1;
+    ++n;
+    if (!matched) {
+      ++unmatched;
+      if (kRuns && ++*run >= stop_run) break;
+    } else if (kRuns) {
+      *run = 0;
+    }
   }
+  at->offset = std::min(static_cast<size_t>(p - begin), batch.data.size());
+  return unmatched;
+}
+
+}  // namespace
+
+uint64_t Evaluator::Process(const LineBatch& batch,
+                            const std::shared_ptr<const CompiledRules>& rules) {
+  BatchCursor at;
+  uint64_t unmatched = ProcessLines(batch, rules, &at, nullptr, 0);
   impl_->Flush();
   return unmatched;
 }
 
+uint64_t Evaluator::ProcessLines(
+    const LineBatch& batch, const std::shared_ptr<const CompiledRules>& rules,
+    BatchCursor* at, uint32_t* run, uint32_t stop_run, uint64_t max_lines) {
+  auto& rule_rt = impl_->Bind(rules);
+  Impl& im = *impl_;
+  auto line = [&](std::string_view text, uint64_t line_no) {
+    im.version = batch.seq << 24 | (line_no & 0xffffff);
+    return im.Line(text, batch.source, rule_rt);
+  };
+  if (run != nullptr && stop_run > 0) {
+    return EachLine<true>(batch, at, run, stop_run, max_lines, line);
+  }
+  return EachLine<false>(batch, at, run, stop_run, max_lines, line);
+}
+
 bool Evaluator::ProcessLine(std::string_view line, uint32_t source,
                             const std::shared_ptr<const CompiledRules>& rules) {
-  impl_->Bind(rules);
-  return impl_->Line(line, source);
+  auto& rule_rt = impl_->Bind(rules);
+  return impl_->Line(line, source, rule_rt);
 }
 
 void Evaluator::Flush() { impl_->Flush(); }

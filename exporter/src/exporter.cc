@@ -23,6 +23,7 @@
 #include "sshtail/batch_queue.h"
 #include "sshtail/engine.h"
 #include "sshtail/file_producer.h"
+#include "sshtail/format_detect.h"
 #include "sshtail/log.h"
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
@@ -38,7 +39,6 @@ namespace {
 
 RuleContext ContextFor(const Options& o) {
   RuleContext ctx;
-  ctx.default_format = o.format;
   std::vector<std::string> reserved = {"source"};
   for (const auto& s : o.sources) {
     for (const auto& [k, v] : s.labels) {
@@ -91,12 +91,10 @@ std::string HtmlEscape(const std::string& s) {
 
 void CheckConfig(const Options& options) {
   // Compiled as for matching, so what passes here also loads.
-  RuleSetDef defs = LoadRules(options.rule_files, ContextFor(options));
-  CompiledRules::Build(defs, nullptr);
+  FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
+  FormatRules::Build(defs, nullptr);
   // --output openmetrics also needs every rule's time.
-  if (options.output == "openmetrics") {
-    CompiledRules::Build(defs, nullptr, true, true);
-  }
+  if (options.output == "openmetrics") FormatRules::Build(defs, nullptr, true);
   if (!options.web_config_file.empty())
     WebConfig::Load(options.web_config_file);
 }
@@ -116,25 +114,26 @@ struct Exporter::Impl {
       sl.name = options.sources[i].name;
       for (const auto& kv : options.sources[i].labels) sl.labels.push_back(kv);
       source_labels.push_back(std::move(sl));
+      config_index.push_back(static_cast<uint32_t>(i));
     }
     // SelfMetrics was built before `status` was filled: it keeps references
     // and reads them at scrape time only.
-    RuleSetDef defs = LoadRules(options.rule_files, ContextFor(options));
+    FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
     if (!options.web_config_file.empty()) {
       WebConfig::Load(options.web_config_file);  // fail early, exit 2
     }
-    CompiledRules::Build(defs, nullptr);  // fails before the store changes
+    FormatRules::Build(defs, nullptr);  // fails before the store changes
     std::vector<std::string> names;
     for (const auto& sl : source_labels) names.push_back(sl.name);
     store.SetSources(std::move(names));
-    store.Apply(defs);
-    rules = CompiledRules::Build(defs, &store);
+    store.Apply(defs.all);
+    rules = FormatRules::Build(defs, &store);
     // --output openmetrics: the same rules, each with its time field (a
     // rule without one is a configuration error, exit 2).
     if (options.once && options.output == "openmetrics") {
-      backfill_rules = CompiledRules::Build(defs, &store, true, true);
+      backfill_rules = FormatRules::Build(defs, &store, true);
     }
-    expire_every = ExpireInterval(defs);
+    expire_every = ExpireInterval(defs.all);
     // --once reads every source from its start and must not move the
     // daemon's positions (it may share the config file).
     if (!options.positions_file.empty() && !options.once) {
@@ -162,6 +161,11 @@ struct Exporter::Impl {
       if (keep_values) RestoreValues(saved);
     }
     BindSyslogSources();
+    std::vector<std::string> known;
+    for (size_t i = 0; i < source_labels.size(); ++i) {
+      known.push_back(i < options.sources.size() ? source_labels[i].name : "");
+    }
+    detector = std::make_unique<FormatDetector>(config_index, known);
   }
 
   // The saved values of sources still configured under the same URL and
@@ -256,6 +260,7 @@ struct Exporter::Impl {
                                           nullptr, nullptr});
         status.push_back(std::make_unique<SourceStatus>());
         source_labels.push_back(source_labels[syslog[k]]);  // static labels
+        config_index.push_back(syslog[k]);                  // and its format
       }
     }
     for (size_t k = 0; k < syslog.size(); ++k) {
@@ -302,8 +307,9 @@ struct Exporter::Impl {
         // (a state snapshot) every batch is either wholly in the values and
         // the committed positions, or in neither.
         auto lock = store.ReadLock();
-        std::shared_ptr<const CompiledRules> r = rules;
-        uint64_t unmatched = eval.Process(*b, r);
+        std::shared_ptr<const FormatRules> r = rules;
+        uint64_t unmatched =
+            detector->Process(eval, *b, r, source_labels[b->source].name);
         const SourceCounters& c =
             self.counters(b->source, source_labels[b->source].name);
         if (b->lines) c.lines->Increment(b->lines);
@@ -515,6 +521,13 @@ struct Exporter::Impl {
       for (const auto& f : d->counters) self_families.push_back(f);
     }
     for (auto& f : self.Collect()) self_families.push_back(std::move(f));
+    std::shared_ptr<const FormatRules> r;
+    {
+      auto lock = store.ReadLock();
+      r = rules;
+    }
+    prometheus::MetricFamily info = detector->Info(*r);
+    if (!info.metric.empty()) self_families.push_back(std::move(info));
     std::sort(self_families.begin(), self_families.end(),
               [](const auto& a, const auto& b) { return a.name < b.name; });
     for (auto& f : self_families) {
@@ -541,15 +554,20 @@ struct Exporter::Impl {
         }
         next.rule_files = fresh.rule_files;
         next.format = fresh.format;
+        next.formats = fresh.formats;
       }
-      RuleSetDef defs = LoadRules(next.rule_files, ContextFor(next));
+      FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
       // All or nothing: everything that can fail fails in this check, before
       // the store replaces a single metric (the old rules point into it).
-      CompiledRules::Build(defs, nullptr);
-      store.Apply(defs, [&] { rules = CompiledRules::Build(defs, &store); });
+      FormatRules::Build(defs, nullptr);
+      store.Apply(defs.all, [&] {
+        rules = FormatRules::Build(defs, &store);
+        detector->Reset();  // formats may have changed: detect again
+      });
       options.rule_files = next.rule_files;
       options.format = next.format;
-      expire_every = ExpireInterval(defs);
+      options.formats = next.formats;
+      expire_every = ExpireInterval(defs.all);
       self.reload_ok().Set(1);
       self.reload_time().SetToCurrentTime();
       Log(LogLevel::kInfo, "configuration reloaded");
@@ -595,8 +613,10 @@ struct Exporter::Impl {
   BatchQueue queue;
   SelfMetrics self;
   MetricStore store;
-  std::shared_ptr<const CompiledRules> rules;  // guarded by store's lock
-  std::shared_ptr<const CompiledRules> backfill_rules;  // --output openmetrics
+  std::shared_ptr<const FormatRules> rules;           // guarded by store's lock
+  std::shared_ptr<const FormatRules> backfill_rules;  // --output openmetrics
+  std::vector<uint32_t> config_index;  // runtime source -> configured source
+  std::unique_ptr<FormatDetector> detector;
   std::unique_ptr<PositionsFile> positions;
   bool positions_ok = true;  // with a state file: guarded by durable_mutex
   std::unique_ptr<StateFile> state_file;
@@ -651,7 +671,8 @@ int Exporter::RunOnce(std::ostream& out) {
       while (BatchPtr b = im.queue.Pop()) {
         {
           auto lock = im.store.ReadLock();
-          unmatched += eval.Process(*b, im.backfill_rules);
+          unmatched += im.detector->Process(eval, *b, im.backfill_rules,
+                                            im.source_labels[b->source].name);
         }
         lines += b->lines;
         too_long += b->too_long;

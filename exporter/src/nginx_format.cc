@@ -458,6 +458,26 @@ bool NginxScan::Match(std::string_view line, std::string_view* values) const {
   return line.compare(p, std::string_view::npos, tail) == 0;
 }
 
+size_t NginxScan::MatchedSteps(std::string_view line) const {
+  size_t p = 0;
+  const size_t n = line.size();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& s = steps[i];
+    if (line.compare(p, s.before.size(), s.before) != 0) return i;
+    p += s.before.size();
+    size_t end = n;
+    if (!s.to_end) {
+      const void* hit = std::memchr(line.data() + p, s.stop, n - p);
+      if (hit == nullptr) return i;
+      end = static_cast<size_t>(static_cast<const char*>(hit) - line.data());
+    }
+    if (!Valid(s.check, line.substr(p, end - p))) return i;
+    p = end;
+  }
+  return line.compare(p, std::string_view::npos, tail) == 0 ? steps.size() + 1
+                                                            : steps.size();
+}
+
 std::string_view UnescapeNginx(std::string_view in, NginxEscape escape,
                                std::string* scratch) {
   if (escape == NginxEscape::kNone || in.find('\\') == std::string_view::npos) {

@@ -92,8 +92,10 @@ std::vector<Flag> Flags(Options* o) {
         o->rule_files.push_back(Resolve(v, base));
       });
   add("format", Kind::kValue, "FORMAT",
-      "nginx log_format for the built-in rules: combined, timed, main, or "
-      "a literal format string (default: combined)",
+      "nginx log_format for the built-in rules: auto (per source, the first "
+      "of combined, main, timed and the config's formats: that its lines "
+      "match), combined, main, timed, a name from formats:, or a literal "
+      "format string (default: auto)",
       [o](const std::string& v, const std::string&) { o->format = v; });
   add("start-at", Kind::kValue, "WHERE",
       "where to start a file seen for the first time: beginning or end "
@@ -311,6 +313,24 @@ std::vector<Flag> Flags(Options* o) {
   return f;
 }
 
+// Names of formats: short words that cannot be mistaken for a format.
+std::string CheckFormatName(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 64;
+  for (char c : name) {
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                c == '-' || c == '.');
+  }
+  if (!ok) {
+    return "invalid format name '" + name +
+           "' (letters, digits, '_', '-', '.')";
+  }
+  for (const char* kw :
+       {"auto", "none", "custom", "combined", "main", "timed", "default"}) {
+    if (name == kw) return "format name '" + name + "' is reserved";
+  }
+  return "";
+}
+
 std::string Where(const std::string& file, const YAML::Node& n) {
   return file + ":" + std::to_string(n.Mark().line + 1);
 }
@@ -324,9 +344,11 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
   } else if (n.IsMap()) {
     for (const auto& kv : n) {
       std::string k = kv.first.Scalar();
-      if (k != "url" && k != "name" && k != "labels" && k != "sudo") {
-        throw ConfigError(Where(file, kv.first) + ": unknown key '" + k +
-                          "' in source (expected url, name, labels, sudo)");
+      if (k != "url" && k != "name" && k != "labels" && k != "sudo" &&
+          k != "format") {
+        throw ConfigError(
+            Where(file, kv.first) + ": unknown key '" + k +
+            "' in source (expected url, name, labels, sudo, format)");
       }
     }
     if (!n["url"] || !n["url"].IsScalar()) {
@@ -354,6 +376,15 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
       if (spec.name.empty()) {
         throw ConfigError(Where(file, n["name"]) + ": empty source name");
       }
+    }
+    if (n["format"]) {
+      if (!n["format"].IsScalar() || n["format"].Scalar().empty()) {
+        throw ConfigError(Where(file, n["format"]) +
+                          ": format must be a format name or an nginx "
+                          "log_format string");
+      }
+      spec.format = n["format"].Scalar();
+      spec.format_line = n["format"].Mark().line + 1;
     }
     if (n["sudo"]) {
       try {
@@ -394,7 +425,7 @@ void Flatten(const YAML::Node& map, const std::string& prefix,
              std::vector<std::pair<std::string, YAML::Node>>* out) {
   for (const auto& kv : map) {
     std::string key = prefix + kv.first.Scalar();
-    if (kv.second.IsMap() && key != "sources") {
+    if (kv.second.IsMap() && key != "sources" && key != "formats") {
       Flatten(kv.second, key + ".", out);
     } else {
       out->emplace_back(key, kv.second);
@@ -427,6 +458,32 @@ void LoadConfig(const std::string& file, const std::vector<Flag>& flags,
       if (cli_sources) continue;  // sources on the command line win
       for (const auto& s : node) {
         o->sources.push_back(SourceFromYaml(s, file, base));
+      }
+      continue;
+    }
+    if (key == "formats") {
+      if (!node.IsMap()) {
+        throw ConfigError(Where(file, node) +
+                          ": formats must be a mapping of name: format");
+      }
+      o->formats.clear();
+      for (const auto& kv : node) {
+        std::string name = kv.first.Scalar();
+        std::string problem = CheckFormatName(name);
+        if (problem.empty() && !kv.second.IsScalar()) {
+          problem = "format '" + name + "' must be an nginx log_format string";
+        }
+        if (!problem.empty()) {
+          throw ConfigError(Where(file, kv.first) + ": " + problem);
+        }
+        for (const auto& f : o->formats) {
+          if (f.name == name) {
+            throw ConfigError(Where(file, kv.first) + ": format '" + name +
+                              "' is defined twice");
+          }
+        }
+        o->formats.push_back(
+            NamedFormat{name, kv.second.Scalar(), Where(file, kv.second)});
       }
       continue;
     }

@@ -183,6 +183,7 @@ class Parser {
       }
       try {
         if (f == "default") {
+          r.default_format = true;
           r.log_format = ExpandNginxFormat(ctx_.default_format, &r.escape);
         } else {
           r.log_format = ExpandNginxFormat(f, &r.escape);

@@ -2,6 +2,7 @@
 
 #include <re2/re2.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -103,6 +104,12 @@ class CompiledRules {
   std::vector<CompiledRule> rules_;
 };
 
+/// A place in a batch: the byte offset of the next line and its number.
+struct BatchCursor {
+  size_t offset = 0;
+  uint64_t line_no = 0;
+};
+
 /// Runs compiled rules over batches and updates the metrics. Counts are
 /// accumulated per batch and added to prometheus-cpp metrics once per batch
 /// and series. One per consumer thread; not thread-safe.
@@ -115,6 +122,17 @@ class Evaluator {
   /// Returns the number of lines no rule matched.
   uint64_t Process(const LineBatch& batch,
                    const std::shared_ptr<const CompiledRules>& rules);
+
+  /// Evaluates the lines of `batch` from `*at` on with `rules`, as Process()
+  /// does but without the final Flush(): at most `max_lines` lines, and
+  /// with `run` and `stop_run` > 0 it stops after the line that makes `*run`
+  /// (unmatched lines in a row, carried over between calls) reach
+  /// `stop_run`. Several rule sets may be used in turn within a batch.
+  /// Returns the number of lines no rule matched.
+  uint64_t ProcessLines(const LineBatch& batch,
+                        const std::shared_ptr<const CompiledRules>& rules,
+                        BatchCursor* at, uint32_t* run, uint32_t stop_run,
+                        uint64_t max_lines = UINT64_MAX);
 
   /// Evaluates one line (for tests and fuzzing); returns whether a rule
   /// matched. Flush() makes the effect visible.

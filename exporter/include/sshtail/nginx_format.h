@@ -42,6 +42,9 @@ struct NginxScan {
   bool empty() const { return steps.empty(); }
   /// True if `line` matches; then values[i] is variable i's text.
   bool Match(std::string_view line, std::string_view* values) const;
+  /// How far `line` gets: the variables matched before the first mismatch,
+  /// steps.size() + 1 for a full match (to name the nearest format).
+  size_t MatchedSteps(std::string_view line) const;
 };
 
 /// An nginx log_format turned into an RE2 pattern. Plain value type.

@@ -10,13 +10,24 @@
 
 namespace sshtail {
 
+/// A named nginx format from `formats:` in the config. Plain value type.
+struct NamedFormat {
+  std::string name;
+  std::string text;   ///< a literal format or a pasted log_format directive
+  std::string where;  ///< file:line, for errors
+};
+
 /// Every setting of the exporter: command-line flags, or the same names as
 /// keys of the --config file (flags win). Plain value type.
 struct Options {
   std::vector<SourceSpec> sources;
   std::string config_file;
   std::vector<std::string> rule_files;
-  std::string format = "combined";
+  /// --format: "auto" (detected per source), a format name, a literal
+  /// format or a pasted `log_format` directive.
+  std::string format = "auto";
+  /// `formats:` in the config: named formats, in the file's order.
+  std::vector<NamedFormat> formats;
   StartAt start_at = StartAt::kEnd;
   size_t max_line_bytes = 64 * 1024;
   size_t max_series_total = 250000;  ///< all rule series together

@@ -95,6 +95,8 @@ struct RuleDef {
   std::string name;
   std::string regex;       ///< either this...
   std::string log_format;  ///< ...or this (already expanded)
+  /// `log_format: default`: the format comes from --format (or the source).
+  bool default_format = false;
   NginxEscape escape = NginxEscape::kDefault;
   std::vector<FilterDef> match;
   std::vector<FilterDef> skip;
@@ -112,7 +114,8 @@ struct RuleSetDef {
 
 /// What rule files may refer to.
 struct RuleContext {
-  /// Value of --format, used by rules that say `log_format: default`.
+  /// The format rules that say `log_format: default` get (a name, a
+  /// literal format or a pasted directive; see ExpandNginxFormat).
   std::string default_format = "combined";
   /// Label names every series gets besides the rule's own: "source" and the
   /// static labels of the sources. Rules may not define these.

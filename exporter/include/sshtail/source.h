@@ -25,6 +25,10 @@ struct SourceSpec {
   std::string name;  ///< the `source` label; filled in by ResolveNames
   std::map<std::string, std::string> labels;  ///< static labels
   bool sudo = false;  ///< ssh: run the remote reader under `sudo -n`
+  /// `format:` in the config: this source's nginx format (wins over
+  /// --format); empty: --format.
+  std::string format;
+  int format_line = 0;  ///< where `format:` is, in config_file
 
   // Parsed form of `url`.
   enum class Kind {
