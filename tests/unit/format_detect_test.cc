@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "sshtail/metric_store.h"
+#include "test_util.h"
 
 namespace sshtail {
 namespace {
@@ -54,13 +55,7 @@ struct DetectHarness {
 
   /// One batch; returns the lines no rule matched.
   uint64_t Feed(const std::vector<std::string>& lines, uint32_t source = 0) {
-    LineBatch b;
-    b.source = source;
-    b.seq = ++seq;
-    for (const auto& l : lines) {
-      b.data += l + "\n";
-      ++b.lines;
-    }
+    LineBatch b = MakeBatch(lines, source, ++seq);
     auto lock = store.ReadLock();
     return detector->Process(*eval, b, rules, sources[source].name);
   }
@@ -74,31 +69,16 @@ struct DetectHarness {
   }
 
   double Requests(const std::string& source) const {
-    double sum = 0;
-    for (const auto& fam : store.registry()->Collect()) {
-      if (fam.name != "nginx_http_requests_total") continue;
-      for (const auto& m : fam.metric) {
-        for (const auto& l : m.label) {
-          if (l.name == "source" && l.value == source) sum += m.counter.value;
-        }
-      }
-    }
-    return sum;
+    return SumForSource(*store.registry(), "nginx_http_requests_total", source,
+                        [](const auto& m) { return m.counter.value; });
   }
 
   double DurationCount(const std::string& source) const {
-    double sum = 0;
-    for (const auto& fam : store.registry()->Collect()) {
-      if (fam.name != "nginx_http_request_duration_seconds") continue;
-      for (const auto& m : fam.metric) {
-        for (const auto& l : m.label) {
-          if (l.name == "source" && l.value == source) {
-            sum += static_cast<double>(m.histogram.sample_count);
-          }
-        }
-      }
-    }
-    return sum;
+    return SumForSource(*store.registry(),
+                        "nginx_http_request_duration_seconds", source,
+                        [](const auto& m) {
+                          return static_cast<double>(m.histogram.sample_count);
+                        });
   }
 
   std::string Shown(uint32_t source = 0) const {

@@ -7,12 +7,45 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sshtail/engine.h"
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
 
 namespace sshtail {
+
+/// `lines` (each without '\n') as one batch of `source`.
+inline LineBatch MakeBatch(const std::vector<std::string>& lines,
+                           uint32_t source, uint64_t seq) {
+  LineBatch b;
+  b.source = source;
+  b.seq = seq;
+  for (const auto& l : lines) {
+    b.data += l;
+    b.data += '\n';
+    ++b.lines;
+  }
+  return b;
+}
+
+/// Sum over the samples of family `name` whose `source` label is `source`
+/// of `value(metric)`.
+template <typename ValueFn>
+double SumForSource(const prometheus::Registry& registry,
+                    const std::string& name, const std::string& source,
+                    ValueFn value) {
+  double sum = 0;
+  for (const auto& fam : registry.Collect()) {
+    if (fam.name != name) continue;
+    for (const auto& m : fam.metric) {
+      for (const auto& l : m.label) {
+        if (l.name == "source" && l.value == source) sum += value(m);
+      }
+    }
+  }
+  return sum;
+}
 
 /// A rule set loaded from YAML text, bound to its own store: what the
 /// consumers run, without the threads.
@@ -37,14 +70,7 @@ struct RuleHarness {
 
   /// Feeds lines (each without '\n') as one batch; returns unmatched count.
   uint64_t Feed(const std::vector<std::string>& lines, uint32_t source = 0) {
-    LineBatch b;
-    b.source = source;
-    b.seq = ++seq;
-    for (const auto& l : lines) {
-      b.data += l;
-      b.data += '\n';
-      ++b.lines;
-    }
+    LineBatch b = MakeBatch(lines, source, ++seq);
     auto lock = store.ReadLock();
     return eval->Process(b, rules);
   }
