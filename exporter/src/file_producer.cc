@@ -301,6 +301,13 @@ class FileProducer : public Producer {
   // (compression and copytruncate give it a new inode). Sets its mtime.
   bool OpenSaved(const FilePosition& p, int64_t* mtime) {
     std::string old = FindByInode(p.file);
+    int64_t saved_at = status_.positions.RestoredAt();
+    if (!old.empty() && p.offset == 0 && saved_at > 0 &&
+        BirthNs(old) > saved_at) {
+      // Nothing read from it, so no bytes to check: created after the save,
+      // it is another file that got the saved inode number.
+      old.clear();
+    }
     if (!old.empty()) {
       UniqueFd probe(::open(old.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
       bool gz = probe && IsGzip(probe.get());

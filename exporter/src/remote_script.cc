@@ -88,6 +88,10 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "newer=" + std::string(r.list_newer ? "1" : "0") + "\n";
   bool by_time = r.newer_than_ns > 0 && r.offset == 0;
   s += "since=" + (by_time ? std::to_string(r.newer_than_ns) : "") + "\n";
+  s += "born=" +
+       (r.born_before_ns > 0 && r.offset == 0 ? std::to_string(r.born_before_ns)
+                                              : "") +
+       "\n";
   s += "before=" +
        (r.newer_before_ns > 0 ? std::to_string(r.newer_before_ns) : "") + "\n";
   // mode=inode: the rotated file is found by inode (plain, or a .gz we
@@ -165,6 +169,10 @@ if [ "$mode" = inode ]; then
       break
     fi
   done
+  if [ -n "$f" ] && [ -n "$born" ]; then
+    w=$(stat -L -c '%.9W' /dev/fd/3 2>/dev/null)
+    case $w in ''|*[!0-9.]*|0|0.*) ;; *) [ "${w%.*}${w#*.}" -le "$born" ] || f= ;; esac
+  fi
   if [ -n "$f" ] && isgz; then
     gz=1
     tailok 1 || f=

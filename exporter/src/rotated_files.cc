@@ -1,11 +1,22 @@
 #include "rotated_files.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 
 namespace sshtail {
+
+int64_t BirthNs(const std::string& path) {
+  struct statx stx {};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_BTIME, &stx) != 0 ||
+      !(stx.stx_mask & STATX_BTIME)) {
+    return 0;
+  }
+  return static_cast<int64_t>(stx.stx_btime.tv_sec) * 1000000000 +
+         stx.stx_btime.tv_nsec;
+}
 
 bool IsRotatedName(std::string_view base, std::string_view name, bool* gz) {
   *gz = false;

@@ -37,4 +37,9 @@ std::vector<RotatedFile> ListRotated(const std::string& path);
 bool HasPlainTwin(const std::vector<RotatedFile>& list,
                   const std::string& gz_name);
 
+/// When `path` was created (unix ns), or 0 if the file system does not
+/// keep it (statx's btime). Tells a file that got a freed inode number
+/// from the file that had it.
+int64_t BirthNs(const std::string& path);
+
 }  // namespace sshtail

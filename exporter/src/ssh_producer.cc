@@ -181,6 +181,10 @@ struct Stream {
   // The saved current file had nothing read (offset 0): the files rotated
   // after this save instant (ns) are found by time, once.
   int64_t unread_since = 0;
+  // Rotated files saved at offset 0 (not reopened yet at the save), and
+  // when the save was taken: nothing but their inode number names them.
+  std::vector<FileId> saved_unread;
+  int64_t saved_at = 0;
   bool done = false;  // once mode: read to the end
   bool missing_logged = false;
   bool saw_missing = false;  // waited for the file: read it from its start
@@ -213,10 +217,10 @@ class SshConnection : public Producer {
       Stream& s = *streams_.back();
       s.resume = r.status->positions.Committed();
       s.fresh = s.resume.empty();
+      s.saved_at = r.status->positions.RestoredAt();
       for (const auto& p : s.resume) {
-        if (p.current && p.offset == 0) {
-          s.unread_since = r.status->positions.RestoredAt();
-        }
+        if (p.current && p.offset == 0) s.unread_since = s.saved_at;
+        if (!p.current && p.offset == 0) s.saved_unread.push_back(p.file);
       }
     }
     const SourceSpec& first = *refs.front().spec;
@@ -461,6 +465,11 @@ class SshConnection : public Producer {
       old.expect = p.file;
       old.offset = p.offset;
       old.expect_tail = p.tail;
+      if (p.offset == 0 &&
+          std::find(s.saved_unread.begin(), s.saved_unread.end(), p.file) !=
+              s.saved_unread.end()) {
+        old.born_before_ns = s.saved_at;
+      }
       if (!OpenChannel(s, old, Channel::Role::kDraining)) return;
       ++open;
     }

@@ -274,6 +274,40 @@ def test_quiet_file_saved_at_offset_0_is_found_compressed_ssh():
     quiet_file_saved_at_offset_0(True)
 
 
+def reused_by_a_copy(remote):
+    """A rotated file saved at offset 0 (listed, not opened yet, at the
+    save) was deleted while stopped and a copytruncate copy got its inode
+    number: nothing was read from it, so only the copy's birth time tells
+    them apart. The copy is not read whole (regression: counted twice)."""
+    c = Case(remote)
+    c.first_run(1000)
+    saved_at = os.stat(c.pos).st_mtime_ns
+    shutil.copy(c.path, c.path + '.1')  # copytruncate while stopped
+    with open(c.path, 'r+') as f:
+        f.truncate(0)
+    c.write(200)
+    with open(c.pos) as f:
+        doc = yaml.safe_load(f)
+    (entries,) = doc['sources'].values()
+    st = os.stat(c.path + '.1')
+    entries.append({'dev': st.st_dev, 'ino': st.st_ino, 'offset': 0, 'current': False})
+    with open(c.pos, 'w') as f:
+        yaml.safe_dump(doc, f)
+    os.utime(c.pos, ns=(saved_at, saved_at))
+    exp = c.start()
+    c.wait_caught_up(c.at - 1000, 1000)
+    exp.wait_value('sshtail_files_lost_total', 1, source=c.label)
+    assert exp.stop() == 0
+
+
+def test_inode_number_reused_by_a_copy_local():
+    reused_by_a_copy(False)
+
+
+def test_inode_number_reused_by_a_copy_ssh():
+    reused_by_a_copy(True)
+
+
 def test_deleted_file_is_counted_lost_local():
     deleted_is_lost(False)
 
@@ -295,6 +329,8 @@ if __name__ == '__main__':
              test_quiet_file_saved_at_offset_0_is_found_compressed_local,
              test_quiet_file_saved_at_offset_0_is_found_compressed_ssh,
              test_reused_inode_number_does_not_hide_a_rotated_file_ssh,
+             test_inode_number_reused_by_a_copy_local,
+             test_inode_number_reused_by_a_copy_ssh,
              test_deleted_file_is_counted_lost_local,
              test_deleted_file_is_counted_lost_ssh]
     only = [t for t in tests if any(a in t.__name__ for a in sys.argv[1:])]

@@ -38,6 +38,10 @@ struct RemoteRequest {
   /// copytruncate copy made after it began holds lines it read). 0: no
   /// bound.
   int64_t newer_before_ns = 0;
+  /// kInode with offset 0 (no bytes to check): a file found by inode that
+  /// was created (birth time, where the file system keeps it) after this
+  /// instant is another file with a reused inode number: GONE. 0: unused.
+  int64_t born_before_ns = 0;
   int heartbeat_seconds = 5;
   std::string tag;         ///< random; starts every control line
   std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern
