@@ -430,6 +430,29 @@ class SshConnection : public Producer {
     OpenPendingDrains(s);
   }
 
+  // A request for the rest, after `offset`, of the rotated file `expect`
+  // whose bytes before it were `tail`: found by inode, else by those bytes.
+  static RemoteRequest RestOf(const FileId& expect, uint64_t offset,
+                              const std::string& tail) {
+    RemoteRequest r;
+    r.mode = RemoteRequest::Mode::kInode;
+    r.expect = expect;
+    r.offset = offset;
+    r.expect_tail = tail;
+    return r;
+  }
+
+  // The rest of the file `cur` expected, which is no longer at the path
+  // (or no longer holds its bytes), and the files rotated after it up to
+  // the remote time `now` the live reader began at.
+  static RemoteRequest CatchUp(const RemoteRequest& cur,
+                               unsigned long long now) {
+    RemoteRequest r = RestOf(cur.expect, cur.offset, cur.expect_tail);
+    r.list_newer = true;
+    r.newer_before_ns = static_cast<int64_t>(now);
+    return r;
+  }
+
   // `p` is the saved position `r` asked for. The offset and tail count
   // too: an inode number freed by compression can come back as a newer
   // rotated file, which has its own entry (offset 0).
@@ -460,11 +483,7 @@ class SshConnection : public Producer {
     for (const auto& p : todo) {
       if (open >= kMaxDrains) return;
       if (p.current || HasChannelFor(s, p.file)) continue;
-      RemoteRequest old;
-      old.mode = RemoteRequest::Mode::kInode;
-      old.expect = p.file;
-      old.offset = p.offset;
-      old.expect_tail = p.tail;
+      RemoteRequest old = RestOf(p.file, p.offset, p.tail);
       if (p.offset == 0 &&
           std::find(s.saved_unread.begin(), s.saved_unread.end(), p.file) !=
               s.saved_unread.end()) {
@@ -688,14 +707,7 @@ class SshConnection : public Producer {
                                 o.request.expect == c.request.expect);
       }
       if (!draining) {
-        RemoteRequest old;
-        old.mode = RemoteRequest::Mode::kInode;
-        old.expect = c.request.expect;
-        old.offset = c.request.offset;
-        old.expect_tail = c.request.expect_tail;
-        old.list_newer = true;  // files rotated after it are read too
-        old.newer_before_ns = static_cast<int64_t>(now);
-        OpenChannel(s, old, Channel::Role::kDraining);
+        OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining);
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
                start == 0 && c.request.offset > 0) {
@@ -703,14 +715,7 @@ class SshConnection : public Producer {
       // copy if it was copied first (copytruncate), maybe compressed since.
       s.ref.status->rotations.fetch_add(1);
       if (!c.request.expect_tail.empty()) {
-        RemoteRequest old;
-        old.mode = RemoteRequest::Mode::kInode;
-        old.expect = c.request.expect;
-        old.offset = c.request.offset;
-        old.expect_tail = c.request.expect_tail;
-        old.list_newer = true;
-        old.newer_before_ns = static_cast<int64_t>(now);
-        if (OpenChannel(s, old, Channel::Role::kDraining)) {
+        if (OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining)) {
           s.channels.back().gone_is_unknown = true;
         }
       }
