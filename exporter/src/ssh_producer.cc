@@ -329,6 +329,7 @@ class SshConnection : public Producer {
     }
     event_.reset();
     session_.reset();
+    no_answer_ = false;
   }
 
   bool Connect(Failure* f) {
@@ -367,7 +368,13 @@ class SshConnection : public Producer {
     ChannelPtr ch(ssh_channel_new(session_.get()));
     if (!ch || ssh_channel_open_session(ch.get()) != SSH_OK) {
       std::string e = ssh_get_error(session_.get());
-      if (e.empty()) e = "refused by the server";
+      if (e.empty()) {
+        // No answer at all (a refusal carries a reason): the peer is frozen
+        // or black-holed. The stall check only runs while a channel is
+        // open, so the session is dropped from Serve() instead.
+        no_answer_ = true;
+        e = "no answer from the server";
+      }
       StreamFailed(s, "channel",
                    "cannot open a channel: " + e +
                        " (sshd's MaxSessions too low for "
@@ -381,7 +388,11 @@ class SshConnection : public Producer {
             static_cast<int>(script.size()) ||
         ssh_channel_send_eof(ch.get()) != SSH_OK) {
       std::string e = ssh_get_error(session_.get());
-      if (e.empty()) e = "the server closed the channel";
+      if (e.empty()) {
+        no_answer_ = !ssh_channel_is_closed(ch.get());
+        e = no_answer_ ? "no answer from the server"
+                       : "the server closed the channel";
+      }
       StreamFailed(s, "channel", "cannot start the remote reader: " + e);
       return false;
     }
@@ -953,6 +964,7 @@ class SshConnection : public Producer {
           if (!session_) return;
         }
       }
+      if (DropIfUnanswered()) return;
       // Reading one channel (or its stderr) can pull packets of another
       // into libssh's buffers; then the socket is quiet although data is
       // waiting, and polling it would sleep until the next deadline.
@@ -965,7 +977,7 @@ class SshConnection : public Producer {
       }
       if (stop_.load()) return;
       size_t got = ReadAll();
-      if (!session_) return;
+      if (!session_ || DropIfUnanswered()) return;
       now = Clock::now();
       bool listening = false;
       for (const auto& st : streams_) listening = listening || st->AnyOpen();
@@ -984,6 +996,16 @@ class SshConnection : public Producer {
       }
       CloseDrained(now);
     }
+  }
+
+  // A channel request went unanswered: the connection is dead, although no
+  // channel was open to notice the silence. Reconnects like a stall.
+  bool DropIfUnanswered() {
+    if (!no_answer_) return false;
+    no_answer_ = false;
+    Lost("stalled", "a channel request got no answer (dead connection?)" +
+                        std::string(po_.once ? "" : "; reconnecting"));
+    return true;
   }
 
   // True if a channel has bytes or an end of file waiting in libssh.
@@ -1078,6 +1100,7 @@ class SshConnection : public Producer {
   Clock::time_point next_connect_{};
   milliseconds backoff_{0};
   std::string last_failure_;
+  bool no_answer_ = false;  // a channel request timed out; see Serve()
   std::vector<char> buf_;
 };
 
