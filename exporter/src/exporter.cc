@@ -18,7 +18,9 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "path_glob.h"
 #include "self_metrics.h"
+#include "source_table.h"
 #include "sshtail/backfill.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/engine.h"
@@ -27,11 +29,11 @@
 #include "sshtail/log.h"
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
-#include "sshtail/ssh_producer.h"
 #include "sshtail/state_file.h"
 #include "sshtail/syslog_producer.h"
 #include "sshtail/text_format.h"
 #include "sshtail/web_server.h"
+#include "supervisor.h"
 #include "web_config.h"
 
 namespace sshtail {
@@ -40,12 +42,18 @@ namespace {
 RuleContext ContextFor(const Options& o) {
   RuleContext ctx;
   std::vector<std::string> reserved = {"source"};
-  for (const auto& s : o.sources) {
-    for (const auto& [k, v] : s.labels) {
-      if (std::find(reserved.begin(), reserved.end(), k) == reserved.end()) {
-        reserved.push_back(k);
-      }
+  auto reserve = [&](const std::string& k) {
+    if (std::find(reserved.begin(), reserved.end(), k) == reserved.end()) {
+      reserved.push_back(k);
     }
+  };
+  for (const auto& s : o.sources) {
+    for (const auto& kv : s.labels) reserve(kv.first);
+    if (!s.glob) continue;
+    // A glob's matches are told apart by `file` or by its fields.
+    PathGlob g(s.path);
+    if (g.fields().empty()) reserve("file");
+    for (const auto& f : g.fields()) reserve(f);
   }
   ctx.reserved_labels = reserved;
   return ctx;
@@ -106,25 +114,27 @@ struct Exporter::Impl {
         // time (see BatchQueue); without it any consumer takes any batch.
         queue(options.queue_batches,
               !options.state_file.empty() && !options.once),
-        self(options.sources, status, queue),
+        self(table, queue),
         store(self.overflow(), options.max_series_total) {
     for (size_t i = 0; i < options.sources.size(); ++i) {
-      status.push_back(std::make_unique<SourceStatus>());
+      const SourceSpec& spec = options.sources[i];
       SourceLabels sl;
-      sl.name = options.sources[i].name;
-      for (const auto& kv : options.sources[i].labels) sl.labels.push_back(kv);
-      source_labels.push_back(std::move(sl));
-      config_index.push_back(static_cast<uint32_t>(i));
+      sl.name = spec.name;
+      for (const auto& kv : spec.labels) sl.labels.push_back(kv);
+      table.Add(spec, std::move(sl), static_cast<uint32_t>(i), !spec.glob);
     }
-    // SelfMetrics was built before `status` was filled: it keeps references
-    // and reads them at scrape time only.
+    supervisor = std::make_unique<SourceSupervisor>(options, table, queue);
+    // SelfMetrics was built before `table` was filled: it keeps a reference
+    // and reads it at scrape time only.
     FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
     if (!options.web_config_file.empty()) {
       WebConfig::Load(options.web_config_file);  // fail early, exit 2
     }
     FormatRules::Build(defs, nullptr);  // fails before the store changes
     std::vector<std::string> names;
-    for (const auto& sl : source_labels) names.push_back(sl.name);
+    for (const auto& spec : options.sources) {
+      if (!spec.glob) names.push_back(spec.name);
+    }
     store.SetSources(std::move(names));
     store.Apply(defs.all);
     rules = FormatRules::Build(defs, &store);
@@ -152,37 +162,68 @@ struct Exporter::Impl {
         Log(LogLevel::kWarn,
             "state file " + options.positions_file + " not used: " + problem);
       }
-      for (size_t i = 0; i < options.sources.size(); ++i) {
-        auto it = saved.sources.find(options.sources[i].url);
+      std::set<std::string> saved_urls;
+      for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
+      supervisor->ExpandGlobs(saved_urls,
+                              saved.sources.empty() ? 0 : saved_at_ns);
+      for (size_t i = 0; i < table.size(); ++i) {
+        if (!table.active(i)) continue;
+        auto it = saved.sources.find(table.specs[i].url);
         if (it != saved.sources.end()) {
-          status[i]->positions.Restore(it->second.positions, saved_at_ns);
+          table.status[i]->positions.Restore(it->second.positions, saved_at_ns);
         }
       }
       if (keep_values) RestoreValues(saved);
+    } else {
+      supervisor->ExpandGlobs({}, 0);
+    }
+    // Every source's counters exist from the start, at 0.
+    for (uint32_t i = 0; i < table.size(); ++i) {
+      if (table.active(i)) self.counters(i);
     }
     BindSyslogSources();
-    std::vector<std::string> known;
-    for (size_t i = 0; i < source_labels.size(); ++i) {
-      known.push_back(i < options.sources.size() ? source_labels[i].name : "");
+    std::vector<SourceLabels> known;
+    for (size_t i = 0; i < table.size(); ++i) {
+      known.push_back(table.active(i) ? table.labels[i] : SourceLabels{});
     }
-    detector = std::make_unique<FormatDetector>(config_index, known);
+    detector = std::make_unique<FormatDetector>(table.config_index, known);
+  }
+
+  // A source's own series are told apart by name, and by file for a glob's
+  // matches (which may share a name).
+  static std::string Identity(const std::string& name,
+                              const std::string& file) {
+    return file.empty() ? name : name + '\n' + file;
   }
 
   // The saved values of sources still configured under the same URL and
   // name; metrics whose definition changed start from zero (as on reload).
   void RestoreValues(const SavedState& saved) {
-    std::map<std::string, uint32_t> index;  // source name -> index
-    for (uint32_t i = 0; i < options.sources.size(); ++i) {
-      const SourceSpec& s = options.sources[i];
+    std::map<std::string, uint32_t> index;  // Identity -> runtime index
+    std::set<std::string> names;
+    for (uint32_t i = 0; i < table.size(); ++i) {
+      if (!table.active(i)) continue;
+      const SourceSpec& s = table.specs[i];
       auto it = saved.sources.find(s.url);
       if (HasPosition(s) && it != saved.sources.end() &&
           it->second.name == s.name) {
-        index[s.name] = i;
+        index[Identity(s.name, s.file)] = i;
+        names.insert(s.name);
       }
     }
+    // A rule series carries the source's name and static labels (a glob's
+    // match: its file or fields): all of them must be one of ours.
     auto ours = [&](const prometheus::Labels& labels) {
       auto it = labels.find("source");
-      return it != labels.end() && index.count(it->second) > 0;
+      return it != labels.end() && names.count(it->second) > 0;
+    };
+    auto which = [&](const prometheus::Labels& labels) -> const uint32_t* {
+      auto src = labels.find("source");
+      auto file = labels.find("file");
+      if (src == labels.end()) return nullptr;
+      auto it = index.find(
+          Identity(src->second, file == labels.end() ? "" : file->second));
+      return it == index.end() ? nullptr : &it->second;
     };
     std::vector<MetricSnapshot> metrics;
     size_t series = 0, changed = 0;
@@ -208,7 +249,9 @@ struct Exporter::Impl {
         }
         continue;
       }
-      const SourceCounters& sc = self.counters(index[c.labels.at("source")]);
+      const uint32_t* i = which(c.labels);
+      if (!i) continue;
+      const SourceCounters& sc = self.counters(*i);
       prometheus::Counter* to =
           c.family == "sshtail_lines_total"             ? sc.lines
           : c.family == "sshtail_lines_unmatched_total" ? sc.unmatched
@@ -256,22 +299,23 @@ struct Exporter::Impl {
     std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
     for (size_t k = 0; k < syslog.size(); ++k) {
       for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
-        slots[k].push_back(SyslogHostSlot{static_cast<uint32_t>(status.size()),
-                                          nullptr, nullptr});
-        status.push_back(std::make_unique<SourceStatus>());
-        source_labels.push_back(source_labels[syslog[k]]);  // static labels
-        config_index.push_back(syslog[k]);                  // and its format
+        // Its static labels and its format; the name comes with a sender.
+        uint32_t slot = table.Add(table.specs[syslog[k]],
+                                  table.labels[syslog[k]], syslog[k], false);
+        slots[k].push_back(SyslogHostSlot{slot, nullptr, nullptr});
       }
     }
     for (size_t k = 0; k < syslog.size(); ++k) {
       for (auto& slot : slots[k]) {
-        slot.status = status[slot.index].get();
-        slot.name = &source_labels[slot.index].name;
+        slot.status = table.status[slot.index].get();
+        slot.name = &table.labels[slot.index].name;
       }
       uint32_t i = syslog[k];
-      producers.push_back(MakeSyslogProducer(options.sources[i], i, *status[i],
-                                             std::move(slots[k]), queue,
-                                             ProducerOpts()));
+      ProducerOptions po;
+      po.max_line_bytes = options.max_line_bytes;
+      supervisor->Adopt(MakeSyslogProducer(options.sources[i], i,
+                                           *table.status[i],
+                                           std::move(slots[k]), queue, po));
     }
   }
 
@@ -300,7 +344,7 @@ struct Exporter::Impl {
     // Parsers yield to the web threads (a scrape must answer quickly while
     // parsing saturates the CPUs) and to the readers; nice 5 is a 3:1 share.
     setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 5);
-    Evaluator eval(store, source_labels);
+    Evaluator eval(store, table.labels);
     while (BatchPtr b = queue.Pop()) {
       {
         // Counted and committed under one read lock: under the write lock
@@ -309,103 +353,22 @@ struct Exporter::Impl {
         auto lock = store.ReadLock();
         std::shared_ptr<const FormatRules> r = rules;
         uint64_t unmatched =
-            detector->Process(eval, *b, r, source_labels[b->source].name);
-        const SourceCounters& c =
-            self.counters(b->source, source_labels[b->source].name);
+            detector->Process(eval, *b, r, table.labels[b->source]);
+        const SourceCounters& c = self.counters(b->source);
         if (b->lines) c.lines->Increment(b->lines);
         if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
         if (b->raw_bytes) {
           c.bytes->Increment(static_cast<double>(b->raw_bytes));
         }
         if (b->too_long) c.too_long->Increment(b->too_long);
-        if (b->seq) status[b->source]->positions.Done(b->seq);
+        if (b->seq) table.status[b->source]->positions.Done(b->seq);
       }
       queue.Finished(b->source);
     }
   }
 
-  ProducerOptions ProducerOpts() const {
-    ProducerOptions po;
-    po.start_at = options.start_at;
-    po.once = options.once;
-    po.max_line_bytes = options.max_line_bytes;
-    return po;
-  }
-
-  void StartProducers() {
-    ProducerOptions po = ProducerOpts();
-    std::vector<uint32_t> ssh_sources;
-    for (uint32_t i = 0; i < options.sources.size(); ++i) {
-      const SourceSpec& s = options.sources[i];
-      switch (s.kind) {
-        case SourceSpec::Kind::kFile:
-          producers.push_back(MakeFileProducer(s, i, *status[i], queue, po));
-          break;
-        case SourceSpec::Kind::kStdin:
-          producers.push_back(MakeStdinProducer(i, *status[i], queue, po));
-          break;
-        case SourceSpec::Kind::kSsh:
-          ssh_sources.push_back(i);
-          break;
-        case SourceSpec::Kind::kSyslogUnix:
-        case SourceSpec::Kind::kSyslogUdp:
-          break;  // bound in the constructor (a bad socket path is exit 2)
-      }
-    }
-    if (!ssh_sources.empty()) {
-      SshOptions so;
-      so.identity_files = options.ssh_identity_files;
-      so.known_hosts = options.ssh_known_hosts;
-      so.accept_new_host_keys = options.ssh_accept_new_host_keys;
-      so.config_file = options.ssh_config;
-      so.default_user = options.ssh_user;
-      so.connect_timeout = options.ssh_connect_timeout;
-      so.heartbeat_interval = options.ssh_heartbeat_interval;
-      so.max_backoff = options.ssh_max_backoff;
-      so.files_per_connection = options.ssh_files_per_connection;
-      std::vector<SshSourceRef> refs;
-      for (uint32_t i : ssh_sources) {
-        refs.push_back(SshSourceRef{&options.sources[i], i, status[i].get()});
-      }
-      for (auto& p : MakeSshProducers(refs, queue, po, so)) {
-        producers.push_back(std::move(p));
-      }
-    }
-    StartProducerThreads();
-  }
-
-  // A thread that cannot be created (a container's pids limit) must not end
-  // the process: the rest are retried from the main loop, and run inline
-  // by --once.
-  void StartProducerThreads() {
-    while (producers_started < producers.size()) {
-      Producer* raw = producers[producers_started].get();
-      try {
-        producer_threads.emplace_back([raw] { raw->Run(); });
-      } catch (const std::system_error& e) {
-        if (!thread_failed) {
-          Log(LogLevel::kError,
-              "cannot start a reader thread (" + std::string(e.what()) + "); " +
-                  std::to_string(producers.size() - producers_started) +
-                  " reader(s) wait and are retried");
-        }
-        thread_failed = true;
-        return;
-      }
-      ++producers_started;
-    }
-    if (thread_failed) Log(LogLevel::kInfo, "every reader thread started");
-    thread_failed = false;
-  }
-
-  void JoinProducers() {
-    for (auto& t : producer_threads) t.join();
-    producer_threads.clear();
-  }
-
   void StopAll() {
-    for (auto& p : producers) p->RequestStop();
-    JoinProducers();
+    supervisor->Stop();
     queue.Close();
     for (auto& t : consumers) t.join();
     consumers.clear();
@@ -419,10 +382,10 @@ struct Exporter::Impl {
     }
     if (!positions) return;
     std::map<std::string, PositionSet> all;
-    for (size_t i = 0; i < options.sources.size(); ++i) {
-      if (options.sources[i].kind == SourceSpec::Kind::kStdin) continue;
-      PositionSet p = status[i]->positions.Committed();
-      if (!p.empty()) all[options.sources[i].url] = std::move(p);
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (!table.active(i) || !HasPosition(table.specs[i])) continue;
+      PositionSet p = table.status[i]->positions.Committed();
+      if (!p.empty()) all[table.specs[i].url] = std::move(p);
     }
     std::string error;
     if (!positions->Save(all, &error)) {
@@ -465,12 +428,12 @@ struct Exporter::Impl {
     auto next = std::make_shared<Durable>();
     std::map<std::string, SourceState> sources;
     next->metrics = store.Snapshot([&] {
-      for (size_t i = 0; i < options.sources.size(); ++i) {
-        if (!HasPosition(options.sources[i])) continue;
-        PositionSet p = status[i]->positions.Committed();
+      for (size_t i = 0; i < table.size(); ++i) {
+        if (!table.active(i) || !HasPosition(table.specs[i])) continue;
+        PositionSet p = table.status[i]->positions.Committed();
         if (!p.empty()) {
-          sources[options.sources[i].url] =
-              SourceState{options.sources[i].name, std::move(p)};
+          sources[table.specs[i].url] =
+              SourceState{table.specs[i].name, std::move(p)};
         }
       }
       for (auto& f : self.registry()->Collect()) {
@@ -582,10 +545,24 @@ struct Exporter::Impl {
   }
 
   bool Ready() const {
-    for (const auto& s : status) {
-      if (!s->connected_once.load()) return false;
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (table.active(i) && !table.status[i]->connected_once.load()) {
+        return false;
+      }
     }
     return true;
+  }
+
+  // --once: the exit code says whether a source could not be read at all.
+  int Unread() const {
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (table.active(i) && !table.status[i]->connected_once.load()) {
+        Log(LogLevel::kError,
+            "source " + table.specs[i].name + " could not be read");
+        return 1;
+      }
+    }
+    return 0;
   }
 
   std::string LandingPage() const {
@@ -598,24 +575,24 @@ struct Exporter::Impl {
         "\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>"
         "<li><a href=\"/-/ready\">Readiness</a></li></ul><h2>Sources</h2>"
         "<table><tr><th>source</th><th>url</th><th>up</th></tr>";
-    for (size_t i = 0; i < options.sources.size(); ++i) {
-      html += "<tr><td>" + HtmlEscape(options.sources[i].name) + "</td><td>" +
-              HtmlEscape(options.sources[i].url) + "</td><td>" +
-              (status[i]->up.load() ? "up" : "down") + "</td></tr>";
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (!table.active(i)) continue;
+      html += "<tr><td>" + HtmlEscape(table.specs[i].name) + "</td><td>" +
+              HtmlEscape(table.specs[i].url) + "</td><td>" +
+              (table.status[i]->up.load() ? "up" : "down") + "</td></tr>";
     }
     html += "</table></body></html>\n";
     return html;
   }
 
   Options options;
-  std::vector<std::unique_ptr<SourceStatus>> status;
-  std::vector<SourceLabels> source_labels;
+  SourceTable table;
   BatchQueue queue;
   SelfMetrics self;
   MetricStore store;
   std::shared_ptr<const FormatRules> rules;           // guarded by store's lock
   std::shared_ptr<const FormatRules> backfill_rules;  // --output openmetrics
-  std::vector<uint32_t> config_index;  // runtime source -> configured source
+  std::unique_ptr<SourceSupervisor> supervisor;
   std::unique_ptr<FormatDetector> detector;
   std::unique_ptr<PositionsFile> positions;
   bool positions_ok = true;  // with a state file: guarded by durable_mutex
@@ -625,10 +602,6 @@ struct Exporter::Impl {
   std::shared_ptr<const Durable> durable;  // guarded by durable_mutex
   uint64_t durable_covers = 0;             // guarded by durable_mutex
   std::atomic<uint64_t> durable_requests{0};
-  std::vector<std::unique_ptr<Producer>> producers;
-  std::vector<std::thread> producer_threads;
-  size_t producers_started = 0;
-  bool thread_failed = false;
   std::vector<std::thread> consumers;
   std::mutex reload_mutex;
   std::chrono::milliseconds expire_every{10000};
@@ -642,7 +615,7 @@ Exporter::~Exporter() = default;
 
 void Exporter::Start() {
   impl_->StartConsumers();
-  impl_->StartProducers();
+  impl_->supervisor->Start();
 }
 
 void Exporter::Stop() { impl_->StopAll(); }
@@ -666,24 +639,21 @@ int Exporter::RunOnce(std::ostream& out) {
                           im.options.backfill_labels);
     uint64_t lines = 0, unmatched = 0, untimed = 0, too_long = 0;
     std::thread parser([&] {
-      Evaluator eval(im.store, im.source_labels);
+      Evaluator eval(im.store, im.table.labels);
       eval.SetBackfill(&history);
       while (BatchPtr b = im.queue.Pop()) {
         {
           auto lock = im.store.ReadLock();
           unmatched += im.detector->Process(eval, *b, im.backfill_rules,
-                                            im.source_labels[b->source].name);
+                                            im.table.labels[b->source]);
         }
         lines += b->lines;
         too_long += b->too_long;
       }
       untimed = eval.untimed_lines();
     });
-    im.StartProducers();
-    im.JoinProducers();
-    while (im.producers_started < im.producers.size()) {
-      im.producers[im.producers_started++]->Run();
-    }
+    im.supervisor->Start();
+    im.supervisor->RunToEnd();
     im.queue.Close();
     parser.join();
     // Steps run from the first line's to the last line's: one line with a
@@ -714,22 +684,11 @@ int Exporter::RunOnce(std::ostream& out) {
             " steps = " + std::to_string(history.samples()) +
             " samples; deltas " + std::to_string(history.deltas()) + " (" +
             std::to_string(history.memory_bytes() >> 10) + " KiB)");
-    for (size_t i = 0; i < im.status.size(); ++i) {
-      if (!im.status[i]->connected_once.load()) {
-        Log(LogLevel::kError,
-            "source " + im.options.sources[i].name + " could not be read");
-        return 1;
-      }
-    }
-    return 0;
+    return im.Unread();
   }
   impl_->StartConsumers();
-  impl_->StartProducers();
-  impl_->JoinProducers();
-  // Readers without a thread of their own run here, one after the other.
-  while (impl_->producers_started < impl_->producers.size()) {
-    impl_->producers[impl_->producers_started++]->Run();
-  }
+  impl_->supervisor->Start();
+  impl_->supervisor->RunToEnd();
   impl_->queue.Close();
   for (auto& t : impl_->consumers) t.join();
   impl_->consumers.clear();
@@ -738,14 +697,7 @@ int Exporter::RunOnce(std::ostream& out) {
   out.flush();
   // The metrics are printed either way; the exit code tells a script that a
   // source could not be read at all (each such source logged why).
-  for (size_t i = 0; i < impl_->status.size(); ++i) {
-    if (!impl_->status[i]->connected_once.load()) {
-      Log(LogLevel::kError,
-          "source " + impl_->options.sources[i].name + " could not be read");
-      return 1;
-    }
-  }
-  return 0;
+  return impl_->Unread();
 }
 
 int Exporter::RunServer() {
@@ -811,8 +763,8 @@ int Exporter::RunServer() {
       impl_->Reload(&e);
     }
     auto now = std::chrono::steady_clock::now();
-    if (impl_->producers_started < impl_->producers.size()) {
-      impl_->StartProducerThreads();
+    for (uint32_t slot : impl_->supervisor->Scan()) {
+      impl_->self.counters(slot);
     }
     if (now >= next_save) {
       impl_->SavePositions();

@@ -198,6 +198,7 @@ struct FormatDetector::State {
   mutable std::mutex mutex;
   // Guarded by mutex.
   std::string name;
+  std::string file;   // a glob's match: its path
   std::string shown;  // the detected format, "none", or "" (undecided)
   uint32_t misses = 0;
   bool warned = false;
@@ -205,12 +206,13 @@ struct FormatDetector::State {
 };
 
 FormatDetector::FormatDetector(std::vector<uint32_t> config_index,
-                               const std::vector<std::string>& names)
+                               const std::vector<SourceLabels>& known)
     : config_index_(std::move(config_index)) {
   for (size_t i = 0; i < config_index_.size(); ++i) {
     states_.push_back(std::make_unique<State>());
-    if (i < names.size() && !names[i].empty()) {
-      states_[i]->name = names[i];
+    if (i < known.size() && !known[i].name.empty()) {
+      states_[i]->name = known[i].name;
+      states_[i]->file = known[i].file;
       states_[i]->named.store(true);
     }
   }
@@ -221,12 +223,14 @@ FormatDetector::~FormatDetector() = default;
 uint64_t FormatDetector::Process(
     Evaluator& eval, const LineBatch& batch,
     const std::shared_ptr<const FormatRules>& rules_ptr,
-    const std::string& name) {
+    const SourceLabels& source) {
   const FormatRules& rules = *rules_ptr;
   State& s = *states_[batch.source];
   if (!s.named.load(std::memory_order_acquire)) {
     std::lock_guard lock(s.mutex);
-    s.name = name;  // a syslog hostname's, known once it sent a line
+    // A syslog hostname's, or a glob match's: known by its first batch.
+    s.name = source.name;
+    s.file = source.file;
     s.named.store(true, std::memory_order_release);
   }
   int fixed = rules.source_format(config_index_[batch.source]);
@@ -357,14 +361,16 @@ prometheus::MetricFamily FormatDetector::Info(const FormatRules& rules) const {
   f.type = prometheus::MetricType::Gauge;
   for (uint32_t i = 0; i < states_.size(); ++i) {
     std::string format = Shown(i, rules);
-    std::string name;
+    std::string name, file;
     {
       std::lock_guard lock(states_[i]->mutex);
       name = states_[i]->name;
+      file = states_[i]->file;
     }
     if (format.empty() || name.empty()) continue;
     prometheus::ClientMetric m;
     m.label = {{"format", format}, {"source", name}};
+    if (!file.empty()) m.label.insert(m.label.begin(), {"file", file});
     m.gauge.value = 1;
     f.metric.push_back(std::move(m));
   }

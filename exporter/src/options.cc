@@ -11,6 +11,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "path_glob.h"
 #include "sshtail/rules.h"
 
 #ifndef SSHTAIL_VERSION
@@ -345,10 +346,10 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
     for (const auto& kv : n) {
       std::string k = kv.first.Scalar();
       if (k != "url" && k != "name" && k != "labels" && k != "sudo" &&
-          k != "format") {
-        throw ConfigError(
-            Where(file, kv.first) + ": unknown key '" + k +
-            "' in source (expected url, name, labels, sudo, format)");
+          k != "format" && k != "exclude" && k != "max_files") {
+        throw ConfigError(Where(file, kv.first) + ": unknown key '" + k +
+                          "' in source (expected url, name, labels, sudo, "
+                          "format, exclude, max_files)");
       }
     }
     if (!n["url"] || !n["url"].IsScalar()) {
@@ -398,6 +399,39 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
                           ": sudo applies to ssh:// sources only");
       }
     }
+    for (const char* key : {"exclude", "max_files"}) {
+      if (n[key] && !spec.glob) {
+        throw ConfigError(Where(file, n[key]) + ": " + key +
+                          " applies to a path with a glob only");
+      }
+    }
+    if (n["exclude"]) {
+      const YAML::Node& ex = n["exclude"];
+      if (!ex.IsSequence()) {
+        throw ConfigError(Where(file, ex) +
+                          ": exclude must be a list of file name patterns");
+      }
+      for (const auto& p : ex) {
+        if (!p.IsScalar() || p.Scalar().empty()) {
+          throw ConfigError(Where(file, p) +
+                            ": an exclude pattern must be a non-empty string");
+        }
+        spec.exclude.push_back(p.Scalar());
+      }
+    }
+    if (n["max_files"]) {
+      long long v = 0;
+      try {
+        v = n["max_files"].as<long long>();
+      } catch (const YAML::Exception&) {
+        v = 0;
+      }
+      if (v < 1 || v > 100000) {
+        throw ConfigError(Where(file, n["max_files"]) +
+                          ": max_files must be a number from 1 to 100000");
+      }
+      spec.max_files = static_cast<size_t>(v);
+    }
     if (n["labels"]) {
       if (!n["labels"].IsMap()) {
         throw ConfigError(Where(file, n["labels"]) +
@@ -414,6 +448,17 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
                             ": a label value must be a string");
         }
         spec.labels[k] = kv.second.Scalar();
+      }
+      if (spec.glob) {
+        // A glob's matches are told apart by `file` or by the fields.
+        std::vector<std::string> own = PathGlob(spec.path).fields();
+        if (own.empty()) own.push_back("file");
+        for (const auto& k : own) {
+          if (spec.labels.count(k)) {
+            throw ConfigError(Where(file, n["labels"]) + ": label '" + k +
+                              "' is set by the path of a glob source");
+          }
+        }
       }
     }
   }

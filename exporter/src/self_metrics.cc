@@ -36,12 +36,8 @@ prometheus::ClientMetric Counter(
 
 }  // namespace
 
-SelfMetrics::SelfMetrics(
-    const std::vector<SourceSpec>& specs,
-    const std::vector<std::unique_ptr<SourceStatus>>& status,
-    const BatchQueue& queue)
-    : specs_(specs),
-      status_(status),
+SelfMetrics::SelfMetrics(const SourceTable& table, const BatchQueue& queue)
+    : table_(table),
       queue_(queue),
       registry_(std::make_shared<prometheus::Registry>()) {
   auto& lines = prometheus::BuildCounter()
@@ -60,11 +56,6 @@ SelfMetrics::SelfMetrics(
                        .Name("sshtail_lines_too_long_total")
                        .Help("Lines skipped for exceeding --max-line-bytes.")
                        .Register(*registry_);
-  for (const auto& s : specs) {
-    prometheus::Labels l{{"source", s.name}};
-    counters_.push_back(SourceCounters{&lines.Add(l), &unmatched.Add(l),
-                                       &bytes.Add(l), &too_long.Add(l)});
-  }
   lines_ = &lines;
   unmatched_ = &unmatched;
   bytes_ = &bytes;
@@ -101,14 +92,14 @@ SelfMetrics::SelfMetrics(
                          .Add({});
 }
 
-const SourceCounters& SelfMetrics::counters(uint32_t source,
-                                            const std::string& name) {
-  if (source < counters_.size()) return counters_[source];
-  std::lock_guard lock(extra_mutex_);
-  auto it = extra_.find(source);
-  if (it != extra_.end()) return it->second;
-  prometheus::Labels l{{"source", name}};
-  return extra_
+const SourceCounters& SelfMetrics::counters(uint32_t source) {
+  std::lock_guard lock(mutex_);
+  auto it = counters_.find(source);
+  if (it != counters_.end()) return it->second;
+  const SourceLabels& sl = table_.labels[source];
+  prometheus::Labels l{{"source", sl.name}};
+  if (!sl.file.empty()) l["file"] = sl.file;
+  return counters_
       .emplace(source, SourceCounters{&lines_->Add(l), &unmatched_->Add(l),
                                       &bytes_->Add(l), &too_long_->Add(l)})
       .first->second;
@@ -152,9 +143,13 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   auto reconnects = Family("sshtail_ssh_reconnects_total",
                            "SSH connection or stream failures, by reason.",
                            MetricType::Counter);
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    const SourceStatus& s = *status_[i];
-    std::vector<prometheus::ClientMetric::Label> l{{"source", specs_[i].name}};
+  for (size_t i = 0; i < table_.size(); ++i) {
+    if (!table_.active(i)) continue;
+    const SourceStatus& s = *table_.status[i];
+    const SourceSpec& spec = table_.specs[i];
+    std::vector<prometheus::ClientMetric::Label> l;
+    if (!spec.file.empty()) l.push_back({"file", table_.labels[i].file});
+    l.push_back({"source", spec.name});
     up.metric.push_back(Gauge(l, s.up.load() ? 1 : 0));
     offset.metric.push_back(Gauge(l, static_cast<double>(s.offset.load())));
     rotations.metric.push_back(
@@ -162,11 +157,11 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
     last.metric.push_back(Gauge(l, s.last_line_time.load()));
     files_lost.metric.push_back(
         Counter(l, static_cast<double>(s.files_lost.load())));
-    if (specs_[i].kind == SourceSpec::Kind::kSsh) {
+    if (spec.kind == SourceSpec::Kind::kSsh) {
       for (const auto& [reason, n] : s.Failures()) {
-        reconnects.metric.push_back(
-            Counter({{"reason", reason}, {"source", specs_[i].name}},
-                    static_cast<double>(n)));
+        auto rl = l;
+        rl.insert(rl.begin() + (spec.file.empty() ? 0 : 1), {"reason", reason});
+        reconnects.metric.push_back(Counter(rl, static_cast<double>(n)));
       }
     }
   }
@@ -180,18 +175,20 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
                         "syslog+udp datagrams the kernel dropped because the "
                         "socket's receive buffer was full.",
                         MetricType::Counter);
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    auto kind = specs_[i].kind;
-    if (kind != SourceSpec::Kind::kSyslogUnix &&
-        kind != SourceSpec::Kind::kSyslogUdp) {
+  for (size_t i = 0; i < table_.size(); ++i) {
+    auto kind = table_.specs[i].kind;
+    if (!table_.active(i) || (kind != SourceSpec::Kind::kSyslogUnix &&
+                              kind != SourceSpec::Kind::kSyslogUdp)) {
       continue;
     }
-    std::vector<prometheus::ClientMetric::Label> l{{"source", specs_[i].name}};
+    const SourceStatus& s = *table_.status[i];
+    std::vector<prometheus::ClientMetric::Label> l{
+        {"source", table_.specs[i].name}};
     malformed.metric.push_back(
-        Counter(l, static_cast<double>(status_[i]->syslog_malformed.load())));
+        Counter(l, static_cast<double>(s.syslog_malformed.load())));
     if (kind == SourceSpec::Kind::kSyslogUdp) {
       dropped.metric.push_back(
-          Counter(l, static_cast<double>(status_[i]->syslog_dropped.load())));
+          Counter(l, static_cast<double>(s.syslog_dropped.load())));
     }
   }
   if (!malformed.metric.empty()) out.push_back(std::move(malformed));

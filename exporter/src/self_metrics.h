@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "source_table.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/source.h"
 
@@ -30,18 +31,15 @@ struct SourceCounters {
 /// time, so producers never touch the registry. Thread-safe.
 class SelfMetrics : public prometheus::Collectable {
  public:
-  SelfMetrics(const std::vector<SourceSpec>& specs,
-              const std::vector<std::unique_ptr<SourceStatus>>& status,
-              const BatchQueue& queue);
+  /// Reports on the active sources of `table`, read at scrape time.
+  SelfMetrics(const SourceTable& table, const BatchQueue& queue);
 
   std::vector<prometheus::MetricFamily> Collect() const override;
 
-  const SourceCounters& counters(uint32_t source) const {
-    return counters_[source];
-  }
-  /// Also for indices past the configured sources (a syslog socket's sender
-  /// hostnames, see SyslogHostSlot): created at first use with `name`.
-  const SourceCounters& counters(uint32_t source, const std::string& name);
+  /// The counters of runtime source `source`, created at first use with
+  /// its labels (`source`, and `file` for a glob's match). A slot's labels
+  /// are set before its first batch.
+  const SourceCounters& counters(uint32_t source);
   prometheus::Family<prometheus::Counter>& overflow() { return *overflow_; }
   prometheus::Gauge& reload_ok() { return *reload_ok_; }
   prometheus::Gauge& reload_time() { return *reload_time_; }
@@ -49,17 +47,15 @@ class SelfMetrics : public prometheus::Collectable {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
-  const std::vector<SourceSpec>& specs_;
-  const std::vector<std::unique_ptr<SourceStatus>>& status_;
+  const SourceTable& table_;
   const BatchQueue& queue_;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::vector<SourceCounters> counters_;
   prometheus::Family<prometheus::Counter>* lines_;
   prometheus::Family<prometheus::Counter>* unmatched_;
   prometheus::Family<prometheus::Counter>* bytes_;
   prometheus::Family<prometheus::Counter>* too_long_;
-  std::mutex extra_mutex_;
-  std::map<uint32_t, SourceCounters> extra_;  // guarded by extra_mutex_
+  std::mutex mutex_;
+  std::map<uint32_t, SourceCounters> counters_;  // guarded by mutex_
   prometheus::Family<prometheus::Counter>* overflow_;
   prometheus::Gauge* reload_ok_;
   prometheus::Gauge* reload_time_;

@@ -9,6 +9,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "path_glob.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
@@ -165,6 +166,11 @@ SourceSpec ParseSourceUrl(const std::string& url) {
     if (!port.empty() || authority.find(':') != std::string_view::npos) {
       spec.port = ParsePort(url, port);
     }
+    if (HasGlob(spec.path)) {
+      BadUrl(url,
+             "globs and {fields} in ssh:// paths are not supported yet; "
+             "list each file");
+    }
     return spec;
   }
   std::string path;
@@ -186,6 +192,14 @@ SourceSpec ParseSourceUrl(const std::string& url) {
   }
   spec.kind = SourceSpec::Kind::kFile;
   spec.path = path;
+  if (HasGlob(path)) {
+    try {
+      PathGlob check(path);
+    } catch (const std::invalid_argument& e) {
+      BadUrl(url, e.what());
+    }
+    spec.glob = true;
+  }
   return spec;
 }
 
@@ -214,6 +228,7 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
       throw std::invalid_argument(where + "source '" + s.url +
                                   "' is given twice");
     }
+    if (s.glob) continue;  // its matches are named when found
     if (s.name.empty()) {
       switch (s.kind) {
         case SourceSpec::Kind::kStdin:

@@ -40,16 +40,14 @@ struct DetectHarness {
     o.formats = std::move(named);
     o.sources = std::move(specs);
     std::vector<uint32_t> index;
-    std::vector<std::string> names;
     for (uint32_t i = 0; i < o.sources.size(); ++i) {
-      sources.push_back({o.sources[i].name, {}});
+      sources.push_back({o.sources[i].name, {}, {}});
       index.push_back(i);
-      names.push_back(o.sources[i].name);
     }
     FormatDefs defs = LoadFormatDefs(o, RuleContext{});
     store.Apply(defs.all);
     rules = FormatRules::Build(defs, &store);
-    detector = std::make_unique<FormatDetector>(index, names);
+    detector = std::make_unique<FormatDetector>(index, sources);
     eval = std::make_unique<Evaluator>(store, sources);
   }
 
@@ -57,7 +55,7 @@ struct DetectHarness {
   uint64_t Feed(const std::vector<std::string>& lines, uint32_t source = 0) {
     LineBatch b = MakeBatch(lines, source, ++seq);
     auto lock = store.ReadLock();
-    return detector->Process(*eval, b, rules, sources[source].name);
+    return detector->Process(*eval, b, rules, sources[source]);
   }
 
   /// Each line its own batch, as a live tail sends them.

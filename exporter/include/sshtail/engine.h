@@ -22,6 +22,9 @@ class BackfillStore;
 struct SourceLabels {
   std::string name;
   std::vector<std::pair<std::string, std::string>> labels;
+  /// A glob's match: its path, which tells apart the exporter's own series
+  /// of files that share a name.
+  std::string file;
 };
 
 /// How to read one field out of a match.

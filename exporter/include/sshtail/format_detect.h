@@ -99,18 +99,18 @@ class FormatDetector {
   static constexpr uint32_t kNoMatchAfter = 32;
 
   /// `config_index[i]`: the configured source runtime source `i` belongs to
-  /// (a syslog socket's hostnames share their socket's); `names[i]` its
-  /// name if known yet.
+  /// (a syslog socket's hostnames and a glob's files share its format);
+  /// `known[i]` its name (and file) if known yet.
   FormatDetector(std::vector<uint32_t> config_index,
-                 const std::vector<std::string>& names);
+                 const std::vector<SourceLabels>& known);
   ~FormatDetector();
 
   /// Evaluates `batch` with its source's format(s) and flushes; returns the
-  /// lines no rule matched. `name` is the source's label value. The caller
+  /// lines no rule matched. `source` names the batch's source. The caller
   /// holds the store's read lock.
   uint64_t Process(Evaluator& eval, const LineBatch& batch,
                    const std::shared_ptr<const FormatRules>& rules,
-                   const std::string& name);
+                   const SourceLabels& source);
 
   /// After new rules were swapped in: detected sources start over.
   void Reset();

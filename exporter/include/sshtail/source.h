@@ -29,6 +29,13 @@ struct SourceSpec {
   /// --format); empty: --format.
   std::string format;
   int format_line = 0;  ///< where `format:` is, in config_file
+  /// The path holds a glob or a `{field}` (see PathGlob): the spec stands
+  /// for every file that matches, each followed as a source of its own.
+  bool glob = false;
+  std::vector<std::string> exclude;  ///< glob: more names to skip (fnmatch)
+  size_t max_files = 1000;           ///< glob: files followed at most
+  /// A glob's match: the file's path (the `file` label of its series).
+  std::string file;
 
   // Parsed form of `url`.
   enum class Kind {
@@ -51,7 +58,8 @@ SourceSpec ParseSourceUrl(const std::string& url);
 
 /// Gives every spec without a name its default: the path for local files,
 /// "stdin" for -, the host for SSH (host:path when a host has several
-/// files). Throws std::invalid_argument if two sources end up with one name.
+/// files). A glob keeps its name empty: each match is named when found. Throws
+/// std::invalid_argument if two sources end up with one name.
 void ResolveNames(std::vector<SourceSpec>& specs);
 
 /// Live state of a source that producers write and the self-metrics

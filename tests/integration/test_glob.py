@@ -1,0 +1,215 @@
+"""Globs in local source paths: files that match later are followed from
+their first line, rotated siblings are not followed as sources of their
+own, `{field}` templates become labels, and a file created while the
+exporter was stopped is read whole after a restart. A real nginx writing a
+log per virtual host (`access_log .../$host.access.log`) creates the files
+as requests for new hosts arrive."""
+import os
+import subprocess
+
+import harness
+import peers
+import promtext
+
+
+def write_lines(path, lines, mode='a'):
+    with open(path, mode) as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def followed(exp):
+    """The files the exporter follows: its sources' `file` labels."""
+    return sorted(d['file'] for d, _ in promtext.select(exp.metrics(), 'sshtail_source_up')
+                  if 'file' in d)
+
+
+def write_config(d, text):
+    path = os.path.join(d, 'config.yml')
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def test_new_files_are_followed_from_their_first_line_and_rotated_ones_never():
+    d = harness.tmpdir()
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    a = os.path.join(logs, 'a.log')
+    b = os.path.join(logs, 'b.log')
+    old, _ = harness.generate(300, 'timed', seed=30)
+    write_lines(a, old[:100])            # before the start: not counted
+    write_lines(a + '.1', old[100:200])  # rotated siblings: never sources
+    write_lines(os.path.join(logs, 'c.log-20261201'), old[200:250])
+    write_lines(os.path.join(logs, 'skipme.log'), old[250:])  # exclude:
+    conf = write_config(d, 'sources:\n  - url: %s/*\n    exclude: ["skip*"]\n' % logs)
+    exp = harness.Exporter(['--format', 'timed', '--config', conf], d)
+    harness.wait_for(lambda: followed(exp) == [a], 30, what='a.log followed')
+
+    lines_a, truth_a = harness.generate(6000, 'timed', seed=31)
+    w = harness.Writer(a, lines_a, rate=20000)
+    w.start()
+    # A file that appears while running: all of it counts, even the lines
+    # written before the exporter's next look at the directory.
+    lines_b, truth_b = harness.generate(4000, 'timed', seed=32)
+    write_lines(b, lines_b[:2500], 'w')
+    write_lines(os.path.join(logs, 'skipme2.log'), old[:10], 'w')
+    w.wait_written(2000)
+    os.rename(a, a + '.2')  # rotation by rename: drained, not a new source
+    w.reopen()
+    write_lines(b, lines_b[2500:])
+    w.finish()
+    exp.wait_value('sshtail_lines_total', 6000, source=a)
+    exp.wait_value('sshtail_lines_total', 4000, source=b)
+    m = exp.metrics()
+    harness.check_truth(m, truth_a, a)
+    harness.check_truth(m, truth_b, b)
+    assert followed(exp) == [a, b]
+    assert exp.value('sshtail_rotations_total', source=a) == 1
+    assert promtext.total(m, 'sshtail_lines_total') == 10000
+    # Every series of a glob's match says which file it counts.
+    assert promtext.total(m, 'nginx_http_requests_total', file=b) == 4000
+    assert exp.stop() == 0
+
+
+def test_a_glob_in_a_directory_part_follows_a_new_directory():
+    d = harness.tmpdir()
+    os.makedirs(os.path.join(d, 'srv', 'one', 'logs'))
+    one = os.path.join(d, 'srv', 'one', 'logs', 'access.log')
+    two = os.path.join(d, 'srv', 'two', 'logs', 'access.log')
+    open(one, 'w').close()
+    exp = harness.Exporter(['--format', 'timed', os.path.join(d, 'srv', '*', 'logs',
+                                                              'access.log')], d)
+    harness.wait_for(lambda: followed(exp) == [one], 30, what='one followed')
+    lines, truth = harness.generate(3000, 'timed', seed=33)
+    write_lines(one, lines[:1000])
+    os.makedirs(os.path.dirname(two))
+    write_lines(two, lines[1000:], 'w')
+    exp.wait_value('sshtail_lines_total', 1000, source=one)
+    exp.wait_value('sshtail_lines_total', 2000, source=two)
+    _, truth_one = harness.generate(1000, 'timed', seed=33)
+    harness.check_truth(exp.metrics(), truth_one, one)
+    harness.check_truth(exp.metrics(), harness.truth_minus(truth, truth_one), two)
+    assert exp.stop() == 0
+
+
+class VhostNginx(peers.Nginx):
+    """A real nginx that logs each virtual host to `vhosts/$host.access.log`:
+    nginx creates the file on the first request for a new host."""
+
+    def _config(self):
+        self.vhosts = os.path.join(self.dir, 'vhosts')
+        os.makedirs(self.vhosts, exist_ok=True)
+        conf = super()._config()
+        if os.geteuid() == 0:
+            # Workers open a log with variables themselves: let them write
+            # into the test's private directory.
+            conf = 'user root;\n' + conf
+        return conf.replace('access_log %s timed;' % self.access_log,
+                            'access_log %s/$host.access.log timed;' % self.vhosts)
+
+    def _start(self):
+        # The parent waits for the fixed access log; this one has none yet.
+        open(self.access_log, 'a').close()
+        super()._start()
+
+
+def test_real_nginx_vhost_logs_with_a_path_template():
+    d = harness.tmpdir()
+    nginx = VhostNginx(d)
+    exp = harness.Exporter(['--format', 'timed',
+                            os.path.join(nginx.vhosts, '{vhost}.access.log')], d)
+    want = {'shop': (40, 7), 'blog': (25, 3), 'api': (60, 0)}
+    for host, (ok, errors) in want.items():
+        codes = peers.curl_glob(nginx.url('/'), ok, extra=['-H', 'Host: ' + host])
+        assert codes == {200: ok}
+        if errors:
+            codes = peers.curl_glob(nginx.url('/error'), errors,
+                                    extra=['-H', 'Host: ' + host])
+            assert codes == {500: errors}
+    for host, (ok, errors) in want.items():
+        exp.wait_value('nginx_http_requests_total', ok + errors, vhost=host)
+    m = exp.metrics()
+    for host, (ok, errors) in want.items():
+        path = os.path.join(nginx.vhosts, host + '.access.log')
+        assert promtext.total(m, 'nginx_http_requests_total', vhost=host,
+                              status='200', source=path) == ok
+        assert promtext.total(m, 'nginx_http_requests_total', vhost=host,
+                              status='500') == errors
+        assert promtext.total(m, 'sshtail_lines_total', source=path) == ok + errors
+        assert promtext.total(m, 'sshtail_lines_unmatched_total', source=path) == 0
+    # The template names the file: rule series carry `vhost`, not `file`.
+    assert not [x for x, _ in promtext.select(m, 'nginx_http_requests_total') if 'file' in x]
+    assert exp.stop() == 0
+
+
+def test_a_file_created_while_stopped_is_read_whole_after_a_restart():
+    d = harness.tmpdir()
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    a = os.path.join(logs, 'a.log')
+    b = os.path.join(logs, 'b.log')
+    pos = os.path.join(d, 'positions.yml')
+    lines, truth = harness.generate(5000, 'timed', seed=34)
+    open(a, 'w').close()
+    args = ['--format', 'timed', '--positions-file', pos, os.path.join(logs, '*.log')]
+    exp = harness.Exporter(args, d, name='first')
+    harness.wait_for(lambda: followed(exp) == [a], 30, what='a.log followed')
+    write_lines(a, lines[:1000])
+    exp.wait_value('sshtail_lines_total', 1000, source=a)
+    assert exp.stop() == 0
+    write_lines(a, lines[1000:2000])   # while stopped: the rest of a,
+    write_lines(b, lines[2000:4000], 'w')  # and a new file (after the save)
+    exp2 = harness.Exporter(args, d, name='second')
+    write_lines(b, lines[4000:])
+    exp2.wait_value('sshtail_lines_total', 1000, source=a)
+    exp2.wait_value('sshtail_lines_total', 3000, source=b)
+    _, t1 = harness.generate(1000, 'timed', seed=34)
+    _, t2 = harness.generate(2000, 'timed', seed=34)
+    harness.check_truth(exp2.metrics(), harness.truth_minus(t2, t1), a)
+    harness.check_truth(exp2.metrics(), harness.truth_minus(truth, t2), b)
+    assert exp2.stop() == 0
+
+
+def test_max_files_bounds_what_one_glob_follows():
+    d = harness.tmpdir()
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    for n in 'abc':
+        open(os.path.join(logs, n + '.log'), 'w').close()
+    conf = write_config(d, 'sources:\n  - url: %s/*.log\n    max_files: 2\n' % logs)
+    exp = harness.Exporter(['--format', 'timed', '--config', conf], d)
+    harness.wait_for(lambda: len(followed(exp)) == 2, 30, what='two files followed')
+    open(os.path.join(logs, 'd.log'), 'w').close()
+    lines, _ = harness.generate(10, 'timed', seed=35)
+    write_lines(os.path.join(logs, 'a.log'), lines)
+    exp.wait_value('sshtail_lines_total', 10)
+    assert followed(exp) == [os.path.join(logs, 'a.log'), os.path.join(logs, 'b.log')]
+    assert exp.stop() == 0
+
+
+def test_bad_globs_are_config_errors():
+    d = harness.tmpdir()
+    cases = [
+        ('sources:\n  - url: %s/{1x}.log\n' % d, 'config.yml:2'),
+        ('sources:\n  - url: %s/[ab.log\n' % d, 'config.yml:2'),
+        ('sources:\n  - url: %s/a.log\n    exclude: ["*.x"]\n' % d, 'config.yml:3'),
+        ('sources:\n  - url: %s/*.log\n    max_files: 0\n' % d, 'config.yml:3'),
+        ('sources:\n  - url: %s/*.log\n    labels: {file: x}\n' % d, 'config.yml:3'),
+        ('sources:\n  - url: ssh://web1/var/log/*.log\n', 'config.yml:2'),
+    ]
+    for text, where in cases:
+        conf = write_config(d, text)
+        r = subprocess.run([harness.BIN, '--config', conf, '--check-config'],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, (text, r.returncode, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and where in lines[0], (text, r.stderr)
+
+
+if __name__ == '__main__':
+    harness.main([test_new_files_are_followed_from_their_first_line_and_rotated_ones_never,
+                  test_a_glob_in_a_directory_part_follows_a_new_directory,
+                  test_real_nginx_vhost_logs_with_a_path_template,
+                  test_a_file_created_while_stopped_is_read_whole_after_a_restart,
+                  test_max_files_bounds_what_one_glob_follows,
+                  test_bad_globs_are_config_errors])
