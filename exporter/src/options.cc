@@ -601,7 +601,8 @@ ParseResult Parse(int argc, const char* const argv[], Options* o,
                        std::string("sshtail_exporter ") + SSHTAIL_VERSION);
   app.footer(
       "SOURCE is /abs/path or file:///abs/path (a local file), - (stdin), or\n"
-      "ssh://[user@]host[:port]/abs/path. See README.md for every metric.");
+      "ssh://[user@]host[:port]/abs/path; a path may hold globs (*, ?, [...])\n"
+      "and {name} fields (labels). See README.md for every metric.");
   std::vector<Flag> flags = Flags(o);
   std::map<std::string, std::string> single;
   std::map<std::string, std::vector<std::string>> lists;

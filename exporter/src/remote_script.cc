@@ -2,8 +2,11 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <stdexcept>
 
 #include "sshtail/positions.h"
 
@@ -295,6 +298,55 @@ exec 3<&-
 wait "$tp"
 kill "$w" 2>/dev/null
 )SH";
+  return s;
+}
+
+std::string RemoteListScript(const std::string& glob, int heartbeat_seconds,
+                             const std::string& tag) {
+  std::string word, literal;
+  auto flush = [&] {
+    if (!literal.empty()) word += ShellQuote(literal);
+    literal.clear();
+  };
+  for (size_t i = 0; i < glob.size(); ++i) {
+    char c = glob[i];
+    if (c == '*' || c == '?') {
+      flush();
+      word += c;
+    } else if (c == '[') {
+      size_t close = glob.find(']', i + 2);
+      if (close == std::string::npos) {
+        throw std::invalid_argument("unterminated '[' in '" + glob + "'");
+      }
+      std::string body = glob.substr(i + 1, close - i - 1);
+      for (char b : body) {
+        if (!std::isalnum(static_cast<unsigned char>(b)) && b != '.' &&
+            b != '_' && b != '-' && b != '!' && b != '^') {
+          throw std::invalid_argument(
+              "a [...] in a remote glob may hold letters, digits and "
+              "\"._-!^\" only: '" +
+              glob + "'");
+        }
+      }
+      flush();
+      word += "[" + body + "]";
+      i = close;
+    } else if (c == '\\' && i + 1 < glob.size()) {
+      literal += glob[++i];
+    } else {
+      literal += c;
+    }
+  }
+  flush();
+  std::string s = "t=" + ShellQuote(tag) + "\n";
+  s += "while :; do\n";
+  s += "  for f in " + word + "; do\n";
+  s += R"SH(    [ -f "$f" ] && { printf '%s F %s\n' "$t" "$f" || exit 0; }
+  done
+  printf '%s E\n' "$t" || exit 0
+)SH";
+  s += "  sleep " + std::to_string(std::max(1, heartbeat_seconds)) + "\n";
+  s += "done\n";
   return s;
 }
 

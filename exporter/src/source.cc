@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "path_glob.h"
+#include "sshtail/remote_script.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
@@ -167,9 +168,13 @@ SourceSpec ParseSourceUrl(const std::string& url) {
       spec.port = ParsePort(url, port);
     }
     if (HasGlob(spec.path)) {
-      BadUrl(url,
-             "globs and {fields} in ssh:// paths are not supported yet; "
-             "list each file");
+      try {
+        // The remote shell must be able to take it as it is.
+        RemoteListScript(PathGlob(spec.path).glob(), 1, "t");
+      } catch (const std::invalid_argument& e) {
+        BadUrl(url, e.what());
+      }
+      spec.glob = true;
     }
     return spec;
   }

@@ -169,7 +169,9 @@ struct ChannelSink {
 // One ssh:// source on this connection.
 struct Stream {
   Stream(const SshSourceRef& r, BatchQueue& q, const ProducerOptions& po)
-      : ref(r), builder(q, r.index, *r.status, po.batch_bytes) {}
+      : ref(r),
+        builder(q, r.index, *r.status, po.batch_bytes),
+        from_start(r.from_start) {}
 
   SshSourceRef ref;
   BatchBuilder builder;
@@ -188,6 +190,7 @@ struct Stream {
   bool done = false;  // once mode: read to the end
   bool missing_logged = false;
   bool saw_missing = false;  // waited for the file: read it from its start
+  bool from_start;           // appeared while running (a glob's new match)
   Clock::time_point retry_at{};
   milliseconds backoff{0};
   uint64_t pending_raw = 0;
@@ -207,22 +210,12 @@ struct Stream {
   }
 };
 
-class SshConnection : public Producer {
+class SshConnection : public SshProducer {
  public:
   SshConnection(std::vector<SshSourceRef> refs, BatchQueue& queue,
                 const ProducerOptions& po, const SshOptions& so)
-      : po_(po), so_(so), buf_(kReadChunk) {
-    for (const auto& r : refs) {
-      streams_.push_back(std::make_unique<Stream>(r, queue, po));
-      Stream& s = *streams_.back();
-      s.resume = r.status->positions.Committed();
-      s.fresh = s.resume.empty();
-      s.saved_at = r.status->positions.RestoredAt();
-      for (const auto& p : s.resume) {
-        if (p.current && p.offset == 0) s.unread_since = s.saved_at;
-        if (!p.current && p.offset == 0) s.saved_unread.push_back(p.file);
-      }
-    }
+      : po_(po), so_(so), queue_(queue), buf_(kReadChunk) {
+    for (const auto& r : refs) AddStream(r);
     const SourceSpec& first = *refs.front().spec;
     host_ = first.host;
     user_ = first.user.empty() ? so.default_user : first.user;
@@ -231,6 +224,7 @@ class SshConnection : public Producer {
     label_ = (user_.empty() ? "" : user_ + "@") + host_ +
              (port_ ? ":" + std::to_string(port_) : "");
     stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    wake_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     hb_ = std::max<int>(1,
                         static_cast<int>(so.heartbeat_interval.count() / 1000));
     drain_quiet_ = std::max(milliseconds(5000), so.heartbeat_interval * 2);
@@ -242,8 +236,18 @@ class SshConnection : public Producer {
     [[maybe_unused]] ssize_t n = ::write(stop_fd_.get(), &one, sizeof one);
   }
 
+  void AddSource(const SshSourceRef& ref) override {
+    {
+      std::lock_guard lock(inbox_mutex_);
+      inbox_.push_back(ref);
+    }
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
+  }
+
   void Run() override {
     while (!stop_.load() && !AllDone()) {
+      TakeInbox();
       if (!session_) {
         if (!WaitUntil(next_connect_)) break;
         Failure f;
@@ -263,6 +267,31 @@ class SshConnection : public Producer {
   }
 
  private:
+  void AddStream(const SshSourceRef& r) {
+    streams_.push_back(std::make_unique<Stream>(r, queue_, po_));
+    Stream& s = *streams_.back();
+    s.resume = r.status->positions.Committed();
+    s.fresh = s.resume.empty();
+    s.saved_at = r.status->positions.RestoredAt();
+    for (const auto& p : s.resume) {
+      if (p.current && p.offset == 0) s.unread_since = s.saved_at;
+      if (!p.current && p.offset == 0) s.saved_unread.push_back(p.file);
+    }
+  }
+
+  // Files added while running become streams here, on this thread.
+  void TakeInbox() {
+    std::vector<SshSourceRef> in;
+    {
+      std::lock_guard lock(inbox_mutex_);
+      in.swap(inbox_);
+    }
+    for (const auto& r : in) {
+      AddStream(r);
+      streams_.back()->retry_at = Clock::now();
+    }
+  }
+
   bool AllDone() const {
     if (!po_.once) return false;
     for (const auto& s : streams_) {
@@ -339,6 +368,8 @@ class SshConnection : public Producer {
     EventPtr ev(ssh_event_new());
     ssh_event_add_session(ev.get(), s.get());
     ssh_event_add_fd(ev.get(), stop_fd_.get(), POLLIN, &SshConnection::OnStop,
+                     this);
+    ssh_event_add_fd(ev.get(), wake_fd_.get(), POLLIN, &SshConnection::OnStop,
                      this);
     session_ = std::move(s);
     event_ = std::move(ev);
@@ -423,7 +454,8 @@ class SshConnection : public Producer {
         cur.expect_tail = p.tail;
       }
     }
-    if (s.fresh && !s.saw_missing && po_.start_at == StartAt::kEnd) {
+    if (s.fresh && !s.saw_missing && !s.from_start &&
+        po_.start_at == StartAt::kEnd) {
       cur.start_at_end = true;
       cur.end_window = po_.max_line_bytes + 2;
     }
@@ -953,6 +985,7 @@ class SshConnection : public Producer {
   void Serve() {
     for (auto& s : streams_) s->retry_at = Clock::now();
     while (session_ && !stop_.load() && !AllDone()) {
+      TakeInbox();
       auto now = Clock::now();
       for (auto& s : streams_) {
         if (!s->done && !s->HasRole(Channel::Role::kCurrent) &&
@@ -1083,6 +1116,7 @@ class SshConnection : public Producer {
 
   const ProducerOptions po_;
   const SshOptions so_;
+  BatchQueue& queue_;
   std::vector<std::unique_ptr<Stream>> streams_;
   std::string host_;
   std::string user_;
@@ -1092,6 +1126,9 @@ class SshConnection : public Producer {
   int hb_ = 5;
   milliseconds drain_quiet_{5000};
   UniqueFd stop_fd_;
+  UniqueFd wake_fd_;  // AddSource
+  std::mutex inbox_mutex_;
+  std::vector<SshSourceRef> inbox_;  // guarded by inbox_mutex_
   std::atomic<bool> stop_{false};
   SessionPtr session_;
   EventPtr event_;
@@ -1106,25 +1143,23 @@ class SshConnection : public Producer {
 
 }  // namespace
 
-std::vector<std::unique_ptr<Producer>> MakeSshProducers(
+std::string SshConnectionKey(const SourceSpec& s) {
+  return s.user + "@" + s.host + ":" + std::to_string(s.port) +
+         (s.sudo ? "/sudo" : "");
+}
+
+std::vector<std::unique_ptr<SshProducer>> MakeSshProducers(
     const std::vector<SshSourceRef>& sources, BatchQueue& queue,
     const ProducerOptions& producer_options, const SshOptions& ssh_options) {
-  static std::once_flag init;
-  std::call_once(init, [] {
-    ssh_init();
-    InstallForkHandler();
-  });
-  // Sources sharing user, host, port and sudo share connections.
+  InitLibssh();
   std::map<std::string, std::vector<SshSourceRef>> groups;
   std::vector<std::string> order;
   for (const auto& r : sources) {
-    const SourceSpec& s = *r.spec;
-    std::string key = s.user + "@" + s.host + ":" + std::to_string(s.port) +
-                      (s.sudo ? "/sudo" : "");
+    std::string key = SshConnectionKey(*r.spec);
     if (!groups.count(key)) order.push_back(key);
     groups[key].push_back(r);
   }
-  std::vector<std::unique_ptr<Producer>> out;
+  std::vector<std::unique_ptr<SshProducer>> out;
   size_t per =
       static_cast<size_t>(std::max(1, ssh_options.files_per_connection));
   for (const auto& key : order) {

@@ -212,13 +212,15 @@ void ResetSignalsInChild() {
 
 }  // namespace
 
-void InstallForkHandler() {
+void InitLibssh() {
   // The exporter blocks SIGTERM/SIGINT/SIGHUP for its signal thread and
   // ignores SIGPIPE; a ProxyCommand child (forked by libssh) would inherit
   // both, and libssh's close (SIGTERM, then waitpid) would hang forever.
   static std::once_flag once;
-  std::call_once(once,
-                 [] { pthread_atfork(nullptr, nullptr, ResetSignalsInChild); });
+  std::call_once(once, [] {
+    ssh_init();
+    pthread_atfork(nullptr, nullptr, ResetSignalsInChild);
+  });
 }
 
 SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,

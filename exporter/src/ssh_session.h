@@ -54,8 +54,9 @@ struct SessionTarget {
 SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
                        int stop_fd, const std::atomic<bool>* stop, Failure* f);
 
-/// Once per process: children forked by libssh (ProxyCommand/ProxyJump)
-/// start with no blocked signals and default dispositions.
-void InstallForkHandler();
+/// Once per process, before the first session: ssh_init(), and children
+/// forked by libssh (ProxyCommand/ProxyJump) start with no blocked signals
+/// and default dispositions.
+void InitLibssh();
 
 }  // namespace sshtail

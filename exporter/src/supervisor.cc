@@ -1,11 +1,13 @@
 #include "supervisor.h"
 
+#include <cstdio>
+#include <stdexcept>
 #include <system_error>
 
 #include "rotated_files.h"
+#include "ssh_lister.h"
 #include "sshtail/file_producer.h"
 #include "sshtail/log.h"
-#include "sshtail/ssh_producer.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
@@ -33,24 +35,65 @@ SshOptions SshOpts(const Options& o) {
   return so;
 }
 
+// ssh://authority of a glob's URL, then `path`, %-encoded where
+// ParseSourceUrl would not read it back as it is.
+std::string RemoteUrl(const std::string& glob_url, const std::string& path) {
+  std::string out = glob_url.substr(0, glob_url.find('/', 6));
+  for (unsigned char c : path) {
+    if (c == '%' || c <= ' ' || c >= 0x7f) {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      out += hex;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+// A path a remote host reported: it must look like one (the host is not
+// trusted) before it is matched.
+bool PlausiblePath(const std::string& p) {
+  if (p.empty() || p.front() != '/' || p.size() > 4096) return false;
+  for (unsigned char c : p) {
+    if (c < ' ' || c == 0x7f) return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+std::string SourceSupervisor::Key(const SourceSpec& s) {
+  return s.kind == SourceSpec::Kind::kSsh
+             ? "ssh " + SshConnectionKey(s) + s.path
+             : "file " + s.path;
+}
 
 SourceSupervisor::SourceSupervisor(const Options& options, SourceTable& table,
                                    BatchQueue& queue)
     : options_(options), table_(table), queue_(queue) {
-  for (uint32_t i = 0; i < table_.size(); ++i) {
-    const SourceSpec& s = table_.specs[i];
-    if (s.kind == SourceSpec::Kind::kFile && !s.glob) followed_.insert(s.path);
-  }
   size_t configured = table_.size();
   for (uint32_t i = 0; i < configured; ++i) {
-    if (!table_.specs[i].glob) continue;
+    const SourceSpec& s = table_.specs[i];
+    if (s.glob) continue;
+    if (s.kind == SourceSpec::Kind::kFile) local_paths_.insert(s.path);
+    if (s.kind == SourceSpec::Kind::kFile || s.kind == SourceSpec::Kind::kSsh) {
+      followed_.insert(Key(s));
+    }
+  }
+  for (uint32_t i = 0; i < configured; ++i) {
+    const SourceSpec& s = table_.specs[i];
+    if (!s.glob) continue;
+    if (s.kind == SourceSpec::Kind::kSsh && options.once) {
+      throw std::invalid_argument("--once cannot expand the remote glob '" +
+                                  s.url + "' yet; list its files");
+    }
     Glob g;
     g.config = i;
-    g.pattern = std::make_unique<PathGlob>(table_.specs[i].path,
-                                           table_.specs[i].exclude);
+    g.pattern = std::make_unique<PathGlob>(s.path, s.exclude);
+    g.remote = s.kind == SourceSpec::Kind::kSsh;
     g.first_slot = static_cast<uint32_t>(table_.size());
-    for (size_t k = 0; k < table_.specs[i].max_files; ++k) {
+    for (size_t k = 0; k < s.max_files; ++k) {
       table_.Add(SourceSpec{}, SourceLabels{}, i, false);
     }
     globs_.push_back(std::move(g));
@@ -61,8 +104,11 @@ SourceSupervisor::~SourceSupervisor() { Stop(); }
 
 bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
                               uint32_t* slot) {
-  if (followed_.count(path)) return false;
   const SourceSpec& glob = table_.specs[g.config];
+  SourceSpec spec = glob;
+  spec.glob = false;
+  spec.path = path;
+  if (followed_.count(Key(spec))) return false;
   if (g.used >= glob.max_files) {
     if (!g.warned_full) {
       Log(LogLevel::kWarn, "source " + glob.url + ": " +
@@ -76,12 +122,12 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   std::map<std::string, std::string> fields;
   g.pattern->Matches(path, &fields);
   uint32_t i = g.first_slot + static_cast<uint32_t>(g.used++);
-  SourceSpec spec = glob;
-  spec.glob = false;
-  spec.url = path;
-  spec.path = path;
+  spec.url = g.remote ? RemoteUrl(glob.url, path) : path;
   spec.file = path;
-  spec.name = text::ValidUtf8(glob.name.empty() ? path : glob.name);
+  // The source stays the host (or the path, for a local file).
+  spec.name = text::ValidUtf8(!glob.name.empty() ? glob.name
+                              : g.remote         ? glob.host
+                                                 : path);
   if (fields.empty()) {
     spec.labels["file"] = text::ValidUtf8(path);
   } else {
@@ -91,10 +137,11 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   labels.name = spec.name;
   for (const auto& kv : spec.labels) labels.labels.push_back(kv);
   labels.file = text::ValidUtf8(path);
+  followed_.insert(Key(spec));
+  if (!g.remote) local_paths_.insert(path);
   table_.specs[i] = std::move(spec);
   table_.labels[i] = std::move(labels);
   start_[i] = start;
-  followed_.insert(path);
   table_.Activate(i);
   *slot = i;
   return true;
@@ -103,24 +150,40 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
 void SourceSupervisor::ExpandGlobs(const std::set<std::string>& saved_urls,
                                    int64_t saved_at_ns) {
   for (Glob& g : globs_) {
-    std::set<std::string> paths;
-    for (auto& p : g.pattern->Expand()) paths.insert(std::move(p));
-    for (const auto& url : saved_urls) {
-      if (g.pattern->Matches(url, nullptr)) paths.insert(url);
+    const SourceSpec& glob = table_.specs[g.config];
+    std::set<std::string> paths, saved;
+    if (!g.remote) {
+      for (auto& p : g.pattern->Expand()) paths.insert(std::move(p));
     }
+    for (const auto& url : saved_urls) {
+      SourceSpec s;
+      try {
+        s = ParseSourceUrl(url);
+      } catch (const std::invalid_argument&) {
+        continue;
+      }
+      if (s.kind == glob.kind && !s.glob &&
+          (!g.remote || SshConnectionKey(s) == SshConnectionKey(glob)) &&
+          g.pattern->Matches(s.path, nullptr)) {
+        paths.insert(s.path);
+        saved.insert(s.path);
+      }
+    }
+    g.saved = !saved.empty();
     for (const auto& path : paths) {
       StartAt start = options_.start_at;
       // Not saved and born since the save: all of it is new.
-      if (saved_at_ns > 0 && !saved_urls.count(path) &&
+      if (!g.remote && saved_at_ns > 0 && !saved.count(path) &&
           BirthNs(path) > saved_at_ns) {
         start = StartAt::kBeginning;
       }
       uint32_t slot = 0;
       Assign(g, path, start, &slot);
     }
-    size_t n = g.used;
-    Log(LogLevel::kInfo, "source " + table_.specs[g.config].url + ": " +
-                             std::to_string(n) + " file(s) match");
+    if (!g.remote) {
+      Log(LogLevel::kInfo, "source " + glob.url + ": " +
+                               std::to_string(g.used) + " file(s) match");
+    }
   }
 }
 
@@ -128,8 +191,24 @@ void SourceSupervisor::Adopt(std::unique_ptr<Producer> producer) {
   producers_.push_back(std::move(producer));
 }
 
+void SourceSupervisor::StartSsh(uint32_t slot, bool from_start) {
+  const SourceSpec& s = table_.specs[slot];
+  SshSourceRef ref{&s, slot, table_.status[slot].get(), from_start};
+  auto& conns = ssh_[SshConnectionKey(s)];
+  size_t per =
+      static_cast<size_t>(std::max(1, options_.ssh_files_per_connection));
+  if (!conns.empty() && conns.back().second < per) {
+    conns.back().first->AddSource(ref);
+    ++conns.back().second;
+    return;
+  }
+  auto made = MakeSshProducers({ref}, queue_, ProducerOpts(options_),
+                               SshOpts(options_));
+  conns.emplace_back(made.front().get(), 1);
+  producers_.push_back(std::move(made.front()));
+}
+
 void SourceSupervisor::Start() {
-  std::vector<SshSourceRef> ssh;
   for (uint32_t i = 0; i < table_.size(); ++i) {
     if (!table_.active(i)) continue;
     const SourceSpec& s = table_.specs[i];
@@ -146,38 +225,81 @@ void SourceSupervisor::Start() {
             MakeStdinProducer(i, *table_.status[i], queue_, po));
         break;
       case SourceSpec::Kind::kSsh:
-        ssh.push_back(SshSourceRef{&s, i, table_.status[i].get()});
+        StartSsh(i, po.start_at == StartAt::kBeginning &&
+                        options_.start_at == StartAt::kEnd);
         break;
       case SourceSpec::Kind::kSyslogUnix:
       case SourceSpec::Kind::kSyslogUdp:
         break;  // adopted: bound before (a bad socket path is exit 2)
     }
   }
-  if (!ssh.empty()) {
-    for (auto& p : MakeSshProducers(ssh, queue_, ProducerOpts(options_),
-                                    SshOpts(options_))) {
-      producers_.push_back(std::move(p));
-    }
+  for (size_t k = 0; k < globs_.size(); ++k) {
+    if (!globs_[k].remote) continue;
+    const SourceSpec& glob = table_.specs[globs_[k].config];
+    // A round holds at most twice the files the glob may follow.
+    producers_.push_back(
+        MakeSshLister(glob, SshOpts(options_), 2 * glob.max_files,
+                      [this, k](std::vector<std::string> paths) {
+                        Listed(k, std::move(paths));
+                      }));
   }
   StartThreads();
+}
+
+void SourceSupervisor::Listed(size_t k, std::vector<std::string> paths) {
+  std::lock_guard lock(listed_mutex_);
+  listed_[k] = std::move(paths);
 }
 
 std::vector<uint32_t> SourceSupervisor::Scan() {
   std::vector<uint32_t> added;
   if (stopping_) return added;
-  for (Glob& g : globs_) {
-    if (g.used >= table_.specs[g.config].max_files) continue;
-    for (const auto& path : g.pattern->Expand(&followed_)) {
+  std::map<size_t, std::vector<std::string>> listed;
+  {
+    std::lock_guard lock(listed_mutex_);
+    listed.swap(listed_);
+  }
+  for (size_t k = 0; k < globs_.size(); ++k) {
+    Glob& g = globs_[k];
+    const SourceSpec& glob = table_.specs[g.config];
+    if (g.used >= glob.max_files) continue;
+    std::vector<std::string> paths;
+    bool first = false;
+    if (g.remote) {
+      auto it = listed.find(k);
+      if (it == listed.end()) continue;
+      for (auto& p : it->second) {
+        if (PlausiblePath(p) && g.pattern->Matches(p, nullptr)) {
+          paths.push_back(std::move(p));
+        }
+      }
+      first = g.rounds++ == 0;
+    } else {
+      paths = g.pattern->Expand(&local_paths_);
+    }
+    // Files there at the first listing are there "at start", unless the
+    // glob ran before (its files were saved): then an unsaved one is new.
+    StartAt start = first && !g.saved ? options_.start_at : StartAt::kBeginning;
+    for (const auto& path : paths) {
       uint32_t slot = 0;
-      // It appeared while running: every line of it is new.
-      if (!Assign(g, path, StartAt::kBeginning, &slot)) continue;
+      if (!Assign(g, path, start, &slot)) continue;
       added.push_back(slot);
-      Log(LogLevel::kInfo, "source " + table_.specs[g.config].url +
-                               ": following new file " + path);
+      if (!first) {
+        Log(LogLevel::kInfo,
+            "source " + glob.url + ": following new file " + path);
+      }
+      if (g.remote) {
+        StartSsh(slot, start == StartAt::kBeginning);
+        continue;
+      }
       ProducerOptions po = ProducerOpts(options_);
-      po.start_at = StartAt::kBeginning;
+      po.start_at = start;
       producers_.push_back(MakeFileProducer(table_.specs[slot], slot,
                                             *table_.status[slot], queue_, po));
+    }
+    if (first) {
+      Log(LogLevel::kInfo, "source " + glob.url + ": " +
+                               std::to_string(g.used) + " file(s) match");
     }
   }
   StartThreads();

@@ -195,7 +195,7 @@ def test_bad_globs_are_config_errors():
         ('sources:\n  - url: %s/a.log\n    exclude: ["*.x"]\n' % d, 'config.yml:3'),
         ('sources:\n  - url: %s/*.log\n    max_files: 0\n' % d, 'config.yml:3'),
         ('sources:\n  - url: %s/*.log\n    labels: {file: x}\n' % d, 'config.yml:3'),
-        ('sources:\n  - url: ssh://web1/var/log/*.log\n', 'config.yml:2'),
+        ('sources:\n  - url: ssh://web1/var/log/[a$b].log\n', 'config.yml:2'),
     ]
     for text, where in cases:
         conf = write_config(d, text)
@@ -206,10 +206,67 @@ def test_bad_globs_are_config_errors():
         assert len(lines) == 1 and where in lines[0], (text, r.stderr)
 
 
+def test_remote_glob_follows_new_files_on_the_hosts_connections():
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    logs = os.path.join(d, 'remote logs')  # a space: quoted for the shell
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    paths = [os.path.join(logs, 'v%d.log' % k) for k in range(6)]
+    old, _ = harness.generate(50, 'timed', seed=40)
+    write_lines(paths[0], old)           # there at start: --start-at end
+    write_lines(paths[0] + '.1', old)    # rotated: never a source
+    pos = os.path.join(d, 'positions.yml')
+    args = (['--format', 'timed', '--ssh.files-per-connection', '2',
+             '--positions-file', pos] + sshd.exporter_args() + [sshd.url(logs + '/v*.log')])
+    exp = harness.Exporter(args, d, name='first')
+    exp.wait_value('sshtail_source_up', 1, file=paths[0])
+    # Five more files while running, each read from its first line.
+    truths = {}
+    for k, p in enumerate(paths):
+        lines, truths[p] = harness.generate(500 + 100 * k, 'timed', seed=41 + k)
+        write_lines(p, lines, 'a' if k == 0 else 'w')
+    for p in paths:
+        exp.wait_value('sshtail_lines_total', truths[p]['lines'], file=p)
+    m = exp.metrics()
+    for p in paths:
+        # The source stays the host; `file` names the file.
+        got = {'%s %s' % (x['method'], x['status']): int(v)
+               for x, v in promtext.select(m, 'nginx_http_requests_total', file=p)}
+        assert got == truths[p]['by_method_status'], p
+        assert promtext.select(m, 'sshtail_lines_total', file=p)[0][0]['source'] == '127.0.0.1'
+    assert followed(exp) == sorted(paths)
+    # Six files, two per connection: three reader sessions and the listing.
+    conns = subprocess.run(['ss', '-Htn', 'state', 'established', 'dst', '127.0.0.1',
+                            'dport', '=', str(sshd.port)], capture_output=True, text=True)
+    assert len(conns.stdout.splitlines()) == 4, conns.stdout
+    assert exp.stop() == 0
+
+    # While stopped: more lines in a followed file, and a new file. After
+    # the restart the first keeps its position; the new one (not saved,
+    # while files of the glob were) is read whole.
+    more, t_more = harness.generate(300, 'timed', seed=50)
+    write_lines(paths[1], more)
+    late = os.path.join(logs, 'v9.log')
+    late_lines, t_late = harness.generate(200, 'timed', seed=51)
+    write_lines(late, late_lines, 'w')
+    exp2 = harness.Exporter(args, d, name='second')
+    exp2.wait_value('sshtail_lines_total', 300, file=paths[1])
+    exp2.wait_value('sshtail_lines_total', 200, file=late)
+    m = exp2.metrics()
+    for p, t in ((paths[1], t_more), (late, t_late)):
+        got = {'%s %s' % (x['method'], x['status']): int(v)
+               for x, v in promtext.select(m, 'nginx_http_requests_total', file=p)}
+        assert got == t['by_method_status'], p
+    assert promtext.total(m, 'sshtail_lines_total') == 500
+    assert exp2.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_new_files_are_followed_from_their_first_line_and_rotated_ones_never,
                   test_a_glob_in_a_directory_part_follows_a_new_directory,
                   test_real_nginx_vhost_logs_with_a_path_template,
                   test_a_file_created_while_stopped_is_read_whole_after_a_restart,
                   test_max_files_bounds_what_one_glob_follows,
+                  test_remote_glob_follows_new_files_on_the_hosts_connections,
                   test_bad_globs_are_config_errors])

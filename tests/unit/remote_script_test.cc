@@ -130,4 +130,40 @@ TEST_CASE("the rest of a copied file is found by its bytes, then newer ones",
                      0) == 0);
 }
 
+TEST_CASE("a remote glob's listing: names are data, never code") {
+  Dir d;
+  std::string sub = d.path + "/it's a $(touch pwned) dir";
+  REQUIRE(::mkdir(sub.c_str(), 0755) == 0);
+  for (const char* n : {"a.log", "b c.log", "$(id).log", "x.txt"}) {
+    std::ofstream(sub + "/" + n) << "x\n";
+  }
+  REQUIRE(::mkdir((sub + "/dir.log").c_str(), 0755) == 0);  // not a file
+  std::string script = d.path + "/list.sh";
+  // The glob as PathGlob gives it: literal parts as they are.
+  std::ofstream(script) << RemoteListScript(sub + "/[!x]*.log", 1, "T");
+  FILE* p =
+      popen(("cd " + d.path + " && timeout 1.5 sh " + script + " 2>/dev/null")
+                .c_str(),
+            "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  std::vector<std::string> round;
+  std::istringstream in(out);
+  for (std::string l; std::getline(in, l);) {
+    if (l == "T E") break;
+    REQUIRE(l.rfind("T F ", 0) == 0);
+    round.push_back(l.substr(4));
+  }
+  std::sort(round.begin(), round.end());
+  CHECK(round == std::vector<std::string>{sub + "/$(id).log", sub + "/a.log",
+                                          sub + "/b c.log"});
+  CHECK(access((d.path + "/pwned").c_str(), F_OK) != 0);
+  CHECK_THROWS(RemoteListScript("/l/[a$b].log", 1, "T"));
+  CHECK_THROWS(RemoteListScript("/l/[ab.log", 1, "T"));
+}
+
 }  // namespace sshtail

@@ -57,6 +57,15 @@ struct RemoteRequest {
 /// command.
 std::string RemoteScript(const RemoteRequest& request);
 
+/// The POSIX sh script that lists, every `heartbeat_seconds`, the regular
+/// files matching `glob` (a PathGlob::glob(): `*`, `?`, `[...]`, `\x`):
+/// "<tag> F <path>" per file, then "<tag> E" (the round's end, and the
+/// liveness signal). Literal parts are single-quoted; a bracket may hold
+/// only letters, digits and "._-!^" (throws std::invalid_argument
+/// otherwise). It ends when a write fails: the channel is gone.
+std::string RemoteListScript(const std::string& glob, int heartbeat_seconds,
+                             const std::string& tag);
+
 /// `s` quoted for POSIX sh: '...' with ' written as '"'"'.
 std::string ShellQuote(const std::string& s);
 

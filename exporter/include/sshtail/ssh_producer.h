@@ -27,13 +27,28 @@ struct SshSourceRef {
   const SourceSpec* spec;
   uint32_t index;
   SourceStatus* status;
+  /// Read from its start whatever --start-at says: it appeared while the
+  /// exporter ran.
+  bool from_start = false;
 };
 
-/// Groups the sources by (user, host, port, sudo) into connections of at
-/// most `files_per_connection` files and returns one producer per
-/// connection. Each producer owns its libssh session and channels on its
-/// own thread.
-std::vector<std::unique_ptr<Producer>> MakeSshProducers(
+/// The producer of the files sharing one SSH connection. It can take more
+/// files of its host while running (a remote glob's new matches).
+class SshProducer : public Producer {
+ public:
+  /// Adds a file of the connection's key (SshConnectionKey), read from the
+  /// start it asks for. Thread-safe.
+  virtual void AddSource(const SshSourceRef& ref) = 0;
+};
+
+/// Sources with the same key (user, host, port, sudo) share connections.
+std::string SshConnectionKey(const SourceSpec& spec);
+
+/// Groups the sources by SshConnectionKey into connections of at most
+/// `files_per_connection` files and returns one producer per connection
+/// (possibly none: one comes for files added later). Each producer owns
+/// its libssh session and channels on its own thread.
+std::vector<std::unique_ptr<SshProducer>> MakeSshProducers(
     const std::vector<SshSourceRef>& sources, BatchQueue& queue,
     const ProducerOptions& producer_options, const SshOptions& ssh_options);
 
