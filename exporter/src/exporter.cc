@@ -18,9 +18,10 @@
 #include <stdexcept>
 #include <system_error>
 
-#include "path_glob.h"
-#include "self_metrics.h"
-#include "source_table.h"
+#include "metrics/self_metrics.h"
+#include "sources/path_glob.h"
+#include "sources/source_table.h"
+#include "sources/supervisor.h"
 #include "sshtail/backfill.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/engine.h"
@@ -33,8 +34,7 @@
 #include "sshtail/syslog_producer.h"
 #include "sshtail/text_format.h"
 #include "sshtail/web_server.h"
-#include "supervisor.h"
-#include "web_config.h"
+#include "web/web_config.h"
 
 namespace sshtail {
 namespace {

@@ -1,5 +1,5 @@
 // Content negotiation and compression of /metrics.
-#include "http_gzip.h"
+#include "web/http_gzip.h"
 
 #include <zlib.h>
 

@@ -1,4 +1,4 @@
-#include "path_glob.h"
+#include "sources/path_glob.h"
 
 #include <unistd.h>
 

@@ -1,6 +1,6 @@
 // Basic-auth bounds of the web config: outcome caches and the limit on
 // concurrent bcrypt runs.
-#include "web_config.h"
+#include "web/web_config.h"
 
 #include <openssl/evp.h>
 #include <unistd.h>

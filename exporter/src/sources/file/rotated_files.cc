@@ -1,4 +1,4 @@
-#include "rotated_files.h"
+#include "sources/file/rotated_files.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "http_gzip.h"
+#include "web/http_gzip.h"
 
 #include <zlib.h>
 

@@ -11,7 +11,7 @@
 #include <map>
 #include <stdexcept>
 
-#include "path_glob.h"
+#include "sources/path_glob.h"
 #include "sshtail/rules.h"
 
 #ifndef SSHTAIL_VERSION

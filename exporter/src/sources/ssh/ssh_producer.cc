@@ -17,11 +17,11 @@
 #include <string>
 #include <vector>
 
-#include "ssh_session.h"
+#include "sources/ssh/ssh_session.h"
 #include "sshtail/line_splitter.h"
 #include "sshtail/log.h"
 #include "sshtail/remote_script.h"
-#include "unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace sshtail {
 namespace {

@@ -1,4 +1,4 @@
-#include "ssh_lister.h"
+#include "sources/ssh/ssh_lister.h"
 
 #include <libssh/libssh.h>
 #include <poll.h>
@@ -10,11 +10,11 @@
 #include <chrono>
 #include <random>
 
-#include "path_glob.h"
-#include "ssh_session.h"
+#include "sources/path_glob.h"
+#include "sources/ssh/ssh_session.h"
 #include "sshtail/log.h"
 #include "sshtail/remote_script.h"
-#include "unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace sshtail {
 namespace {

@@ -1,4 +1,4 @@
-#include "self_metrics.h"
+#include "metrics/self_metrics.h"
 
 #include <prometheus/metric_family.h>
 #include <re2/re2.h>

@@ -1,11 +1,11 @@
-#include "supervisor.h"
+#include "sources/supervisor.h"
 
 #include <cstdio>
 #include <stdexcept>
 #include <system_error>
 
-#include "rotated_files.h"
-#include "ssh_lister.h"
+#include "sources/file/rotated_files.h"
+#include "sources/ssh/ssh_lister.h"
 #include "sshtail/file_producer.h"
 #include "sshtail/log.h"
 #include "sshtail/text_format.h"

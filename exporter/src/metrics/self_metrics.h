@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "source_table.h"
+#include "sources/source_table.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/source.h"
 

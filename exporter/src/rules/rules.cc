@@ -10,7 +10,7 @@
 #include <set>
 #include <sstream>
 
-#include "nginx_variables.h"
+#include "rules/nginx_variables.h"
 
 namespace sshtail {
 

@@ -1,6 +1,6 @@
 // nginx variables known to exist, from nginx.org's variable index (core,
 // http modules and common add-ons), and the prefixes of variable families.
-#include "nginx_variables.h"
+#include "rules/nginx_variables.h"
 
 #include <algorithm>
 #include <array>

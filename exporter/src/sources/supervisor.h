@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "path_glob.h"
-#include "source_table.h"
+#include "sources/path_glob.h"
+#include "sources/source_table.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/options.h"
 #include "sshtail/source.h"

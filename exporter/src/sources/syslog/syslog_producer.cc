@@ -22,7 +22,7 @@
 
 #include "sshtail/log.h"
 #include "sshtail/text_format.h"
-#include "unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace sshtail {
 namespace {

@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "rotated_files.h"
+#include "sources/file/rotated_files.h"
 #include "sshtail/line_splitter.h"
 #include "sshtail/log.h"
-#include "unique_fd.h"
+#include "util/unique_fd.h"
 
 namespace sshtail {
 namespace {

@@ -9,7 +9,7 @@
 #include <set>
 #include <stdexcept>
 
-#include "path_glob.h"
+#include "sources/path_glob.h"
 #include "sshtail/remote_script.h"
 #include "sshtail/text_format.h"
 

@@ -1,4 +1,4 @@
-#include "ssh_session.h"
+#include "sources/ssh/ssh_session.h"
 
 #include <poll.h>
 #include <pthread.h>

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "http_gzip.h"
 #include "sshtail/log.h"
-#include "web_config.h"
+#include "web/http_gzip.h"
+#include "web/web_config.h"
 
 namespace sshtail {
 namespace {
