@@ -262,6 +262,49 @@ def quiet_file_saved_at_offset_0(remote, reused=False):
     assert exp.stop() == 0
 
 
+def drained_file_inode_at_the_path(remote):
+    """Killed right after a rotation: the new file B at offset 0, the old
+    file A (every line read) still in the positions file. While stopped A
+    is compressed (.1.gz keeps its mtime: within a second of the save), B
+    is deleted, and the new file C at the path gets A's inode number. A is
+    found in the .gz at its end and not read again (regression, fault-model
+    seed 72: the saved A was taken for the file at the path, so the .gz
+    looked rotated after the save and was read whole)."""
+    c = Case(remote)
+    exp = c.start()
+    c.write(2000)                      # A
+    exp.wait_value('sshtail_lines_total', 2000, source=c.label)
+    os.rename(c.path, c.path + '.1')
+    c.write(1, c.path + '.1')          # nginx writes to A until it reopens
+    open(c.path, 'w').close()          # B
+    a = os.stat(c.path + '.1')
+    def saved():
+        p = c.positions()
+        return (any(not e['current'] and e['ino'] == a.st_ino and e['offset'] == a.st_size
+                    for e in p) and
+                any(e['current'] and e['ino'] == os.stat(c.path).st_ino and e['offset'] == 0
+                    for e in p))
+    harness.wait_for(saved, 20, 0.01, 'A read to its end and B saved at 0')
+    exp.kill()
+    gzip_keep(c.path + '.1', c.path + '.1.gz')
+    os.unlink(c.path + '.1')
+    os.unlink(c.path)
+    c.write(300)                       # C
+    c.reuse_inode(False, c.path)
+    exp = c.start()
+    c.wait_caught_up(c.at - 2001, 2001)
+    assert exp.value('sshtail_files_lost_total', source=c.label) == 0, exp.logs()
+    assert exp.stop() == 0
+
+
+def test_drained_file_inode_at_the_path_local():
+    drained_file_inode_at_the_path(False)
+
+
+def test_drained_file_inode_at_the_path_ssh():
+    drained_file_inode_at_the_path(True)
+
+
 def test_reused_inode_number_does_not_hide_a_rotated_file_ssh():
     quiet_file_saved_at_offset_0(True, reused=True)
 
@@ -320,7 +363,9 @@ if __name__ == '__main__':
     if not shutil.which('logrotate') and not os.path.exists('/usr/sbin/logrotate'):
         print('SKIP test_catch_up: logrotate not installed', flush=True)
         sys.exit(0)
-    tests = [test_three_logrotations_while_stopped_local,
+    tests = [test_drained_file_inode_at_the_path_local,
+             test_drained_file_inode_at_the_path_ssh,
+             test_three_logrotations_while_stopped_local,
              test_three_logrotations_while_stopped_ssh,
              test_plain_and_gz_twins_are_read_once_local,
              test_plain_and_gz_twins_are_read_once_ssh,

@@ -251,7 +251,12 @@ class FileProducer : public Producer {
         unread_current ? status_.positions.RestoredAt() - kUnreadMarginNs : 0;
     for (const auto& p : saved) {
       if (p.current && &p != moved) continue;
-      if (!p.current && cur_exists && IdOf(cur) == p.file) continue;
+      // A rotated file now at the path is read there; but its inode number
+      // may have gone to a new file there: then its bytes differ.
+      if (!p.current && cur_exists && IdOf(cur) == p.file &&
+          TailMatches(spec_.path, p)) {
+        continue;
+      }
       int64_t mtime = 0;
       if (!OpenSaved(p, &mtime)) {
         status_.files_lost.fetch_add(1);
