@@ -515,8 +515,23 @@ class SshConnection : public SshProducer {
     return false;
   }
 
+  // A saved rotated file's reader has not answered yet: a file listed NEWER
+  // may be where the rest of that file went (its .gz), which only its BEGIN
+  // tells.
+  static bool AwaitingSavedReader(const Stream& s) {
+    for (const auto& c : s.channels) {
+      if (!c.closed && !c.begun && c.role == Channel::Role::kDraining &&
+          c.request.mode == RemoteRequest::Mode::kInode &&
+          c.request.offset > 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   // Opens draining channels for rotated files in `resume` that have none,
-  // at most kMaxDrains at a time.
+  // at most kMaxDrains at a time. Files to read whole wait for the saved
+  // files' readers (see AwaitingSavedReader).
   void OpenPendingDrains(Stream& s) {
     size_t open = 0;
     for (const auto& c : s.channels) {
@@ -526,6 +541,7 @@ class SshConnection : public SshProducer {
     for (const auto& p : todo) {
       if (open >= kMaxDrains) return;
       if (p.current || HasChannelFor(s, p.file)) continue;
+      if (p.offset == 0 && AwaitingSavedReader(s)) return;
       RemoteRequest old = RestOf(p.file, p.offset, p.tail);
       if (p.offset == 0 &&
           std::find(s.saved_unread.begin(), s.saved_unread.end(), p.file) !=
@@ -710,10 +726,13 @@ class SshConnection : public SshProducer {
     if (by_inode && !(c.id == c.request.expect)) {
       // Found by its fingerprint in a .gz: the channel's position (the .gz's
       // identity) replaces the saved one. A file listed NEWER with the saved
-      // inode number is another one: it can be read now.
+      // inode number is another one: it can be read now; the .gz listed
+      // NEWER is this file.
       s.resume.erase(std::remove_if(s.resume.begin(), s.resume.end(),
                                     [&](const FilePosition& p) {
-                                      return IsRequested(p, c.request);
+                                      return IsRequested(p, c.request) ||
+                                             (!p.current && p.file == c.id &&
+                                              p.offset == 0);
                                     }),
                      s.resume.end());
       OpenPendingDrains(s);
