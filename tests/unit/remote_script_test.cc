@@ -46,6 +46,18 @@ struct Dir {
   std::string path;
 };
 
+// The stdout of `command`, run by sh.
+std::string Output(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
 // The control lines the script prints (tail's and the heartbeat's output
 // cut off by `timeout`, which ends the whole process group).
 std::vector<std::string> Run(const Dir& d, RemoteRequest r) {
@@ -54,13 +66,7 @@ std::vector<std::string> Run(const Dir& d, RemoteRequest r) {
   r.nonce_path = "/dev/fd/3";
   std::string script = d.path + "/script.sh";
   std::ofstream(script) << RemoteScript(r);
-  FILE* p = popen(("timeout 1 sh " + script + " 2>/dev/null").c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
+  std::string out = Output("timeout 1 sh " + script + " 2>/dev/null");
   std::vector<std::string> lines;
   std::istringstream in(out);
   for (std::string l; std::getline(in, l);) {
@@ -141,16 +147,8 @@ TEST_CASE("a remote glob's listing: names are data, never code") {
   std::string script = d.path + "/list.sh";
   // The glob as PathGlob gives it: literal parts as they are.
   std::ofstream(script) << RemoteListScript(sub + "/[!x]*.log", 1, "T");
-  FILE* p =
-      popen(("cd " + d.path + " && timeout 1.5 sh " + script + " 2>/dev/null")
-                .c_str(),
-            "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
+  std::string out =
+      Output("cd " + d.path + " && timeout 1.5 sh " + script + " 2>/dev/null");
   std::vector<std::string> round;
   std::istringstream in(out);
   for (std::string l; std::getline(in, l);) {
