@@ -184,6 +184,7 @@ def test_max_files_bounds_what_one_glob_follows():
     write_lines(os.path.join(logs, 'a.log'), lines)
     exp.wait_value('sshtail_lines_total', 10)
     assert followed(exp) == [os.path.join(logs, 'a.log'), os.path.join(logs, 'b.log')]
+    assert exp.value('sshtail_glob_files', glob=logs + '/*.log') == 2
     assert exp.stop() == 0
 
 

@@ -199,6 +199,25 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(last));
   out.push_back(std::move(files_lost));
   out.push_back(std::move(reconnects));
+  // Configured entries are never rewritten: their specs can be read here.
+  std::map<uint32_t, size_t> matched;
+  for (size_t i = 0; i < table_.size(); ++i) {
+    if (table_.specs[i].glob) matched[static_cast<uint32_t>(i)] += 0;
+    uint32_t config = table_.config_index[i];
+    if (table_.active(i) && config != i && table_.specs[config].glob) {
+      ++matched[config];
+    }
+  }
+  if (!matched.empty()) {
+    auto files = Family("sshtail_glob_files",
+                        "Files a glob source follows (at most its max_files).",
+                        MetricType::Gauge);
+    for (const auto& [config, n] : matched) {
+      files.metric.push_back(
+          Gauge({{"glob", table_.specs[config].url}}, static_cast<double>(n)));
+    }
+    out.push_back(std::move(files));
+  }
   return out;
 }
 
