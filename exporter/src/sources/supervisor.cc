@@ -225,8 +225,7 @@ void SourceSupervisor::Start() {
             MakeStdinProducer(i, *table_.status[i], queue_, po));
         break;
       case SourceSpec::Kind::kSsh:
-        StartSsh(i, po.start_at == StartAt::kBeginning &&
-                        options_.start_at == StartAt::kEnd);
+        StartSsh(i, po.start_at == StartAt::kBeginning);
         break;
       case SourceSpec::Kind::kSyslogUnix:
       case SourceSpec::Kind::kSyslogUdp:

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <random>
 
 #include "sources/path_glob.h"
 #include "sources/ssh/ssh_session.h"
@@ -32,13 +31,8 @@ class SshLister : public Producer {
         glob_(PathGlob(glob.path).glob()),
         max_paths_(max_paths),
         on_round_(std::move(on_round)),
-        sudo_(glob.sudo) {
-    target_.host = glob.host;
-    target_.user = glob.user.empty() ? so.default_user : glob.user;
-    target_.port = glob.port;
-    target_.label = (target_.user.empty() ? "" : target_.user + "@") +
-                    glob.host +
-                    (glob.port ? ":" + std::to_string(glob.port) : "");
+        sudo_(glob.sudo),
+        target_(TargetOf(glob, so)) {
     hb_ = std::max<int>(1,
                         static_cast<int>(so.heartbeat_interval.count() / 1000));
     stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -66,11 +60,8 @@ class SshLister : public Producer {
                                  ")");
         last_failure_ = f.reason;
       }
-      backoff = backoff.count() == 0 ? milliseconds(1000)
-                                     : std::min(backoff * 2, so_.max_backoff);
-      static thread_local std::mt19937 rng{std::random_device{}()};
-      std::uniform_real_distribution<double> u(0.8, 1.2);
-      Wait(milliseconds(static_cast<long long>(backoff.count() * u(rng))));
+      backoff = NextBackoff(backoff, so_.max_backoff);
+      Wait(Jitter(backoff));
     }
   }
 
@@ -94,12 +85,7 @@ class SshLister : public Producer {
     std::string tag = RandomTag();
     std::string script = RemoteListScript(glob_, hb_, tag);
     if (!ch || ssh_channel_open_session(ch.get()) != SSH_OK ||
-        ssh_channel_request_exec(ch.get(), sudo_ ? "sudo -n sh -s" : "sh -s") !=
-            SSH_OK ||
-        ssh_channel_write(ch.get(), script.data(),
-                          static_cast<uint32_t>(script.size())) !=
-            static_cast<int>(script.size()) ||
-        ssh_channel_send_eof(ch.get()) != SSH_OK) {
+        !StartRemoteScript(ch.get(), sudo_, script)) {
       std::string e = ssh_get_error(session.get());
       *f = {"channel", "cannot start the listing: " +
                            (e.empty() ? std::string("no answer") : e)};
@@ -180,7 +166,7 @@ class SshLister : public Producer {
   const size_t max_paths_;
   ListingRound on_round_;
   const bool sudo_;
-  SessionTarget target_;
+  const SessionTarget target_;
   int hb_ = 5;
   UniqueFd stop_fd_;
   std::atomic<bool> stop_{false};

@@ -13,7 +13,6 @@
 #include <list>
 #include <map>
 #include <mutex>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -216,13 +215,8 @@ class SshConnection : public SshProducer {
                 const ProducerOptions& po, const SshOptions& so)
       : po_(po), so_(so), queue_(queue), buf_(kReadChunk) {
     for (const auto& r : refs) AddStream(r);
-    const SourceSpec& first = *refs.front().spec;
-    host_ = first.host;
-    user_ = first.user.empty() ? so.default_user : first.user;
-    port_ = first.port;
-    sudo_ = first.sudo;
-    label_ = (user_.empty() ? "" : user_ + "@") + host_ +
-             (port_ ? ":" + std::to_string(port_) : "");
+    target_ = TargetOf(*refs.front().spec, so);
+    sudo_ = refs.front().spec->sudo;
     stop_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     wake_fd_.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     hb_ = std::max<int>(1,
@@ -313,19 +307,6 @@ class SshConnection : public SshProducer {
     }
   }
 
-  milliseconds NextBackoff(milliseconds current) {
-    milliseconds next = current.count() == 0
-                            ? milliseconds(1000)
-                            : std::min(current * 2, so_.max_backoff);
-    return next;
-  }
-
-  milliseconds Jitter(milliseconds d) {
-    static thread_local std::mt19937 rng{std::random_device{}()};
-    std::uniform_real_distribution<double> u(0.8, 1.2);
-    return milliseconds(static_cast<long long>(d.count() * u(rng)));
-  }
-
   void Count(Stream& s, const std::string& reason) {
     s.ref.status->CountFailure(reason);
   }
@@ -337,8 +318,8 @@ class SshConnection : public SshProducer {
     }
     // One log line per change of reason, not one per retry.
     if (f.reason != last_failure_) {
-      Log(LogLevel::kWarn,
-          "ssh " + label_ + ": " + f.message + " (reason=" + f.reason + ")");
+      Log(LogLevel::kWarn, "ssh " + target_.label + ": " + f.message +
+                               " (reason=" + f.reason + ")");
       last_failure_ = f.reason;
     }
     for (auto& s : streams_) {
@@ -347,7 +328,7 @@ class SshConnection : public SshProducer {
       if (po_.once) s->done = true;  // --once does not wait for a host
     }
     Disconnect();
-    backoff_ = NextBackoff(backoff_);
+    backoff_ = NextBackoff(backoff_, so_.max_backoff);
     next_connect_ = Clock::now() + Jitter(backoff_);
   }
 
@@ -362,8 +343,7 @@ class SshConnection : public SshProducer {
   }
 
   bool Connect(Failure* f) {
-    SessionTarget t{host_, user_, port_, label_};
-    SessionPtr s = OpenSession(so_, t, stop_fd_.get(), &stop_, f);
+    SessionPtr s = OpenSession(so_, target_, stop_fd_.get(), &stop_, f);
     if (!s) return false;
     EventPtr ev(ssh_event_new());
     ssh_event_add_session(ev.get(), s.get());
@@ -376,7 +356,7 @@ class SshConnection : public SshProducer {
     connected_at_ = Clock::now();
     last_rx_ = Clock::now();
     if (!last_failure_.empty()) {
-      Log(LogLevel::kInfo, "ssh " + label_ + ": connected");
+      Log(LogLevel::kInfo, "ssh " + target_.label + ": connected");
     }
     last_failure_.clear();
     return true;
@@ -387,8 +367,6 @@ class SshConnection : public SshProducer {
     [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
     return 0;
   }
-
-  std::string Command() const { return sudo_ ? "sudo -n sh -s" : "sh -s"; }
 
   // Opens a channel running the script for `req`. False on failure.
   bool OpenChannel(Stream& s, RemoteRequest req, Channel::Role role) {
@@ -413,11 +391,7 @@ class SshConnection : public SshProducer {
       return false;
     }
     std::string script = RemoteScript(req);
-    if (ssh_channel_request_exec(ch.get(), Command().c_str()) != SSH_OK ||
-        ssh_channel_write(ch.get(), script.data(),
-                          static_cast<uint32_t>(script.size())) !=
-            static_cast<int>(script.size()) ||
-        ssh_channel_send_eof(ch.get()) != SSH_OK) {
+    if (!StartRemoteScript(ch.get(), sudo_, script)) {
       std::string e = ssh_get_error(session_.get());
       if (e.empty()) {
         no_answer_ = !ssh_channel_is_closed(ch.get());
@@ -557,8 +531,8 @@ class SshConnection : public SshProducer {
                     const std::string& message) {
     Count(s, reason);
     if (s.last_failure != reason) {
-      Log(LogLevel::kWarn, "source " + s.ref.spec->name + " (" + label_ + ":" +
-                               s.ref.spec->path + "): " + message +
+      Log(LogLevel::kWarn, "source " + s.ref.spec->name + " (" + target_.label +
+                               ":" + s.ref.spec->path + "): " + message +
                                " (reason=" + reason + ")");
       s.last_failure = reason;
     }
@@ -573,7 +547,7 @@ class SshConnection : public SshProducer {
       s.done = true;
       return;
     }
-    s.backoff = NextBackoff(s.backoff);
+    s.backoff = NextBackoff(s.backoff, so_.max_backoff);
     s.retry_at = Clock::now() + Jitter(s.backoff);
   }
 
@@ -628,7 +602,7 @@ class SshConnection : public SshProducer {
       s.ref.status->up.store(false);
       if (!s.missing_logged) {
         Log(LogLevel::kWarn, "source " + s.ref.spec->name + ": waiting for " +
-                                 label_ + ":" + s.ref.spec->path +
+                                 target_.label + ":" + s.ref.spec->path +
                                  " (no such file) (reason=file_missing)");
         Count(s, "file_missing");
         s.missing_logged = true;
@@ -1137,11 +1111,8 @@ class SshConnection : public SshProducer {
   const SshOptions so_;
   BatchQueue& queue_;
   std::vector<std::unique_ptr<Stream>> streams_;
-  std::string host_;
-  std::string user_;
-  int port_ = 0;
+  SessionTarget target_;
   bool sudo_ = false;
-  std::string label_;
   int hb_ = 5;
   milliseconds drain_quiet_{5000};
   UniqueFd stop_fd_;

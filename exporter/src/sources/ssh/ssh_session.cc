@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -211,6 +212,37 @@ void ResetSignalsInChild() {
 }
 
 }  // namespace
+
+SessionTarget TargetOf(const SourceSpec& spec, const SshOptions& so) {
+  SessionTarget t;
+  t.host = spec.host;
+  t.user = spec.user.empty() ? so.default_user : spec.user;
+  t.port = spec.port;
+  t.label = (t.user.empty() ? "" : t.user + "@") + t.host +
+            (t.port ? ":" + std::to_string(t.port) : "");
+  return t;
+}
+
+std::chrono::milliseconds NextBackoff(std::chrono::milliseconds current,
+                                      std::chrono::milliseconds max) {
+  return current.count() == 0 ? std::chrono::milliseconds(1000)
+                              : std::min(current * 2, max);
+}
+
+std::chrono::milliseconds Jitter(std::chrono::milliseconds d) {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> u(0.8, 1.2);
+  return std::chrono::milliseconds(static_cast<long long>(d.count() * u(rng)));
+}
+
+bool StartRemoteScript(ssh_channel ch, bool sudo, const std::string& script) {
+  return ssh_channel_request_exec(ch, sudo ? "sudo -n sh -s" : "sh -s") ==
+             SSH_OK &&
+         ssh_channel_write(ch, script.data(),
+                           static_cast<uint32_t>(script.size())) ==
+             static_cast<int>(script.size()) &&
+         ssh_channel_send_eof(ch) == SSH_OK;
+}
 
 void InitLibssh() {
   // The exporter blocks SIGTERM/SIGINT/SIGHUP for its signal thread and

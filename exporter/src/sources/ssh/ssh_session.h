@@ -6,6 +6,7 @@
 #include <libssh/libssh.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,21 @@ struct SessionTarget {
   int port = 0;       ///< 0: from the config or 22
   std::string label;  ///< for log lines
 };
+
+/// The target of `spec` (an ssh:// source), its user defaulted from
+/// SshOptions, labelled "[user@]host[:port]".
+SessionTarget TargetOf(const SourceSpec& spec, const SshOptions& so);
+
+/// The wait before the next reconnect: 1 s, then doubling up to `max`.
+std::chrono::milliseconds NextBackoff(std::chrono::milliseconds current,
+                                      std::chrono::milliseconds max);
+/// `d` give or take 20 %: hosts that failed together retry apart.
+std::chrono::milliseconds Jitter(std::chrono::milliseconds d);
+
+/// Starts `script` on the fresh session channel `ch`: `sh -s` (under
+/// `sudo -n` if asked) reading it from stdin. False on failure (see
+/// ssh_get_error).
+bool StartRemoteScript(ssh_channel ch, bool sudo, const std::string& script);
 
 /// Connects, checks the host key and authenticates. Returns null with
 /// `*f` filled on failure. Returns early (reason "stopped") once `stop_fd`
