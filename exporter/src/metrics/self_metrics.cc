@@ -176,9 +176,10 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
                         "socket's receive buffer was full.",
                         MetricType::Counter);
   for (size_t i = 0; i < table_.size(); ++i) {
+    if (!table_.active(i)) continue;  // before its spec: see SourceTable
     auto kind = table_.specs[i].kind;
-    if (!table_.active(i) || (kind != SourceSpec::Kind::kSyslogUnix &&
-                              kind != SourceSpec::Kind::kSyslogUdp)) {
+    if (kind != SourceSpec::Kind::kSyslogUnix &&
+        kind != SourceSpec::Kind::kSyslogUdp) {
       continue;
     }
     const SourceStatus& s = *table_.status[i];
@@ -199,14 +200,14 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(last));
   out.push_back(std::move(files_lost));
   out.push_back(std::move(reconnects));
-  // Configured entries are never rewritten: their specs can be read here.
+  // Each glob with the files it follows. Only configured entries' specs
+  // are read: they are never rewritten (a slot's may be, until active).
   std::map<uint32_t, size_t> matched;
   for (size_t i = 0; i < table_.size(); ++i) {
-    if (table_.specs[i].glob) matched[static_cast<uint32_t>(i)] += 0;
     uint32_t config = table_.config_index[i];
-    if (table_.active(i) && config != i && table_.specs[config].glob) {
-      ++matched[config];
-    }
+    if (!table_.specs[config].glob) continue;
+    size_t& n = matched[config];  // 0 until something matches
+    if (table_.active(i)) ++n;
   }
   if (!matched.empty()) {
     auto files = Family("sshtail_glob_files",
