@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "config/inventory.h"
 #include "metrics/self_metrics.h"
 #include "sources/path_glob.h"
 #include "sources/source_table.h"
@@ -97,7 +98,26 @@ std::string HtmlEscape(const std::string& s) {
 
 }  // namespace
 
-void CheckConfig(const Options& options) {
+// The configured sources and the inventory's targets, named; the
+// inventory's SSH targets take --ssh.sudo as configured ones do.
+std::vector<SourceSpec> WithInventory(const Options& o,
+                                      std::vector<SourceSpec> sources) {
+  if (o.sources_files.empty()) return sources;
+  for (auto& s : LoadInventory(o.sources_files)) {
+    if (s.kind == SourceSpec::Kind::kSsh && o.ssh_sudo) s.sudo = true;
+    sources.push_back(std::move(s));
+  }
+  try {
+    ResolveNames(sources);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());
+  }
+  return sources;
+}
+
+void CheckConfig(const Options& given) {
+  Options options = given;
+  options.sources = WithInventory(given, given.sources);
   // Compiled as for matching, so what passes here also loads.
   FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
   FormatRules::Build(defs, nullptr);
@@ -109,7 +129,8 @@ void CheckConfig(const Options& options) {
 
 struct Exporter::Impl {
   explicit Impl(Options o)
-      : options(std::move(o)),
+      : static_sources(o.sources),
+        options(Loaded(std::move(o))),
         // The state file needs each source's batches in order, one at a
         // time (see BatchQueue); without it any consumer takes any batch.
         queue(options.queue_batches,
@@ -121,7 +142,14 @@ struct Exporter::Impl {
       SourceLabels sl;
       sl.name = spec.name;
       for (const auto& kv : spec.labels) sl.labels.push_back(kv);
-      table.Add(spec, std::move(sl), static_cast<uint32_t>(i), !spec.glob);
+      sl.file = spec.file;
+      table.Add(
+          spec, std::move(sl), static_cast<uint32_t>(i),
+          spec.glob ? SourceTable::State::kGlob : SourceTable::State::kActive);
+    }
+    if (!options.sources_files.empty() && !options.once) {
+      watch = std::make_unique<InventoryWatch>(options.sources_files);
+      watch->Changed();  // what was read now
     }
     supervisor = std::make_unique<SourceSupervisor>(options, table, queue);
     // SelfMetrics was built before `table` was filled: it keeps a reference
@@ -187,6 +215,12 @@ struct Exporter::Impl {
       known.push_back(table.active(i) ? table.labels[i] : SourceLabels{});
     }
     detector = std::make_unique<FormatDetector>(table.config_index, known);
+  }
+
+  // The options with the inventory's targets among the sources.
+  static Options Loaded(Options o) {
+    o.sources = WithInventory(o, std::move(o.sources));
+    return o;
   }
 
   // A source's own series are told apart by name, and by file for a glob's
@@ -300,8 +334,9 @@ struct Exporter::Impl {
     for (size_t k = 0; k < syslog.size(); ++k) {
       for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
         // Its static labels and its format; the name comes with a sender.
-        uint32_t slot = table.Add(table.specs[syslog[k]],
-                                  table.labels[syslog[k]], syslog[k], false);
+        uint32_t slot =
+            table.Add(table.specs[syslog[k]], table.labels[syslog[k]],
+                      syslog[k], SourceTable::State::kFree);
         slots[k].push_back(SyslogHostSlot{slot, nullptr, nullptr});
       }
     }
@@ -351,6 +386,11 @@ struct Exporter::Impl {
         // (a state snapshot) every batch is either wholly in the values and
         // the committed positions, or in neither.
         auto lock = store.ReadLock();
+        if (table.state(b->source) == SourceTable::State::kRetired) {
+          // Removed by a reload (its series are gone): not counted.
+          queue.Finished(b->source);
+          continue;
+        }
         std::shared_ptr<const FormatRules> r = rules;
         uint64_t unmatched =
             detector->Process(eval, *b, r, table.labels[b->source]);
@@ -368,7 +408,10 @@ struct Exporter::Impl {
   }
 
   void StopAll() {
-    supervisor->Stop();
+    {
+      std::lock_guard lock(reload_mutex);
+      supervisor->Stop();
+    }
     queue.Close();
     for (auto& t : consumers) t.join();
     consumers.clear();
@@ -506,9 +549,10 @@ struct Exporter::Impl {
     std::lock_guard lock(reload_mutex);
     try {
       Options next = options;
+      std::vector<SourceSpec> desired = static_sources;
       if (!options.config_file.empty() && !options.args.empty()) {
         // The same flags again, so the config file is read anew with the
-        // same precedence. Rules and format apply now; sources and other
+        // same precedence. Rules, formats and sources apply now; other
         // settings need a restart.
         Options fresh;
         std::string problem;
@@ -518,7 +562,12 @@ struct Exporter::Impl {
         next.rule_files = fresh.rule_files;
         next.format = fresh.format;
         next.formats = fresh.formats;
+        next.sources_files = fresh.sources_files;
+        desired = fresh.sources;
       }
+      desired = WithInventory(next, std::move(desired));
+      SourcePlan plan = supervisor->Plan(desired);
+      next.sources = supervisor->ConfiguredBySlot(plan);
       FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
       // All or nothing: everything that can fail fails in this check, before
       // the store replaces a single metric (the old rules point into it).
@@ -531,6 +580,14 @@ struct Exporter::Impl {
       options.format = next.format;
       options.formats = next.formats;
       expire_every = ExpireInterval(defs.all);
+      if (!plan.empty()) ChangeSources(plan, desired.size());
+      if (next.sources_files != options.sources_files) {
+        options.sources_files = next.sources_files;
+        watch = options.sources_files.empty()
+                    ? nullptr
+                    : std::make_unique<InventoryWatch>(options.sources_files);
+        if (watch) watch->Changed();
+      }
       self.reload_ok().Set(1);
       self.reload_time().SetToCurrentTime();
       Log(LogLevel::kInfo, "configuration reloaded");
@@ -541,6 +598,57 @@ struct Exporter::Impl {
       self.reloads_failed().Increment();
       Log(LogLevel::kError, std::string("reload rejected: ") + e.what());
       return false;
+    }
+  }
+
+  // Stops the sources a reload removed and drops their series, then starts
+  // the new ones. The rules that know the new sources' formats are in.
+  void ChangeSources(const SourcePlan& plan, size_t total) {
+    std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
+    std::set<std::string> names;  // still in use: their overflow series stay
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (table.active(i)) names.insert(table.labels[i].name);
+    }
+    for (const auto& [slot, spec] : plan.add) names.insert(spec.name);
+    std::vector<SourceLabels> labels;
+    std::vector<bool> last;
+    for (uint32_t slot : gone) {
+      labels.push_back(table.labels[slot]);
+      last.push_back(!names.count(table.labels[slot].name));
+    }
+    // Under the write side: no batch of theirs is being counted, and
+    // consumers skip their later batches.
+    store.RemoveSources(labels, last);
+    // Their committed positions are final now: a file that comes back under
+    // another spec (relabelled) resumes there, neither lost nor recounted.
+    std::map<std::string, PositionSet> carried;
+    for (uint32_t slot : gone) {
+      self.Remove(slot);
+      detector->Forget(slot);
+      if (!HasPosition(table.specs[slot]) || table.specs[slot].glob) continue;
+      PositionSet p = table.status[slot]->positions.Committed();
+      if (!p.empty()) carried[table.specs[slot].url] = std::move(p);
+    }
+    for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
+      self.counters(slot);
+    }
+    Log(LogLevel::kInfo,
+        "sources: " + std::to_string(plan.add.size()) + " added, " +
+            std::to_string(plan.remove.size()) + " removed, " +
+            std::to_string(total - plan.add.size()) + " unchanged");
+  }
+
+  // Follows new matches of globs; re-reads the inventory when it changed.
+  void Tick() {
+    bool changed = false;
+    {
+      std::lock_guard lock(reload_mutex);
+      for (uint32_t slot : supervisor->Scan()) self.counters(slot);
+      changed = watch && watch->Changed();
+    }
+    if (changed) {
+      std::string e;
+      Reload(&e);
     }
   }
 
@@ -585,6 +693,7 @@ struct Exporter::Impl {
     return html;
   }
 
+  const std::vector<SourceSpec> static_sources;  // from flags (no --config)
   Options options;
   SourceTable table;
   BatchQueue queue;
@@ -603,7 +712,9 @@ struct Exporter::Impl {
   uint64_t durable_covers = 0;             // guarded by durable_mutex
   std::atomic<uint64_t> durable_requests{0};
   std::vector<std::thread> consumers;
+  /// Serialises reloads with each other and with the supervisor's calls.
   std::mutex reload_mutex;
+  std::unique_ptr<InventoryWatch> watch;  // guarded by reload_mutex
   std::chrono::milliseconds expire_every{10000};
   mutable std::atomic<size_t> last_exposition_size{0};
 };
@@ -762,10 +873,8 @@ int Exporter::RunServer() {
       std::string e;
       impl_->Reload(&e);
     }
+    impl_->Tick();
     auto now = std::chrono::steady_clock::now();
-    for (uint32_t slot : impl_->supervisor->Scan()) {
-      impl_->self.counters(slot);
-    }
     if (now >= next_save) {
       impl_->SavePositions();
       next_save = now + impl_->options.positions_interval;

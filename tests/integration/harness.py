@@ -319,7 +319,8 @@ class Sshd:
     holds the host key in the plain [127.0.0.1]:PORT form.
     """
 
-    def __init__(self, workdir, extra_config='', user=None):
+    def __init__(self, workdir, extra_config='', user=None, stock_limits=False,
+                 log_level='ERROR'):
         self.dir = os.path.join(workdir, 'sshd')
         os.makedirs(self.dir, exist_ok=True)
         os.makedirs('/run/sshd', exist_ok=True)
@@ -332,6 +333,9 @@ class Sshd:
         self.authorized = os.path.join(self.dir, 'authorized_keys')
         shutil.copy(self.key + '.pub', self.authorized)
         self.extra_config = extra_config
+        # Stock: sshd's own MaxSessions 10 and MaxStartups 10:30:100.
+        self.limits = [] if stock_limits else ['MaxSessions 64', 'MaxStartups 200']
+        self.log_level = log_level
         self.proc = None
         self.port = None
         self.known_hosts = os.path.join(self.dir, 'known_hosts')
@@ -363,10 +367,8 @@ class Sshd:
                     'KbdInteractiveAuthentication no',
                     'UsePAM no',
                     'PermitRootLogin prohibit-password',
-                    'StrictModes no',
-                    'MaxSessions 64',
-                    'MaxStartups 200',
-                    'LogLevel ERROR',
+                    'StrictModes no'] + self.limits + [
+                    'LogLevel ' + self.log_level,
                     self.extra_config, '']))
             self.log = open(os.path.join(self.dir, 'sshd.log'), 'ab')
             self.proc = subprocess.Popen(['/usr/sbin/sshd', '-D', '-e', '-f', cfg],

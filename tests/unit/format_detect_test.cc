@@ -39,7 +39,6 @@ struct DetectHarness {
     o.format = std::move(format);
     o.formats = std::move(named);
     o.sources = std::move(specs);
-    std::vector<uint32_t> index;
     for (uint32_t i = 0; i < o.sources.size(); ++i) {
       sources.push_back({o.sources[i].name, {}, {}});
       index.push_back(i);
@@ -84,6 +83,7 @@ struct DetectHarness {
   }
 
   std::vector<SourceLabels> sources;
+  std::vector<uint32_t> index;  // the detector keeps a reference
   std::shared_ptr<prometheus::Registry> overflow_registry;
   prometheus::Family<prometheus::Counter>& overflow;
   MetricStore store;

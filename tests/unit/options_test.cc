@@ -108,6 +108,29 @@ TEST_CASE("config file: sources with names and labels, flags win") {
   std::system(("rm -rf " + std::string(dir)).c_str());
 }
 
+TEST_CASE("inventory files: --sources.file, or sources_files: in the config") {
+  char dir[] = "/tmp/sshtail-opt-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string cfg = std::string(dir) + "/c.yml";
+  {
+    std::ofstream f(cfg);
+    f << "sources_files: [targets/*.json]\n";
+  }
+  Options o;  // no SOURCE needed: the inventory may be empty at start
+  REQUIRE(Parse({"--config", cfg}, &o) == ParseResult::kRun);
+  REQUIRE(o.sources_files.size() == 1);
+  CHECK(o.sources_files[0] == std::string(dir) + "/targets/*.json");
+  Options flag;
+  REQUIRE(Parse({"--config", cfg, "--sources.file", "/etc/t.yml",
+                 "--sources.max-slots", "100"},
+                &flag) == ParseResult::kRun);
+  CHECK(flag.sources_files == std::vector<std::string>{"/etc/t.yml"});
+  CHECK(flag.max_slots == 100);
+  CHECK(Fresh({"--sources.max-slots", "0", "/x"}) == ParseResult::kExit2);
+  CHECK(Fresh({}) == ParseResult::kExit2);  // no sources at all
+  std::system(("rm -rf " + std::string(dir)).c_str());
+}
+
 TEST_CASE("durations") {
   std::chrono::milliseconds d;
   CHECK(ParseDuration("250ms", &d));

@@ -13,19 +13,11 @@
 #include "sshtail/batch.h"
 #include "sshtail/metric_store.h"
 #include "sshtail/rules.h"
+#include "sshtail/source_labels.h"
 
 namespace sshtail {
 
 class BackfillStore;
-
-/// The labels a source adds to every series: its name and static labels.
-struct SourceLabels {
-  std::string name;
-  std::vector<std::pair<std::string, std::string>> labels;
-  /// A glob's match: its path, which tells apart the exporter's own series
-  /// of files that share a name.
-  std::string file;
-};
 
 /// How to read one field out of a match.
 struct FieldRef {

@@ -55,7 +55,9 @@ class FormatRules {
     return rules_[i];
   }
   /// The format of configured source `i`, or -1 when it is detected.
-  int source_format(size_t i) const { return source_format_[i]; }
+  int source_format(size_t i) const {
+    return i < source_format_.size() ? source_format_[i] : -1;
+  }
   /// The first candidate whose format `line` matches in full, or -1.
   int Detect(std::string_view line) const;
   /// Adds, per candidate, how many variables of `line` matched before the
@@ -98,10 +100,11 @@ class FormatDetector {
   /// Undecided lines without any match before the warning.
   static constexpr uint32_t kNoMatchAfter = 32;
 
-  /// `config_index[i]`: the configured source runtime source `i` belongs to
+  /// `config_index[i]` (kept by reference: a slot's entry is written before
+  /// its first batch): the configured source runtime source `i` belongs to
   /// (a syslog socket's hostnames and a glob's files share its format);
   /// `known[i]` its name (and file) if known yet.
-  FormatDetector(std::vector<uint32_t> config_index,
+  FormatDetector(const std::vector<uint32_t>& config_index,
                  const std::vector<SourceLabels>& known);
   ~FormatDetector();
 
@@ -114,6 +117,9 @@ class FormatDetector {
 
   /// After new rules were swapped in: detected sources start over.
   void Reset();
+  /// Runtime source `i` was removed: Info() no longer shows it. With the
+  /// store's write lock held, after the source stopped getting batches.
+  void Forget(uint32_t i);
 
   /// sshtail_source_format_info{source,format} for every source with a
   /// format: fixed, detected, or "none" after the no-match warning.
@@ -128,7 +134,7 @@ class FormatDetector {
   int Undecide(State& s, int from);
   void Miss(State& s, std::string_view line, const FormatRules& rules);
 
-  std::vector<uint32_t> config_index_;
+  const std::vector<uint32_t>& config_index_;
   std::vector<std::unique_ptr<State>> states_;
 };
 

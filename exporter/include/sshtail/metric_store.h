@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sshtail/rules.h"
+#include "sshtail/source_labels.h"
 
 namespace sshtail {
 
@@ -122,6 +123,12 @@ class MetricState {
   /// must make sure no consumer holds a Series* (MetricStore does).
   size_t Expire(int64_t now_seconds);
 
+  /// Drops the series of a source that was removed: those whose `source`
+  /// and static labels are `name` and `labels` and whose other labels are
+  /// the rule's own; with `overflow` also the name's overflow series.
+  /// Callers make sure no consumer holds a Series* (MetricStore does).
+  size_t RemoveSource(const SourceLabels& source, bool overflow);
+
   const MetricDef& def() const { return def_; }
 
   /// Appends this metric's exposition text (series in label order).
@@ -198,6 +205,12 @@ class MetricStore {
 
   /// Removes idle series of metrics that have a ttl.
   size_t Expire();
+
+  /// Removes the series of sources a reload removed (MetricState::
+  /// RemoveSource), under the write side. `overflow[i]`: no source named
+  /// like sources[i] is left. Returns how many.
+  size_t RemoveSources(const std::vector<SourceLabels>& sources,
+                       const std::vector<bool>& overflow);
 
   /// Copies every series' values under the write side, so that no batch is
   /// half counted; `under_lock` runs there too (to copy what must match the

@@ -21,6 +21,11 @@ struct NamedFormat {
 /// keys of the --config file (flags win). Plain value type.
 struct Options {
   std::vector<SourceSpec> sources;
+  /// --sources.file / sources_files: file_sd files (globs allowed) whose
+  /// targets are sources too (LoadInventory), watched while running.
+  std::vector<std::string> sources_files;
+  /// Pool slots for globs' files and the sources reloads add.
+  size_t max_slots = 8192;
   std::string config_file;
   std::vector<std::string> rule_files;
   /// --format: "auto" (detected per source), a format name, a literal

@@ -58,6 +58,9 @@ struct SourceSpec {
 /// Parses a source URL. Throws std::invalid_argument with a one-line message.
 SourceSpec ParseSourceUrl(const std::string& url);
 
+/// `path` %-encoded where ParseSourceUrl would not read it back as it is.
+std::string EncodeUrlPath(const std::string& path);
+
 /// Gives every spec without a name its default: the path for local files,
 /// "stdin" for -, the host for SSH (host:path when a host has several
 /// files). A glob keeps its name empty: each match is named when found. Throws

@@ -33,12 +33,16 @@ struct SshSourceRef {
 };
 
 /// The producer of the files sharing one SSH connection. It can take more
-/// files of its host while running (a remote glob's new matches).
+/// files of its host while running (a remote glob's new matches) and drop
+/// files (a reload removed them).
 class SshProducer : public Producer {
  public:
   /// Adds a file of the connection's key (SshConnectionKey), read from the
   /// start it asks for. Thread-safe.
   virtual void AddSource(const SshSourceRef& ref) = 0;
+  /// Stops following runtime source `index`: its channels close and its
+  /// status is no longer written. Thread-safe.
+  virtual void RemoveSource(uint32_t index) = 0;
 };
 
 /// Sources with the same key (user, host, port, sudo) share connections.

@@ -92,6 +92,21 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string& base) {
         o->rule_files.push_back(Resolve(v, base));
       });
+  add("sources.file", Kind::kList, "FILE",
+      "targets in Prometheus file_sd form (JSON or YAML; repeatable; globs "
+      "allowed; config: sources_files), watched and re-read on change",
+      [o](const std::string& v, const std::string& base) {
+        o->sources_files.push_back(Resolve(v, base));
+      });
+  add("sources.max-slots", Kind::kValue, "N",
+      "files that globs and reloads may add over the process' life (each "
+      "costs about 270 bytes from the start; default: 8192)",
+      [o](const std::string& v, const std::string&) {
+        o->max_slots = ParseSize("sources.max-slots", v);
+        if (o->max_slots > 1000000) {
+          throw std::invalid_argument("--sources.max-slots: at most 1000000");
+        }
+      });
   add("format", Kind::kValue, "FORMAT",
       "nginx log_format for the built-in rules: auto (per source, the first "
       "of combined, main, timed and the config's formats: that its lines "
@@ -533,14 +548,15 @@ void LoadConfig(const std::string& file, const std::vector<Flag>& flags,
       continue;
     }
     const Flag* flag = nullptr;
+    std::string name = key == "sources_files" ? "sources.file" : key;
     for (const auto& f : flags) {
-      if (f.name == key) flag = &f;
+      if (f.name == name) flag = &f;
     }
     if (flag == nullptr || key == "config" || key == "once" ||
-        key == "check-config") {
+        key == "check-config" || key == "sources.file") {
       throw ConfigError(Where(file, node) + ": unknown setting '" + key + "'");
     }
-    if (app.get_option("--" + key)->count() > 0) continue;  // the flag wins
+    if (app.get_option("--" + name)->count() > 0) continue;  // the flag wins
     try {
       if (node.IsSequence()) {
         if (flag->kind != Kind::kList) {
@@ -673,10 +689,10 @@ ParseResult Parse(int argc, const char* const argv[], Options* o,
       }
       o->positions_file = o->state_file;
     }
-    if (o->sources.empty() && !o->check_config) {
+    if (o->sources.empty() && o->sources_files.empty() && !o->check_config) {
       throw std::invalid_argument(
           "no sources: give at least one SOURCE (a path, ssh://host/path or "
-          "-), or sources: in --config");
+          "-), sources: in --config, or --sources.file");
     }
   } catch (const std::invalid_argument& e) {
     *problem = e.what();

@@ -273,6 +273,53 @@ size_t MetricState::Expire(int64_t now_seconds) {
   return removed;
 }
 
+size_t MetricState::RemoveSource(const SourceLabels& source, bool overflow) {
+  std::lock_guard lock(mutex_);
+  auto own = [&](const prometheus::Labels& labels) {
+    auto it = labels.find("source");
+    if (it == labels.end() || it->second != source.name) return false;
+    size_t matched = 1;
+    for (const auto& [k, v] : source.labels) {
+      auto l = labels.find(k);
+      if (l == labels.end() || l->second != v) return false;
+      ++matched;
+    }
+    // Any other label must be the rule's: a source with more static labels
+    // (the same name) is another source.
+    for (const auto& l : def_.labels) matched += labels.count(l.name);
+    return matched == labels.size();
+  };
+  size_t removed = 0;
+  auto drop = [&](Series* s) {
+    if (s->counter) counters_->Remove(s->counter);
+    if (s->gauge) gauges_->Remove(s->gauge);
+    if (s->histogram) histograms_->Remove(s->histogram);
+  };
+  for (auto it = series_.begin(); it != series_.end();) {
+    if (!own(it->first)) {
+      ++it;
+      continue;
+    }
+    drop(it->second.get());
+    auto ps = sources_.find(source.name);
+    if (ps != sources_.end() && ps->second.series > 0) --ps->second.series;
+    it = series_.erase(it);
+    ++removed;
+  }
+  budget_.Give(removed);
+  if (overflow) {
+    auto ps = sources_.find(source.name);
+    if (ps != sources_.end()) {
+      if (ps->second.overflow) drop(ps->second.overflow.get());
+      if (ps->second.overflow_counter) {
+        overflow_family_.Remove(ps->second.overflow_counter);
+      }
+      sources_.erase(ps);
+    }
+  }
+  return removed;
+}
+
 MetricStore::MetricStore(prometheus::Family<prometheus::Counter>& overflow,
                          size_t max_series_total)
     : registry_(std::make_shared<prometheus::Registry>()),
@@ -377,6 +424,19 @@ size_t MetricStore::Expire() {
   int64_t now = NowSeconds();
   for (auto& [name, m] : metrics_) removed += m->Expire(now);
   if (removed) generation_.fetch_add(1);
+  return removed;
+}
+
+size_t MetricStore::RemoveSources(const std::vector<SourceLabels>& sources,
+                                  const std::vector<bool>& overflow) {
+  std::unique_lock lock(world_);
+  size_t removed = 0;
+  for (auto& [name, m] : metrics_) {
+    for (size_t i = 0; i < sources.size(); ++i) {
+      removed += m->RemoveSource(sources[i], overflow[i]);
+    }
+  }
+  generation_.fetch_add(1);
   return removed;
 }
 

@@ -105,6 +105,17 @@ const SourceCounters& SelfMetrics::counters(uint32_t source) {
       .first->second;
 }
 
+void SelfMetrics::Remove(uint32_t source) {
+  std::lock_guard lock(mutex_);
+  auto it = counters_.find(source);
+  if (it == counters_.end()) return;
+  lines_->Remove(it->second.lines);
+  unmatched_->Remove(it->second.unmatched);
+  bytes_->Remove(it->second.bytes);
+  too_long_->Remove(it->second.too_long);
+  counters_.erase(it);
+}
+
 std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   using prometheus::MetricType;
   std::vector<prometheus::MetricFamily> out;
@@ -200,14 +211,19 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(last));
   out.push_back(std::move(files_lost));
   out.push_back(std::move(reconnects));
-  // Each glob with the files it follows. Only configured entries' specs
-  // are read: they are never rewritten (a slot's may be, until active).
+  // Each glob with the files it follows. A slot is read only once its
+  // state says it was written (see SourceTable).
   std::map<uint32_t, size_t> matched;
   for (size_t i = 0; i < table_.size(); ++i) {
-    uint32_t config = table_.config_index[i];
-    if (!table_.specs[config].glob) continue;
-    size_t& n = matched[config];  // 0 until something matches
-    if (table_.active(i)) ++n;
+    auto state = table_.state(i);
+    if (state == SourceTable::State::kGlob) {
+      matched[static_cast<uint32_t>(i)];  // 0 until something matches
+    } else if (state == SourceTable::State::kActive) {
+      uint32_t config = table_.config_index[i];
+      if (config != i && table_.state(config) == SourceTable::State::kGlob) {
+        ++matched[config];
+      }
+    }
   }
   if (!matched.empty()) {
     auto files = Family("sshtail_glob_files",

@@ -40,6 +40,8 @@ class SelfMetrics : public prometheus::Collectable {
   /// its labels (`source`, and `file` for a glob's match). A slot's labels
   /// are set before its first batch.
   const SourceCounters& counters(uint32_t source);
+  /// Drops the counters of a source a reload removed.
+  void Remove(uint32_t source);
   prometheus::Family<prometheus::Counter>& overflow() { return *overflow_; }
   prometheus::Gauge& reload_ok() { return *reload_ok_; }
   prometheus::Gauge& reload_time() { return *reload_time_; }

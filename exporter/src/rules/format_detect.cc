@@ -205,9 +205,9 @@ struct FormatDetector::State {
   std::vector<uint64_t> progress;
 };
 
-FormatDetector::FormatDetector(std::vector<uint32_t> config_index,
+FormatDetector::FormatDetector(const std::vector<uint32_t>& config_index,
                                const std::vector<SourceLabels>& known)
-    : config_index_(std::move(config_index)) {
+    : config_index_(config_index) {
   for (size_t i = 0; i < config_index_.size(); ++i) {
     states_.push_back(std::make_unique<State>());
     if (i < known.size() && !known[i].name.empty()) {
@@ -345,6 +345,14 @@ void FormatDetector::Reset() {
   }
 }
 
+void FormatDetector::Forget(uint32_t i) {
+  State& s = *states_[i];
+  std::lock_guard lock(s.mutex);
+  s.name.clear();
+  s.file.clear();
+  s.named.store(true, std::memory_order_release);  // never named again
+}
+
 std::string FormatDetector::Shown(uint32_t i, const FormatRules& rules) const {
   int fixed = rules.source_format(config_index_[i]);
   if (fixed >= 0) return rules.format(static_cast<size_t>(fixed)).name;
@@ -360,14 +368,16 @@ prometheus::MetricFamily FormatDetector::Info(const FormatRules& rules) const {
       "the source's format:, or detected; none: no known format matches).";
   f.type = prometheus::MetricType::Gauge;
   for (uint32_t i = 0; i < states_.size(); ++i) {
-    std::string format = Shown(i, rules);
     std::string name, file;
     {
       std::lock_guard lock(states_[i]->mutex);
       name = states_[i]->name;
       file = states_[i]->file;
     }
-    if (format.empty() || name.empty()) continue;
+    // Named: its slot was written before (see the constructor).
+    if (name.empty()) continue;
+    std::string format = Shown(i, rules);
+    if (format.empty()) continue;
     prometheus::ClientMetric m;
     m.label = {{"format", format}, {"source", name}};
     if (!file.empty()) m.label.insert(m.label.begin(), {"file", file});

@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 #include <stdexcept>
@@ -109,6 +110,20 @@ void ParseSyslogUrl(const std::string& url, SourceSpec* spec) {
 
 }  // namespace
 
+std::string EncodeUrlPath(const std::string& path) {
+  std::string out;
+  for (unsigned char c : path) {
+    if (c == '%' || c <= ' ' || c >= 0x7f) {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      out += hex;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 SourceSpec ParseSourceUrl(const std::string& url) {
   SourceSpec spec;
   spec.url = url;
@@ -212,7 +227,10 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
   std::map<std::string, int> files_per_host;
   std::set<std::string> urls;
   for (const auto& s : specs) {
-    if (s.kind == SourceSpec::Kind::kSsh) ++files_per_host[s.host];
+    // A named inventory source (told apart by `file`) renames no other.
+    if (s.kind == SourceSpec::Kind::kSsh && s.file.empty()) {
+      ++files_per_host[s.host];
+    }
   }
   std::set<std::string> names;
   for (auto& s : specs) {
@@ -256,7 +274,7 @@ void ResolveNames(std::vector<SourceSpec>& specs) {
       }
     }
     s.name = text::ValidUtf8(s.name);  // it is a label value
-    if (!names.insert(s.name).second) {
+    if (!names.insert(s.name + '\n' + s.file).second) {
       throw std::invalid_argument(where + "two sources are named '" + s.name +
                                   "'; give one of them another name");
     }

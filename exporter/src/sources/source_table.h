@@ -12,38 +12,51 @@
 namespace sshtail {
 
 /// The sources being read, by runtime index (the index in a batch): the
-/// configured ones, then each glob's file slots, then each syslog socket's
-/// sender slots.
+/// configured ones, then the pool that globs' files and the sources a
+/// reload adds take slots from, then each syslog socket's sender slots.
 ///
-/// Sized once, before any thread starts. A slot's spec and labels are
-/// written once, by the supervisor, before it marks the slot active
-/// (release) and before its reader starts; never after. Other threads
-/// check active() (acquire) before they read a slot; consumers may read
-/// the slot of any batch they pop.
+/// Sized once, before any thread starts. A slot's spec, labels and
+/// config_index are written once, by the supervisor, before it marks the
+/// slot active (release) and before its reader starts; never after. Other
+/// threads check active() (acquire) before they read a slot; consumers may
+/// read the slot of any batch they pop. A retired slot (its source was
+/// removed by a reload) is never active again and never reused: its reader
+/// may still be finishing, and batches of it may be queued.
 struct SourceTable {
-  /// Appends an entry; `active` for a configured source with a reader.
+  enum class State : uint8_t {
+    kFree,     ///< unused (a pool or syslog slot), or not started yet
+    kActive,   ///< followed
+    kGlob,     ///< a glob's own entry: its files have slots of their own
+    kRetired,  ///< removed by a reload
+  };
+
+  /// Appends an entry, before any thread starts.
   uint32_t Add(SourceSpec spec, SourceLabels source_labels, uint32_t config,
-               bool is_active) {
+               State state) {
     specs.push_back(std::move(spec));
     labels.push_back(std::move(source_labels));
     status.push_back(std::make_unique<SourceStatus>());
     config_index.push_back(config);
-    active_.emplace_back(is_active);
+    state_.emplace_back(state);
     return static_cast<uint32_t>(specs.size() - 1);
   }
   size_t size() const { return specs.size(); }
-  bool active(size_t i) const {
-    return active_[i].load(std::memory_order_acquire);
+  State state(size_t i) const {
+    return state_[i].load(std::memory_order_acquire);
   }
-  void Activate(size_t i) { active_[i].store(true, std::memory_order_release); }
+  bool active(size_t i) const { return state(i) == State::kActive; }
+  /// Publishes what the supervisor wrote to slot `i`.
+  void Set(size_t i, State s) { state_[i].store(s, std::memory_order_release); }
+  void Activate(size_t i) { Set(i, State::kActive); }
 
   std::vector<SourceSpec> specs;
   std::vector<SourceLabels> labels;
   std::vector<std::unique_ptr<SourceStatus>> status;
-  std::vector<uint32_t> config_index;  ///< runtime -> configured source
+  /// runtime -> the slot of the configured source whose format it uses
+  std::vector<uint32_t> config_index;
 
  private:
-  std::deque<std::atomic<bool>> active_;
+  std::deque<std::atomic<State>> state_;
 };
 
 }  // namespace sshtail

@@ -8,6 +8,7 @@
 #include "sources/ssh/ssh_lister.h"
 #include "sshtail/file_producer.h"
 #include "sshtail/log.h"
+#include "sshtail/rules.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
@@ -35,20 +36,9 @@ SshOptions SshOpts(const Options& o) {
   return so;
 }
 
-// ssh://authority of a glob's URL, then `path`, %-encoded where
-// ParseSourceUrl would not read it back as it is.
+// ssh://authority of a glob's URL, then `path`.
 std::string RemoteUrl(const std::string& glob_url, const std::string& path) {
-  std::string out = glob_url.substr(0, glob_url.find('/', 6));
-  for (unsigned char c : path) {
-    if (c == '%' || c <= ' ' || c >= 0x7f) {
-      char hex[4];
-      std::snprintf(hex, sizeof hex, "%%%02X", c);
-      out += hex;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
+  return glob_url.substr(0, glob_url.find('/', 6)) + EncodeUrlPath(path);
 }
 
 // A path a remote host reported: it must look like one (the host is not
@@ -69,35 +59,50 @@ std::string SourceSupervisor::Key(const SourceSpec& s) {
              : "file " + s.path;
 }
 
+std::string SourceSupervisor::SpecKey(const SourceSpec& s) {
+  std::string k = s.url + '\n' + s.name + '\n' + s.format + '\n' +
+                  (s.sudo ? "sudo" : "") + '\n' + std::to_string(s.max_files);
+  for (const auto& [n, v] : s.labels) k += '\n' + n + '=' + v;
+  for (const auto& e : s.exclude) k += "\nexclude " + e;
+  return k;
+}
+
 SourceSupervisor::SourceSupervisor(const Options& options, SourceTable& table,
                                    BatchQueue& queue)
     : options_(options), table_(table), queue_(queue) {
-  size_t configured = table_.size();
+  uint32_t configured = static_cast<uint32_t>(table_.size());
   for (uint32_t i = 0; i < configured; ++i) {
     const SourceSpec& s = table_.specs[i];
+    configured_.push_back(i);
     if (s.glob) continue;
     if (s.kind == SourceSpec::Kind::kFile) local_paths_.insert(s.path);
     if (s.kind == SourceSpec::Kind::kFile || s.kind == SourceSpec::Kind::kSsh) {
       followed_.insert(Key(s));
     }
   }
-  for (uint32_t i = 0; i < configured; ++i) {
-    const SourceSpec& s = table_.specs[i];
-    if (!s.glob) continue;
-    if (s.kind == SourceSpec::Kind::kSsh && options.once) {
-      throw std::invalid_argument("--once cannot expand the remote glob '" +
-                                  s.url + "' yet; list its files");
-    }
-    Glob g;
-    g.config = i;
-    g.pattern = std::make_unique<PathGlob>(s.path, s.exclude);
-    g.remote = s.kind == SourceSpec::Kind::kSsh;
-    g.first_slot = static_cast<uint32_t>(table_.size());
-    for (size_t k = 0; k < s.max_files; ++k) {
-      table_.Add(SourceSpec{}, SourceLabels{}, i, false);
-    }
-    globs_.push_back(std::move(g));
+  pool_next_ = configured;
+  for (size_t k = 0; k < options.max_slots; ++k) {
+    table_.Add(SourceSpec{}, SourceLabels{}, 0, SourceTable::State::kFree);
   }
+  pool_end_ = static_cast<uint32_t>(table_.size());
+  for (uint32_t i = 0; i < configured; ++i) {
+    if (!table_.specs[i].glob) continue;
+    if (table_.specs[i].kind == SourceSpec::Kind::kSsh && options.once) {
+      throw std::invalid_argument("--once cannot expand the remote glob '" +
+                                  table_.specs[i].url +
+                                  "' yet; list its files");
+    }
+    AddGlob(i);
+  }
+}
+
+void SourceSupervisor::AddGlob(uint32_t config) {
+  const SourceSpec& s = table_.specs[config];
+  Glob g;
+  g.config = config;
+  g.pattern = std::make_unique<PathGlob>(s.path, s.exclude);
+  g.remote = s.kind == SourceSpec::Kind::kSsh;
+  globs_.push_back(std::move(g));
 }
 
 SourceSupervisor::~SourceSupervisor() { Stop(); }
@@ -109,6 +114,16 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   spec.glob = false;
   spec.path = path;
   if (followed_.count(Key(spec))) return false;
+  if (pool_next_ >= pool_end_) {
+    if (!warned_pool_) {
+      Log(LogLevel::kWarn, "source " + glob.url + ": no slot left (" +
+                               std::to_string(options_.max_slots) +
+                               " taken, --sources.max-slots); not following " +
+                               path + " and later files");
+      warned_pool_ = true;
+    }
+    return false;
+  }
   if (g.used >= glob.max_files) {
     if (!g.warned_full) {
       Log(LogLevel::kWarn, "source " + glob.url + ": " +
@@ -121,7 +136,9 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   }
   std::map<std::string, std::string> fields;
   g.pattern->Matches(path, &fields);
-  uint32_t i = g.first_slot + static_cast<uint32_t>(g.used++);
+  uint32_t i = pool_next_++;
+  ++g.used;
+  g.slots.push_back(i);
   spec.url = g.remote ? RemoteUrl(glob.url, path) : path;
   spec.file = path;
   // The source stays the host (or the path, for a local file).
@@ -141,7 +158,9 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   if (!g.remote) local_paths_.insert(path);
   table_.specs[i] = std::move(spec);
   table_.labels[i] = std::move(labels);
+  table_.config_index[i] = g.config;
   start_[i] = start;
+  Carry(i);
   table_.Activate(i);
   *slot = i;
   return true;
@@ -197,52 +216,234 @@ void SourceSupervisor::StartSsh(uint32_t slot, bool from_start) {
   auto& conns = ssh_[SshConnectionKey(s)];
   size_t per =
       static_cast<size_t>(std::max(1, options_.ssh_files_per_connection));
-  if (!conns.empty() && conns.back().second < per) {
-    conns.back().first->AddSource(ref);
-    ++conns.back().second;
-    return;
+  for (auto& [conn, n] : conns) {
+    if (n < per) {
+      conn->AddSource(ref);
+      ++n;
+      ssh_of_[slot] = conn;
+      return;
+    }
   }
   auto made = MakeSshProducers({ref}, queue_, ProducerOpts(options_),
                                SshOpts(options_));
   conns.emplace_back(made.front().get(), 1);
+  ssh_of_[slot] = made.front().get();
   producers_.push_back(std::move(made.front()));
+}
+
+void SourceSupervisor::StartReader(uint32_t slot, StartAt start) {
+  const SourceSpec& s = table_.specs[slot];
+  ProducerOptions po = ProducerOpts(options_);
+  po.start_at = start;
+  switch (s.kind) {
+    case SourceSpec::Kind::kFile:
+      producers_.push_back(
+          MakeFileProducer(s, slot, *table_.status[slot], queue_, po));
+      readers_[slot] = producers_.back().get();
+      break;
+    case SourceSpec::Kind::kStdin:
+      producers_.push_back(
+          MakeStdinProducer(slot, *table_.status[slot], queue_, po));
+      readers_[slot] = producers_.back().get();
+      break;
+    case SourceSpec::Kind::kSsh:
+      StartSsh(slot, start == StartAt::kBeginning);
+      break;
+    case SourceSpec::Kind::kSyslogUnix:
+    case SourceSpec::Kind::kSyslogUdp:
+      break;  // adopted: bound before (a bad socket path is exit 2)
+  }
+}
+
+void SourceSupervisor::StopReader(uint32_t slot) {
+  const SourceSpec& s = table_.specs[slot];
+  followed_.erase(Key(s));
+  if (s.kind == SourceSpec::Kind::kFile) local_paths_.erase(s.path);
+  start_.erase(slot);
+  if (auto it = readers_.find(slot); it != readers_.end()) {
+    it->second->RequestStop();  // its thread ends soon; joined at Stop()
+    readers_.erase(it);
+  }
+  auto it = ssh_of_.find(slot);
+  if (it == ssh_of_.end()) return;
+  SshProducer* conn = it->second;
+  ssh_of_.erase(it);
+  conn->RemoveSource(slot);
+  auto& conns = ssh_[SshConnectionKey(s)];
+  for (auto c = conns.begin(); c != conns.end(); ++c) {
+    if (c->first != conn) continue;
+    if (--c->second == 0) {
+      conn->RequestStop();  // its last file: the session closes
+      conns.erase(c);
+    }
+    break;
+  }
 }
 
 void SourceSupervisor::Start() {
   for (uint32_t i = 0; i < table_.size(); ++i) {
     if (!table_.active(i)) continue;
-    const SourceSpec& s = table_.specs[i];
-    ProducerOptions po = ProducerOpts(options_);
     auto it = start_.find(i);
-    if (it != start_.end()) po.start_at = it->second;
-    switch (s.kind) {
-      case SourceSpec::Kind::kFile:
-        producers_.push_back(
-            MakeFileProducer(s, i, *table_.status[i], queue_, po));
-        break;
-      case SourceSpec::Kind::kStdin:
-        producers_.push_back(
-            MakeStdinProducer(i, *table_.status[i], queue_, po));
-        break;
-      case SourceSpec::Kind::kSsh:
-        StartSsh(i, po.start_at == StartAt::kBeginning);
-        break;
-      case SourceSpec::Kind::kSyslogUnix:
-      case SourceSpec::Kind::kSyslogUdp:
-        break;  // adopted: bound before (a bad socket path is exit 2)
+    StartReader(i, it != start_.end() ? it->second : options_.start_at);
+  }
+  for (size_t k = 0; k < globs_.size(); ++k) StartLister(k);
+  StartThreads();
+}
+
+void SourceSupervisor::StartLister(size_t k) {
+  Glob& g = globs_[k];
+  if (!g.remote || g.retired || g.lister) return;
+  const SourceSpec& glob = table_.specs[g.config];
+  // A round holds at most twice the files the glob may follow.
+  producers_.push_back(MakeSshLister(glob, SshOpts(options_),
+                                     2 * glob.max_files,
+                                     [this, k](std::vector<std::string> paths) {
+                                       Listed(k, std::move(paths));
+                                     }));
+  g.lister = producers_.back().get();
+}
+
+void SourceSupervisor::Carry(uint32_t slot) {
+  auto it = carried_.find(table_.specs[slot].url);
+  if (it == carried_.end()) return;
+  table_.status[slot]->positions.Restore(std::move(it->second));
+  carried_.erase(it);
+}
+
+SourcePlan SourceSupervisor::Plan(
+    const std::vector<SourceSpec>& desired) const {
+  SourcePlan plan;
+  std::map<std::string, uint32_t> now;
+  for (uint32_t slot : configured_) now[SpecKey(table_.specs[slot])] = slot;
+  std::set<std::string> wanted;
+  uint32_t next = pool_next_;
+  for (const auto& spec : desired) {
+    std::string k = SpecKey(spec);
+    wanted.insert(k);
+    if (now.count(k)) continue;
+    if (next >= pool_end_) {
+      throw ConfigError("no slot left for source '" + spec.url + "' (" +
+                        std::to_string(options_.max_slots) +
+                        " taken since start, --sources.max-slots); a "
+                        "restart makes room");
+    }
+    plan.add.emplace_back(next++, spec);
+  }
+  for (const auto& [k, slot] : now) {
+    if (!wanted.count(k)) plan.remove.push_back(slot);
+  }
+  // A socket is bound at start (a bad one is exit 2), stdin read once.
+  auto fixed = [](const SourceSpec& s) {
+    return s.kind != SourceSpec::Kind::kFile &&
+           s.kind != SourceSpec::Kind::kSsh;
+  };
+  for (uint32_t slot : plan.remove) {
+    if (fixed(table_.specs[slot])) {
+      throw ConfigError("source '" + table_.specs[slot].url +
+                        "' changed or went: a syslog or stdin source needs a "
+                        "restart");
     }
   }
-  for (size_t k = 0; k < globs_.size(); ++k) {
-    if (!globs_[k].remote) continue;
-    const SourceSpec& glob = table_.specs[globs_[k].config];
-    // A round holds at most twice the files the glob may follow.
-    producers_.push_back(
-        MakeSshLister(glob, SshOpts(options_), 2 * glob.max_files,
-                      [this, k](std::vector<std::string> paths) {
-                        Listed(k, std::move(paths));
-                      }));
+  for (const auto& [slot, spec] : plan.add) {
+    if (fixed(spec)) {
+      throw ConfigError("new source '" + spec.url +
+                        "': a syslog or stdin source needs a restart");
+    }
+  }
+  return plan;
+}
+
+std::vector<SourceSpec> SourceSupervisor::ConfiguredBySlot(
+    const SourcePlan& plan) const {
+  std::set<uint32_t> gone(plan.remove.begin(), plan.remove.end());
+  size_t n = 0;
+  for (uint32_t slot : configured_) n = std::max<size_t>(n, slot + 1);
+  for (const auto& [slot, spec] : plan.add) n = std::max<size_t>(n, slot + 1);
+  std::vector<SourceSpec> out(n);
+  for (uint32_t slot : configured_) {
+    if (!gone.count(slot)) out[slot] = table_.specs[slot];
+  }
+  for (const auto& [slot, spec] : plan.add) out[slot] = spec;
+  return out;
+}
+
+std::vector<uint32_t> SourceSupervisor::Retire(
+    const std::vector<uint32_t>& slots) {
+  std::vector<uint32_t> out;
+  for (uint32_t slot : slots) {
+    std::erase(configured_, slot);
+    if (table_.specs[slot].glob) {
+      for (Glob& g : globs_) {
+        if (g.config != slot || g.retired) continue;
+        g.retired = true;
+        if (g.lister) g.lister->RequestStop();
+        for (uint32_t f : g.slots) {
+          if (!table_.active(f)) continue;
+          table_.Set(f, SourceTable::State::kRetired);
+          StopReader(f);
+          out.push_back(f);
+        }
+      }
+      table_.Set(slot, SourceTable::State::kRetired);
+      out.push_back(slot);
+      continue;
+    }
+    if (!table_.active(slot)) continue;
+    table_.Set(slot, SourceTable::State::kRetired);
+    StopReader(slot);
+    out.push_back(slot);
+  }
+  return out;
+}
+
+std::vector<uint32_t> SourceSupervisor::Add(
+    const SourcePlan& plan, std::map<std::string, PositionSet> carried) {
+  carried_ = std::move(carried);
+  std::vector<uint32_t> out;
+  for (const auto& [slot, spec] : plan.add) {
+    if (slot != pool_next_) {
+      throw std::logic_error("SourcePlan out of date");
+    }
+    ++pool_next_;
+    SourceLabels labels;
+    labels.name = spec.name;
+    for (const auto& kv : spec.labels) labels.labels.push_back(kv);
+    labels.file = spec.file;
+    table_.specs[slot] = spec;
+    table_.labels[slot] = std::move(labels);
+    table_.config_index[slot] = slot;
+    configured_.push_back(slot);
+    if (spec.glob) {
+      table_.Set(slot, SourceTable::State::kGlob);
+      AddGlob(slot);
+      Glob& g = globs_.back();
+      if (!g.remote) {
+        for (const auto& path : g.pattern->Expand(&local_paths_)) {
+          uint32_t f = 0;
+          if (!Assign(g, path, options_.start_at, &f)) continue;
+          StartReader(f, options_.start_at);
+          out.push_back(f);
+        }
+      }
+      StartLister(globs_.size() - 1);
+      continue;
+    }
+    if (followed_.count(Key(spec))) {
+      // A glob follows that file already: this entry waits for nothing.
+      Log(LogLevel::kWarn, "source " + spec.url +
+                               " is followed already (by a glob); not "
+                               "following it twice");
+      continue;
+    }
+    followed_.insert(Key(spec));
+    if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
+    Carry(slot);
+    table_.Activate(slot);
+    StartReader(slot, options_.start_at);
+    out.push_back(slot);
   }
   StartThreads();
+  return out;
 }
 
 void SourceSupervisor::Listed(size_t k, std::vector<std::string> paths) {
@@ -261,7 +462,7 @@ std::vector<uint32_t> SourceSupervisor::Scan() {
   for (size_t k = 0; k < globs_.size(); ++k) {
     Glob& g = globs_[k];
     const SourceSpec& glob = table_.specs[g.config];
-    if (g.used >= glob.max_files) continue;
+    if (g.retired || g.used >= glob.max_files) continue;
     std::vector<std::string> paths;
     bool first = false;
     if (g.remote) {
@@ -287,14 +488,7 @@ std::vector<uint32_t> SourceSupervisor::Scan() {
         Log(LogLevel::kInfo,
             "source " + glob.url + ": following new file " + path);
       }
-      if (g.remote) {
-        StartSsh(slot, start == StartAt::kBeginning);
-        continue;
-      }
-      ProducerOptions po = ProducerOpts(options_);
-      po.start_at = start;
-      producers_.push_back(MakeFileProducer(table_.specs[slot], slot,
-                                            *table_.status[slot], queue_, po));
+      StartReader(slot, start);
     }
     if (first) {
       Log(LogLevel::kInfo, "source " + glob.url + ": " +

@@ -18,20 +18,29 @@
 
 namespace sshtail {
 
+/// A reload's change to the configured sources: the slots that go and the
+/// specs that come, each with the pool slot it will take. Plain value type.
+struct SourcePlan {
+  std::vector<uint32_t> remove;
+  std::vector<std::pair<uint32_t, SourceSpec>> add;
+  bool empty() const { return remove.empty() && add.empty(); }
+};
+
 /// The one owner of the readers: it makes a producer for every source,
 /// gives each file a glob matches a slot of the SourceTable and a reader
 /// of its own, runs their threads and stops them. Local globs are expanded
 /// by Scan; a remote glob's host lists its matches every heartbeat over a
 /// session of its own (MakeSshLister), and Scan adds the new ones to that
-/// host's connections.
+/// host's connections. A reload changes the configured set through Plan,
+/// Retire and Add: unchanged sources keep their reader and slot.
 ///
-/// Not thread-safe: the constructor, ExpandGlobs, Adopt, Start, Scan, Stop
-/// and RunToEnd are called from one thread (the main one). Readers and
-/// listers run on threads of their own.
+/// Not thread-safe: every member is called from one thread at a time (the
+/// exporter serialises them). Readers and listers run on threads of their
+/// own.
 class SourceSupervisor {
  public:
-  /// Reserves each glob source's `max_files` slots in `table`, which holds
-  /// the configured sources.
+  /// `table` holds the configured sources; the pool of `options.max_slots`
+  /// slots that globs' files and added sources take is appended here.
   SourceSupervisor(const Options& options, SourceTable& table,
                    BatchQueue& queue);
   ~SourceSupervisor();
@@ -63,19 +72,40 @@ class SourceSupervisor {
   /// --once: waits for every reader, running those without a thread here.
   void RunToEnd();
 
+  /// What turns the configured sources into `desired` (named; see
+  /// ResolveNames): a source is kept only if every setting is the same.
+  /// Changes nothing. Throws ConfigError when the pool has no room left.
+  SourcePlan Plan(const std::vector<SourceSpec>& desired) const;
+  /// The configured sources by slot (after `plan`), for their formats: a
+  /// slot that is not a configured source's (or was removed) gets an empty
+  /// spec.
+  std::vector<SourceSpec> ConfiguredBySlot(const SourcePlan& plan) const;
+  /// Stops the readers of `slots` (configured sources; a glob's files go
+  /// with it) and marks them retired. Returns every slot retired.
+  std::vector<uint32_t> Retire(const std::vector<uint32_t>& slots);
+  /// Starts the sources `plan` adds (at --start-at; a glob's files when
+  /// found). A file whose URL is in `carried` (a source the same reload
+  /// removed: relabelled, say) resumes at that position instead, for as
+  /// long as it is found by a glob's next listing. Returns the slots that
+  /// became active.
+  std::vector<uint32_t> Add(const SourcePlan& plan,
+                            std::map<std::string, PositionSet> carried = {});
+
  private:
   struct Glob {
-    uint32_t config = 0;  ///< its index among the configured sources
+    uint32_t config = 0;  ///< its slot among the configured sources
     std::unique_ptr<PathGlob> pattern;
-    uint32_t first_slot = 0;
+    std::vector<uint32_t> slots;  ///< its files'
     size_t used = 0;
     bool warned_full = false;
+    bool retired = false;
+    Producer* lister = nullptr;
     bool remote = false;
     bool saved = false;  ///< files of it are in the positions file
     size_t rounds = 0;   ///< remote listings taken
   };
-  // Gives `path` a slot of `g`; false when it is followed already or the
-  // glob has no slot left.
+  // Gives `path` a slot of `g` from the pool; false when it is followed
+  // already, the glob is at max_files or the pool is spent.
   bool Assign(Glob& g, const std::string& path, StartAt start, uint32_t* slot);
   // From a lister's thread: glob `k`'s latest listing.
   void Listed(size_t k, std::vector<std::string> paths);
@@ -83,8 +113,20 @@ class SourceSupervisor {
   // room, or a new one.
   void StartSsh(uint32_t slot, bool from_start);
   void StartThreads();
+  // A glob entry for configured slot `config`.
+  void AddGlob(uint32_t config);
+  // Glob k's lister, if it is remote and has none.
+  void StartLister(size_t k);
+  // The reader of an active plain slot, started with `start`.
+  void StartReader(uint32_t slot, StartAt start);
+  // A carried position for the slot's URL, restored before its reader runs.
+  void Carry(uint32_t slot);
+  // Stops slot's reader and forgets its file.
+  void StopReader(uint32_t slot);
   // What names a file whatever the URL's spelling.
   static std::string Key(const SourceSpec& s);
+  // Every setting of a configured source.
+  static std::string SpecKey(const SourceSpec& s);
 
   const Options& options_;
   SourceTable& table_;
@@ -93,8 +135,15 @@ class SourceSupervisor {
   std::set<std::string> followed_;     ///< Key()s of files with a reader
   std::set<std::string> local_paths_;  ///< followed local paths
   std::map<uint32_t, StartAt> start_;  ///< slots with their own start
+  std::vector<uint32_t> configured_;   ///< live configured sources' slots
+  std::map<std::string, PositionSet> carried_;  ///< see Add
+  uint32_t pool_next_ = 0;  ///< the pool's first unused slot
+  uint32_t pool_end_ = 0;
+  bool warned_pool_ = false;
   /// SSH connections by SshConnectionKey, with their file counts.
   std::map<std::string, std::vector<std::pair<SshProducer*, size_t>>> ssh_;
+  std::map<uint32_t, SshProducer*> ssh_of_;  ///< SSH slot -> its connection
+  std::map<uint32_t, Producer*> readers_;    ///< file slot -> its reader
   std::mutex listed_mutex_;
   std::map<size_t, std::vector<std::string>> listed_;  // by listed_mutex_
   std::vector<std::unique_ptr<Producer>> producers_;

@@ -239,6 +239,15 @@ class SshConnection : public SshProducer {
     [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
   }
 
+  void RemoveSource(uint32_t index) override {
+    {
+      std::lock_guard lock(inbox_mutex_);
+      removed_.push_back(index);
+    }
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
+  }
+
   void Run() override {
     while (!stop_.load() && !AllDone()) {
       TakeInbox();
@@ -276,9 +285,21 @@ class SshConnection : public SshProducer {
   // Files added while running become streams here, on this thread.
   void TakeInbox() {
     std::vector<SshSourceRef> in;
+    std::vector<uint32_t> gone;
     {
       std::lock_guard lock(inbox_mutex_);
       in.swap(inbox_);
+      gone.swap(removed_);
+    }
+    for (uint32_t index : gone) {
+      // Its channels close with it (ChannelPtr): the remote readers end.
+      std::erase_if(streams_, [&](const std::unique_ptr<Stream>& s) {
+        if (s->ref.index != index) return false;
+        s->ref.status->up.store(false);
+        return true;
+      });
+      std::erase_if(in,
+                    [&](const SshSourceRef& r) { return r.index == index; });
     }
     for (const auto& r : in) {
       AddStream(r);
@@ -1119,6 +1140,7 @@ class SshConnection : public SshProducer {
   UniqueFd wake_fd_;  // AddSource
   std::mutex inbox_mutex_;
   std::vector<SshSourceRef> inbox_;  // guarded by inbox_mutex_
+  std::vector<uint32_t> removed_;    // guarded by inbox_mutex_
   std::atomic<bool> stop_{false};
   SessionPtr session_;
   EventPtr event_;

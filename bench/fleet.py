@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Fleet scale: 1,000 files on 250 hosts, this build against a release.
+
+The hosts are 250 aliases in an OpenSSH client config (Host web000 ...
+HostName 127.0.0.1) for one loopback sshd with stock MaxSessions and
+MaxStartups, logging in as a user whose shell is /bin/sh; each host has 4
+files, 4 files per connection. For each binary, in the same run:
+
+  up        time until all 1,000 sources are up
+  idle      exporter CPU (% of one core) and RSS over a quiet window
+  latency   one new line in every file: time until all 1,000 are counted
+  outage    sshd down for a while, then back: time until all are up again,
+            connections sshd dropped for MaxStartups meanwhile
+  reload    (builds with --sources.file) the inventory drops 125 hosts (500
+            files) and adds 125 others: time until the new are up, and
+            whether the kept 500 kept their counters
+
+Usage: bench/fleet.py [--quick] [--bin B] [--release-rev REV | --release-bin B]
+Writes bench/out/fleet-{full,quick}.json and prints a Markdown table.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
+sys.path.insert(0, BENCH)
+import bench  # noqa: E402  (process helpers, Server)
+import harness  # noqa: E402
+import promtext  # noqa: E402
+
+HOSTS, FILES = 250, 4
+
+
+def log(msg):
+    print('[fleet %s] %s' % (time.strftime('%H:%M:%S'), msg), flush=True)
+
+
+def build_release(rev, work):
+    """The exporter at `rev`, built in a worktree of its own (ccache helps)."""
+    src = os.path.join(work, 'release-src')
+    if not os.path.exists(src):
+        subprocess.run(['git', '-C', ROOT, 'worktree', 'add', '--detach', src, rev], check=True,
+                       capture_output=True)
+    out = os.path.join(work, 'release-build')
+    env = dict(os.environ, CCACHE_NOHASHDIR='1')
+    launcher = ['-DCMAKE_CXX_COMPILER_LAUNCHER=ccache'] if subprocess.run(
+        ['which', 'ccache'], capture_output=True).returncode == 0 else []
+    subprocess.run(['cmake', '-S', src, '-B', out, '-DCMAKE_BUILD_TYPE=RelWithDebInfo'] + launcher,
+                   check=True, capture_output=True, env=env)
+    subprocess.run(['cmake', '--build', out, '-j2', '--target', 'sshtail_exporter'], check=True,
+                   capture_output=True, env=env)
+    return os.path.join(out, 'sshtail_exporter')
+
+
+class Fleet:
+    """Files of HOSTS aliases on one sshd."""
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, 'fleet')
+        os.makedirs(self.dir, exist_ok=True)
+        self.sshd = harness.Sshd(os.path.join(self.dir, 'sshd'), stock_limits=True,
+                                 log_level='INFO')
+        self.ssh_config = os.path.join(self.dir, 'ssh_config')
+        self.names = ['web%03d' % h for h in range(2 * HOSTS)]  # half for the reload
+        with open(self.ssh_config, 'w') as f:
+            for n in self.names:
+                f.write('Host %s\n  HostName 127.0.0.1\n  Port %d\n  User %s\n'
+                        % (n, self.sshd.port, self.sshd.user))
+        self.paths = {}
+        logs = os.path.join(self.dir, 'logs')
+        os.makedirs(logs, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        os.chmod(logs, 0o755)
+        for n in self.names:
+            self.paths[n] = []
+            for k in range(FILES):
+                p = os.path.join(logs, '%s-%d.log' % (n, k))
+                open(p, 'w').close()
+                os.chmod(p, 0o644)
+                self.paths[n].append(p)
+
+    def args(self):
+        return ['--format', 'timed', '--ssh.files-per-connection', str(FILES),
+                '--ssh.identity-file', self.sshd.key, '--ssh.known-hosts', self.sshd.known_hosts,
+                '--ssh.config', self.ssh_config, '--ssh.max-backoff', '30s']
+
+    def urls(self, hosts):
+        return ['ssh://%s%s' % (n, p) for n in hosts for p in self.paths[n]]
+
+    def inventory(self, hosts, path):
+        groups = [{'targets': [n], 'labels': {'__path__': p}} for n in hosts for p in self.paths[n]]
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(groups, f)
+        os.rename(tmp, path)
+
+    def append_one(self, hosts, line):
+        for n in hosts:
+            for p in self.paths[n]:
+                with open(p, 'a') as f:
+                    f.write(line)
+
+    def dropped(self):
+        with open(os.path.join(self.sshd.dir, 'sshd.log'), errors='replace') as f:
+            return len(re.findall(r'MaxStartups', f.read()))
+
+
+def wait_up(srv, want, timeout):
+    t0 = time.monotonic()
+    up = 0
+    while time.monotonic() - t0 < timeout:
+        try:
+            up = srv.value('sshtail_source_up')
+        except Exception:
+            up = 0
+        if up >= want:
+            return time.monotonic() - t0, up
+        time.sleep(0.25)
+    return None, up
+
+
+def measure(binary, label, fleet, cfg, inventory):
+    work = os.path.join(bench.WORK, label)
+    os.makedirs(work, exist_ok=True)
+    hosts = fleet.names[:HOSTS]
+    n = HOSTS * FILES
+    if inventory:
+        inv = os.path.join(work, 'targets.json')
+        fleet.inventory(hosts, inv)
+        args = fleet.args() + ['--sources.file', inv]
+    else:
+        conf = os.path.join(work, 'config.yml')
+        with open(conf, 'w') as f:
+            f.write('sources:\n' + ''.join('  - %s\n' % u for u in fleet.urls(hosts)))
+        args = fleet.args() + ['--config', conf]
+    bench.BIN = binary
+    res = {'binary': label, 'sources': n}
+    drops0 = fleet.dropped()
+    srv = bench.Server(args, label)
+    up_s, up = wait_up(srv, n, 180)
+    res['up_after_s'], res['up'] = up_s, up
+    res['startup_dropped'] = fleet.dropped() - drops0
+    log('%s: %s of %d up after %s s' % (label, up, n, up_s))
+    time.sleep(3)
+    hz = os.sysconf('SC_CLK_TCK')
+    c0, w0 = bench.proc_cpu_ticks(srv.pid), time.monotonic()
+    time.sleep(cfg['idle_s'])
+    c1, w1 = bench.proc_cpu_ticks(srv.pid), time.monotonic()
+    st = bench.proc_status(srv.pid)
+    res['idle_cpu_pct'] = (c1 - c0) / hz / (w1 - w0) * 100
+    res['rss_mib'] = st.get('VmRSS', 0) / 1024
+    res['threads'] = st.get('Threads')
+    lines, _ = harness.generate(1, 'timed', seed=3)
+    before = srv.value('sshtail_lines_total')
+    t0 = time.monotonic()
+    fleet.append_one(hosts, lines[0] + '\n')
+    while srv.value('sshtail_lines_total') < before + n and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    res['all_lines_counted_s'] = time.monotonic() - t0
+    res['lines_counted'] = srv.value('sshtail_lines_total') - before
+    log('%s: idle CPU %.2f %%, RSS %.1f MiB; %d new lines counted in %.2f s'
+        % (label, res['idle_cpu_pct'], res['rss_mib'], res['lines_counted'],
+           res['all_lines_counted_s']))
+    # Every host unreachable for a while, then back.
+    drops0 = fleet.dropped()
+    fleet.sshd.stop()
+    harness.wait_for(lambda: srv.value('sshtail_source_up') == 0, 120, 0.5, 'all down')
+    time.sleep(cfg['outage_s'])
+    fleet.sshd.start(fleet.sshd.port)
+    back_s, up = wait_up(srv, n, 240)
+    res['outage_s'], res['back_after_s'], res['back_up'] = cfg['outage_s'], back_s, up
+    res['outage_dropped'] = fleet.dropped() - drops0
+    log('%s: back after %s s (%d up), %d dropped for MaxStartups'
+        % (label, back_s, up, res['outage_dropped']))
+    if inventory:
+        kept = fleet.names[HOSTS // 2:HOSTS]
+        m0 = srv.metrics()
+        keep0 = {p: promtext.total(m0, 'sshtail_lines_total', file=p)
+                 for n_ in kept for p in fleet.paths[n_]}
+        new = fleet.names[HOSTS:HOSTS + HOSTS // 2]
+        t0 = time.monotonic()
+        fleet.inventory(kept + new, inv)
+        want = len(kept + new) * FILES
+
+        def switched():
+            m = srv.metrics()
+            gone = sum(v for d, v in promtext.select(m, 'sshtail_source_up')
+                       if d.get('file', '').split('/')[-1][:6] in set(fleet.names[:HOSTS // 2]))
+            return promtext.total(m, 'sshtail_source_up') == want and gone == 0
+        harness.wait_for(switched, 240, 0.25, 'reload applied')
+        res['reload_s'] = time.monotonic() - t0
+        m = srv.metrics()
+        res['reload_kept_counters'] = all(
+            promtext.total(m, 'sshtail_lines_total', file=p) == v for p, v in keep0.items())
+        res['reload_kept_up'] = sum(promtext.total(m, 'sshtail_source_up', file=p)
+                                    for p in keep0)
+        log('%s: reload -500 +500 in %.1f s, kept counters: %s'
+            % (label, res['reload_s'], res['reload_kept_counters']))
+    st = bench.proc_status(srv.pid)
+    res['rss_end_mib'] = st.get('VmRSS', 0) / 1024
+    res['hwm_mib'] = st.get('VmHWM', 0) / 1024
+    srv.kill()
+    return res
+
+
+def table(results):
+    rows = [('sources (hosts x files)', lambda r: '%d (%d x %d)' % (r['sources'], HOSTS, FILES)),
+            ('all up after', lambda r: '%.1f s' % r['up_after_s'] if r['up_after_s'] is not None
+             else 'not all (%d)' % r['up']),
+            ('connections sshd dropped (MaxStartups) at start',
+             lambda r: str(r['startup_dropped'])),
+            ('idle CPU', lambda r: '%.2f %% of a core' % r['idle_cpu_pct']),
+            ('RSS idle / peak', lambda r: '%.1f / %.1f MiB' % (r['rss_mib'], r['hwm_mib'])),
+            ('threads', lambda r: str(r['threads'])),
+            ('a new line in every file: all counted after',
+             lambda r: '%.2f s (%d lines)' % (r['all_lines_counted_s'], r['lines_counted'])),
+            ('all hosts down, then back: all up after',
+             lambda r: ('%.1f s' % r['back_after_s'] if r['back_after_s'] is not None
+                        else 'not all (%d)' % r['back_up']) + ' (down %d s)' % r['outage_s']),
+            ('connections dropped (MaxStartups) on the way back',
+             lambda r: str(r['outage_dropped'])),
+            ('reload: -500 files, +500 files: applied after',
+             lambda r: '%.1f s' % r['reload_s'] if 'reload_s' in r else 'n/a'),
+            ('reload: the 500 kept keep their counters',
+             lambda r: str(r['reload_kept_counters']) if 'reload_s' in r else 'n/a')]
+    out = ['| | ' + ' | '.join(r['binary'] for r in results) + ' |',
+           '|---|' + '---|' * len(results)]
+    for name, f in rows:
+        out.append('| %s | %s |' % (name, ' | '.join(f(r) for r in results)))
+    return '\n'.join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--bin', default=os.path.join(ROOT, 'build', 'sshtail_exporter'))
+    ap.add_argument('--release-rev', help='git revision to build and compare with')
+    ap.add_argument('--release-bin', help='a release binary to compare with')
+    a = ap.parse_args()
+    cfg = {'idle_s': 10, 'outage_s': 10} if a.quick else {'idle_s': 60, 'outage_s': 60}
+    bench.WORK = os.path.join(BENCH, 'out', 'fleet-work')
+    os.makedirs(bench.WORK, exist_ok=True)
+    bins = [('this build', bench.copy_binary(a.bin, os.path.join(bench.WORK, 'bin-new')), True)]
+    rel = a.release_bin
+    if a.release_rev:
+        log('building %s' % a.release_rev)
+        rel = build_release(a.release_rev, bench.WORK)
+    if rel:
+        name = 'release %s' % (a.release_rev or os.path.basename(rel))
+        bins.insert(0, (name, bench.copy_binary(rel, os.path.join(bench.WORK, 'bin-rel')), False))
+    fleet = Fleet(bench.WORK)
+    results = []
+    try:
+        for label, binary, inventory in bins:
+            results.append(measure(binary, label, fleet, cfg, inventory))
+    finally:
+        harness._cleanup_all()
+    out = os.path.join(BENCH, 'out', 'fleet-%s.json' % ('quick' if a.quick else 'full'))
+    with open(out, 'w') as f:
+        json.dump({'cfg': cfg, 'results': results, 'loadavg': os.getloadavg()}, f, indent=1)
+    print(table(results))
+
+
+if __name__ == '__main__':
+    main()
