@@ -106,6 +106,16 @@ class Fleet:
                 with open(p, 'a') as f:
                     f.write(line)
 
+    def down(self):
+        """Every host unreachable: each session's processes killed (a
+        session outlives its monitor), then the listener."""
+        for pid in bench.descendants(self.sshd.proc.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        self.sshd.stop()
+
     def dropped(self):
         with open(os.path.join(self.sshd.dir, 'sshd.log'), errors='replace') as f:
             return len(re.findall(r'MaxStartups', f.read()))
@@ -149,9 +159,15 @@ def measure(binary, label, fleet, cfg, inventory):
     log('%s: %s of %d up after %s s' % (label, up, n, up_s))
     time.sleep(3)
     hz = os.sysconf('SC_CLK_TCK')
+    remote = bench.descendants(fleet.sshd.proc.pid)
+    r0 = bench.tree_ticks(remote)
     c0, w0 = bench.proc_cpu_ticks(srv.pid), time.monotonic()
     time.sleep(cfg['idle_s'])
     c1, w1 = bench.proc_cpu_ticks(srv.pid), time.monotonic()
+    r1 = bench.tree_ticks(remote)
+    res['remote_procs'] = len(remote)
+    res['remote_cpu_pct'] = sum(r1[p] - r0[p] for p in r1 if p in r0) / hz / (w1 - w0) * 100
+    res['loadavg'] = os.getloadavg()[0]
     st = bench.proc_status(srv.pid)
     res['idle_cpu_pct'] = (c1 - c0) / hz / (w1 - w0) * 100
     res['rss_mib'] = st.get('VmRSS', 0) / 1024
@@ -169,7 +185,7 @@ def measure(binary, label, fleet, cfg, inventory):
            res['all_lines_counted_s']))
     # Every host unreachable for a while, then back.
     drops0 = fleet.dropped()
-    fleet.sshd.stop()
+    fleet.down()
     harness.wait_for(lambda: srv.value('sshtail_source_up') == 0, 120, 0.5, 'all down')
     time.sleep(cfg['outage_s'])
     fleet.sshd.start(fleet.sshd.port)
@@ -216,6 +232,9 @@ def table(results):
             ('connections sshd dropped (MaxStartups) at start',
              lambda r: str(r['startup_dropped'])),
             ('idle CPU', lambda r: '%.2f %% of a core' % r['idle_cpu_pct']),
+            ('the simulated hosts (sshd, sh, tail processes) meanwhile',
+             lambda r: '%.0f %% of a core (%d processes; load %.0f)'
+             % (r['remote_cpu_pct'], r['remote_procs'], r['loadavg'])),
             ('RSS idle / peak', lambda r: '%.1f / %.1f MiB' % (r['rss_mib'], r['hwm_mib'])),
             ('threads', lambda r: str(r['threads'])),
             ('a new line in every file: all counted after',

@@ -365,6 +365,33 @@ def test_deleted_file_is_counted_lost_ssh():
     deleted_is_lost(True)
 
 
+def deleted_then_rotated(remote):
+    """The file we were in was deleted and its path recreated while we were
+    stopped (delete-and-recreate), and the new file was rotated twice since
+    (.1, then .2.gz): nothing dates those files but time. They are found by
+    time, as after a save at offset 0 (regression: counted lost; fault
+    model seed 190)."""
+    c = Case(remote)
+    c.first_run(1500)            # A, read to its end
+    os.unlink(c.path)
+    c.write(600)                 # B at the path
+    c.logrotate()                # B -> .1, C new
+    c.write(300)
+    c.logrotate()                # B -> .2.gz, C -> .1, D new
+    c.write(200)
+    exp = c.start()
+    c.wait_caught_up(c.at - 1500, 1500)
+    assert exp.stop() == 0
+
+
+def test_deleted_and_recreated_then_rotated_while_stopped_local():
+    deleted_then_rotated(False)
+
+
+def test_deleted_and_recreated_then_rotated_while_stopped_ssh():
+    deleted_then_rotated(True)
+
+
 if __name__ == '__main__':
     if not shutil.which('logrotate') and not os.path.exists('/usr/sbin/logrotate'):
         print('SKIP test_catch_up: logrotate not installed', flush=True)
@@ -383,6 +410,8 @@ if __name__ == '__main__':
              test_inode_number_reused_by_a_copy_local,
              test_inode_number_reused_by_a_copy_ssh,
              test_deleted_file_is_counted_lost_local,
-             test_deleted_file_is_counted_lost_ssh]
+             test_deleted_file_is_counted_lost_ssh,
+             test_deleted_and_recreated_then_rotated_while_stopped_local,
+             test_deleted_and_recreated_then_rotated_while_stopped_ssh]
     only = [t for t in tests if any(a in t.__name__ for a in sys.argv[1:])]
     harness.main(only or tests)

@@ -136,6 +136,34 @@ TEST_CASE("the rest of a copied file is found by its bytes, then newer ones",
                      0) == 0);
 }
 
+TEST_CASE("a saved current file deleted while away: newer ones by time",
+          "[remote_script]") {
+  Dir d;
+  d.Write("access.log.3", "rotated before the save\n");
+  Pause();
+  int64_t saved = NowNs();
+  Pause();
+  d.Write("access.log.1.gz", "the recreated file, compressed since\n");
+  Pause();
+  int64_t begun = NowNs();
+  Pause();
+  d.Write("access.log.0", "the live reader's\n");
+  d.Write("access.log", "new\n");
+  RemoteRequest r;
+  r.mode = RemoteRequest::Mode::kInode;
+  r.expect = FileId{d.Id("access.log").dev, 1};  // deleted
+  r.offset = 9;
+  r.expect_tail = "old line\n";
+  r.list_newer = true;
+  r.newer_before_ns = begun;
+  r.newer_if_gone_ns = saved;
+  std::vector<std::string> got = Run(d, r);
+  CHECK(got ==
+        std::vector<std::string>{Newer(d.Id("access.log.1.gz")), "GONE"});
+  r.newer_if_gone_ns = 0;  // a catch-up after a reconnect: no time to go by
+  CHECK(Run(d, r) == std::vector<std::string>{"GONE"});
+}
+
 TEST_CASE("a remote glob's listing: names are data, never code") {
   Dir d;
   std::string sub = d.path + "/it's a $(touch pwned) dir";

@@ -33,6 +33,12 @@ struct RemoteRequest {
   /// instant less 1 s, and renamed or created after it (ctime), are listed
   /// as NEWER, then GONE. 0: unused.
   int64_t newer_than_ns = 0;
+  /// kInode with list_newer: when the file is not found, the rotated
+  /// siblings modified after this instant less 1 s, and renamed or created
+  /// after it, are listed as NEWER before GONE (the saved current file was
+  /// deleted while away: nothing else dates the files rotated after it).
+  /// 0: unused.
+  int64_t newer_if_gone_ns = 0;
   /// With list_newer: only siblings changed (ctime) at or before this
   /// remote time (ns) are listed; later ones are the live reader's (a
   /// copytruncate copy made after it began holds lines it read). 0: no

@@ -231,24 +231,34 @@ class FileProducer : public Producer {
         unread_current = true;
       }
     }
+    // The saved current file is nowhere (deleted, the path recreated; or
+    // its inode number went to the file now at the path): nothing dates
+    // the files rotated after it, so they are found by time, as for an
+    // unread one (a file made after the save holds no saved line).
+    bool current_gone = false;
     // The file at the path first: only it can have been truncated in place.
     for (const auto& p : saved) {
       // Unread: whatever is at the path now is read from its start below.
       if (!p.current || unread_current) continue;
       if (!cur_exists || !(IdOf(cur) == p.file)) {
         moved = &p;
-      } else if (!TailMatches(spec_.path, p) && FindInRotated(p, nullptr)) {
+      } else if (TailMatches(spec_.path, p)) {
+        have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
+      } else if (FindInRotated(p, nullptr)) {
         // Copied and truncated while away, or its inode number went to a
         // new file after ours was compressed and deleted: the rest of ours
         // is in a rotated sibling, the path holds new lines.
         moved = &p;
       } else {
+        // Truncated in place, or a new file with our inode number.
         have_current = OpenAt(spec_.path, p, true, /*rewritten_from_0=*/true);
+        current_gone = true;
       }
     }
-    bool have_ref = unread_current;
-    int64_t ref_mtime =
-        unread_current ? status_.positions.RestoredAt() - kUnreadMarginNs : 0;
+    int64_t saved_at = status_.positions.RestoredAt();
+    bool by_time = unread_current || (current_gone && saved_at > 0);
+    bool have_ref = by_time;
+    int64_t ref_mtime = by_time ? saved_at - kUnreadMarginNs : 0;
     for (const auto& p : saved) {
       if (p.current && &p != moved) continue;
       // A rotated file now at the path is read there; but its inode number
@@ -264,6 +274,10 @@ class FileProducer : public Producer {
                                  ": a rotated file from the positions file is "
                                  "gone; lines after offset " +
                                  std::to_string(p.offset) + " in it are lost");
+        if (&p == moved && saved_at > 0) {
+          have_ref = by_time = true;  // see current_gone
+          ref_mtime = saved_at - kUnreadMarginNs;
+        }
         continue;
       }
       if (&p == moved) {
@@ -277,7 +291,7 @@ class FileProducer : public Producer {
     // were there already are not ours.
     if (have_ref) {
       OpenNewer(ref_mtime, cur_exists ? IdOf(cur) : FileId{},
-                unread_current ? status_.positions.RestoredAt() : 0);
+                by_time ? saved_at : 0);
     }
     if (!saved.empty() && !have_current) {
       // The file at the path is new since the last run: all of it is new.

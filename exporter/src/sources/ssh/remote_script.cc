@@ -95,6 +95,11 @@ std::string RemoteScript(const RemoteRequest& r) {
        (r.born_before_ns > 0 && r.offset == 0 ? std::to_string(r.born_before_ns)
                                               : "") +
        "\n";
+  s += "gsince=" +
+       (r.newer_if_gone_ns > 0 && r.list_newer
+            ? std::to_string(r.newer_if_gone_ns)
+            : "") +
+       "\n";
   s += "before=" +
        (r.newer_before_ns > 0 ? std::to_string(r.newer_before_ns) : "") + "\n";
   // mode=inode: the rotated file is found by inode (plain, or a .gz we
@@ -196,7 +201,13 @@ if [ "$mode" = inode ]; then
       fi
     done
   fi
-  if [ -z "$f" ]; then echo "$t GONE"; exit 0; fi
+  if [ -z "$f" ]; then
+    # Deleted while we were away: the files rotated after the save, by time.
+    if [ -n "$gsince" ]; then
+      newer $((gsince - 1000000000)) "$gsince" - "$before"
+    fi
+    echo "$t GONE"; exit 0
+  fi
   set -- $(stat -L -c '%d %i %s %.9Y' /dev/fd/3)
   cdev=$1 cino=$2 size=$3 ref=${4%.*}${4#*.}
   edev=$cdev eino=$cino  # ours, maybe a copy: resumed at the offset below

@@ -186,7 +186,8 @@ struct Stream {
   // when the save was taken: nothing but their inode number names them.
   std::vector<FileId> saved_unread;
   int64_t saved_at = 0;
-  bool done = false;  // once mode: read to the end
+  bool restored = false;  // from a positions file, the current not begun yet
+  bool done = false;      // once mode: read to the end
   bool missing_logged = false;
   bool saw_missing = false;  // waited for the file: read it from its start
   bool from_start;           // appeared while running (a glob's new match)
@@ -213,7 +214,7 @@ class SshConnection : public SshProducer {
  public:
   SshConnection(std::vector<SshSourceRef> refs, BatchQueue& queue,
                 const ProducerOptions& po, const SshOptions& so)
-      : po_(po), so_(so), queue_(queue), buf_(kReadChunk) {
+      : po_(po), so_(so), queue_(queue) {
     for (const auto& r : refs) AddStream(r);
     target_ = TargetOf(*refs.front().spec, so);
     sudo_ = refs.front().spec->sudo;
@@ -276,6 +277,7 @@ class SshConnection : public SshProducer {
     s.resume = r.status->positions.Committed();
     s.fresh = s.resume.empty();
     s.saved_at = r.status->positions.RestoredAt();
+    s.restored = !s.resume.empty() && s.saved_at > 0;
     for (const auto& p : s.resume) {
       if (p.current && p.offset == 0) s.unread_since = s.saved_at;
       if (!p.current && p.offset == 0) s.saved_unread.push_back(p.file);
@@ -483,11 +485,14 @@ class SshConnection : public SshProducer {
   // The rest of the file `cur` expected, which is no longer at the path
   // (or no longer holds its bytes), and the files rotated after it up to
   // the remote time `now` the live reader began at.
-  static RemoteRequest CatchUp(const RemoteRequest& cur,
-                               unsigned long long now) {
+  // The first catch-up after a restart also asks, should that file be
+  // gone, for the files rotated after the save (`saved_at`), by time.
+  static RemoteRequest CatchUp(const RemoteRequest& cur, unsigned long long now,
+                               int64_t saved_at = 0) {
     RemoteRequest r = RestOf(cur.expect, cur.offset, cur.expect_tail);
     r.list_newer = true;
     r.newer_before_ns = static_cast<int64_t>(now);
+    r.newer_if_gone_ns = saved_at;
     return r;
   }
 
@@ -764,7 +769,8 @@ class SshConnection : public SshProducer {
                                 o.request.expect == c.request.expect);
       }
       if (!draining) {
-        OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining);
+        OpenChannel(s, CatchUp(c.request, now, s.restored ? s.saved_at : 0),
+                    Channel::Role::kDraining);
       }
     } else if (c.role == Channel::Role::kCurrent && c.request.expect.valid() &&
                start == 0 && c.request.offset > 0) {
@@ -772,12 +778,17 @@ class SshConnection : public SshProducer {
       // copy if it was copied first (copytruncate), maybe compressed since.
       s.ref.status->rotations.fetch_add(1);
       if (!c.request.expect_tail.empty()) {
-        if (OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining)) {
+        // Or a new file got our inode number: ours was deleted.
+        if (OpenChannel(s, CatchUp(c.request, now, s.restored ? s.saved_at : 0),
+                        Channel::Role::kDraining)) {
           s.channels.back().gone_is_unknown = true;
         }
       }
     }
     if (c.role == Channel::Role::kCurrent) {
+      // Later catch-ups (after a reconnect) start from positions this run
+      // committed: the save's time no longer dates anything.
+      s.restored = false;
       s.ref.status->up.store(true);
       // --once: "read" means read to the end (see ChannelEnded).
       if (!po_.once) s.ref.status->connected_once.store(true);
@@ -892,7 +903,7 @@ class SshConnection : public SshProducer {
         size_t got = 0;
         while (!c.closed && got < kFairShare) {
           int n = ssh_channel_read_nonblocking(
-              c.ch.get(), buf_.data(), static_cast<uint32_t>(buf_.size()), 0);
+              c.ch.get(), buf_.get(), static_cast<uint32_t>(kReadChunk), 0);
           if (n == SSH_ERROR) {
             Lost("disconnect", "connection lost: " +
                                    std::string(ssh_get_error(session_.get())));
@@ -900,16 +911,16 @@ class SshConnection : public SshProducer {
           }
           if (n <= 0) break;
           got += static_cast<size_t>(n);
-          Data(s, c, buf_.data(), static_cast<size_t>(n));
+          Data(s, c, buf_.get(), static_cast<size_t>(n));
           if (s.builder.full() && !Publish(s)) return total;
         }
         int n;
         while (!c.closed && got < 2 * kFairShare &&
                (n = ssh_channel_read_nonblocking(
-                    c.ch.get(), buf_.data(), static_cast<uint32_t>(buf_.size()),
+                    c.ch.get(), buf_.get(), static_cast<uint32_t>(kReadChunk),
                     1)) > 0) {
           got += static_cast<size_t>(n);
-          Stderr(s, c, buf_.data(), static_cast<size_t>(n));
+          Stderr(s, c, buf_.get(), static_cast<size_t>(n));
         }
         total += got;
         if (!c.closed && ssh_channel_is_eof(c.ch.get()) &&
@@ -1150,7 +1161,9 @@ class SshConnection : public SshProducer {
   milliseconds backoff_{0};
   std::string last_failure_;
   bool no_answer_ = false;  // a channel request timed out; see Serve()
-  std::vector<char> buf_;
+  // Not zeroed: only the bytes a read fills are touched (250 connections
+  // would otherwise hold 16 MiB of zeros).
+  std::unique_ptr<char[]> buf_{new char[kReadChunk]};
 };
 
 }  // namespace
