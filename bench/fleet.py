@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -135,6 +136,15 @@ def wait_up(srv, want, timeout):
     return None, up
 
 
+def wait_down(srv, timeout):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if srv.value('sshtail_source_up') == 0:
+            return time.monotonic() - t0, 0
+        time.sleep(0.5)
+    return None, None
+
+
 def measure(binary, label, fleet, cfg, inventory):
     work = os.path.join(bench.WORK, label)
     os.makedirs(work, exist_ok=True)
@@ -174,19 +184,35 @@ def measure(binary, label, fleet, cfg, inventory):
     res['threads'] = st.get('Threads')
     lines, _ = harness.generate(1, 'timed', seed=3)
     before = srv.value('sshtail_lines_total')
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     fleet.append_one(hosts, lines[0] + '\n')
+    wall1 = time.time()
     while srv.value('sshtail_lines_total') < before + n and time.monotonic() - t0 < 60:
         time.sleep(0.05)
     res['all_lines_counted_s'] = time.monotonic() - t0
-    res['lines_counted'] = srv.value('sshtail_lines_total') - before
+    m = srv.metrics()
+    res['lines_counted'] = promtext.total(m, 'sshtail_lines_total') - before
+    # When each file's line was read, by the exporter's own clock: the
+    # latency without the scrapes (a 1,000-source exposition is large).
+    read_at = sorted(v for _, v in promtext.select(m, 'sshtail_source_last_line_timestamp_seconds'))
+    res['write_s'] = wall1 - wall0
+    res['read_p50_s'] = read_at[len(read_at) // 2] - wall0 if read_at else None
+    res['read_max_s'] = read_at[-1] - wall0 if read_at else None
+    res['exposition_kb'] = len(urllib.request.urlopen(srv.url, timeout=30).read()) / 1e3
     log('%s: idle CPU %.2f %%, RSS %.1f MiB; %d new lines counted in %.2f s'
         % (label, res['idle_cpu_pct'], res['rss_mib'], res['lines_counted'],
            res['all_lines_counted_s']))
     # Every host unreachable for a while, then back.
     drops0 = fleet.dropped()
     fleet.down()
-    harness.wait_for(lambda: srv.value('sshtail_source_up') == 0, 120, 0.5, 'all down')
+    down_s, _ = wait_down(srv, 120)
+    res['all_down_s'] = down_s
+    if down_s is None:
+        m = srv.metrics()
+        still = [d.get('file') for d, v in promtext.select(m, 'sshtail_source_up') if v]
+        log('%s: %d sources still up 120 s after every session was killed: %s; sshd: %s'
+            % (label, len(still), still[:5], len(bench.descendants(fleet.sshd.proc.pid))
+               if fleet.sshd.proc.poll() is None else 'stopped'))
     time.sleep(cfg['outage_s'])
     fleet.sshd.start(fleet.sshd.port)
     back_s, up = wait_up(srv, n, 240)
@@ -237,8 +263,12 @@ def table(results):
              % (r['remote_cpu_pct'], r['remote_procs'], r['loadavg'])),
             ('RSS idle / peak', lambda r: '%.1f / %.1f MiB' % (r['rss_mib'], r['hwm_mib'])),
             ('threads', lambda r: str(r['threads'])),
-            ('a new line in every file: all counted after',
-             lambda r: '%.2f s (%d lines)' % (r['all_lines_counted_s'], r['lines_counted'])),
+            ('a new line in every file: all counted (seen by scrapes) after',
+             lambda r: '%.2f s (%d lines; exposition %.0f kB)'
+             % (r['all_lines_counted_s'], r['lines_counted'], r['exposition_kb'])),
+            ('... read by the exporter (its last-line times): median / last',
+             lambda r: '%.2f / %.2f s (writing them took %.2f s)'
+             % (r['read_p50_s'], r['read_max_s'], r['write_s'])),
             ('all hosts down, then back: all up after',
              lambda r: ('%.1f s' % r['back_after_s'] if r['back_after_s'] is not None
                         else 'not all (%d)' % r['back_up']) + ' (down %d s)' % r['outage_s']),
@@ -262,8 +292,9 @@ def main():
     ap.add_argument('--bin', default=os.path.join(ROOT, 'build', 'sshtail_exporter'))
     ap.add_argument('--release-rev', help='git revision to build and compare with')
     ap.add_argument('--release-bin', help='a release binary to compare with')
+    ap.add_argument('--release-name', help='its name in the table')
     a = ap.parse_args()
-    cfg = {'idle_s': 10, 'outage_s': 10} if a.quick else {'idle_s': 60, 'outage_s': 60}
+    cfg = {'idle_s': 10, 'outage_s': 10} if a.quick else {'idle_s': 30, 'outage_s': 60}
     bench.WORK = os.path.join(BENCH, 'out', 'fleet-work')
     os.makedirs(bench.WORK, exist_ok=True)
     bins = [('this build', bench.copy_binary(a.bin, os.path.join(bench.WORK, 'bin-new')), True)]
@@ -272,7 +303,7 @@ def main():
         log('building %s' % a.release_rev)
         rel = build_release(a.release_rev, bench.WORK)
     if rel:
-        name = 'release %s' % (a.release_rev or os.path.basename(rel))
+        name = 'release %s' % (a.release_name or a.release_rev or os.path.basename(rel))
         bins.insert(0, (name, bench.copy_binary(rel, os.path.join(bench.WORK, 'bin-rel')), False))
     fleet = Fleet(bench.WORK)
     results = []

@@ -25,7 +25,7 @@ struct Options {
   /// targets are sources too (LoadInventory), watched while running.
   std::vector<std::string> sources_files;
   /// Pool slots for globs' files and the sources reloads add.
-  size_t max_slots = 8192;
+  size_t max_slots = 4096;
   std::string config_file;
   std::vector<std::string> rule_files;
   /// --format: "auto" (detected per source), a format name, a literal

@@ -33,8 +33,8 @@ struct SourceSpec {
   /// for every file that matches, each followed as a source of its own.
   bool glob = false;
   std::vector<std::string> exclude;  ///< glob: more names to skip (fnmatch)
-  /// glob: files followed at most. Each costs a slot from the start (about
-  /// 270 bytes, measured), so a fleet of per-host globs stays small.
+  /// glob: files followed at most; each takes a slot of the pool
+  /// (--sources.max-slots) when it is found.
   size_t max_files = 256;
   /// A glob's match: the file's path (the `file` label of its series).
   std::string file;

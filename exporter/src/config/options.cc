@@ -100,7 +100,7 @@ std::vector<Flag> Flags(Options* o) {
       });
   add("sources.max-slots", Kind::kValue, "N",
       "files that globs and reloads may add over the process' life (each "
-      "costs about 270 bytes from the start; default: 8192)",
+      "costs about 700 bytes from the start; default: 4096)",
       [o](const std::string& v, const std::string&) {
         o->max_slots = ParseSize("sources.max-slots", v);
         if (o->max_slots > 1000000) {

@@ -30,12 +30,13 @@ struct SourceTable {
     kRetired,  ///< removed by a reload
   };
 
-  /// Appends an entry, before any thread starts.
+  /// Appends an entry, before any thread starts. A pool slot gets its
+  /// status when it is taken (EnsureStatus): most are never used.
   uint32_t Add(SourceSpec spec, SourceLabels source_labels, uint32_t config,
-               State state) {
+               State state, bool with_status = true) {
     specs.push_back(std::move(spec));
     labels.push_back(std::move(source_labels));
-    status.push_back(std::make_unique<SourceStatus>());
+    status.push_back(with_status ? std::make_unique<SourceStatus>() : nullptr);
     config_index.push_back(config);
     state_.emplace_back(state);
     return static_cast<uint32_t>(specs.size() - 1);
@@ -48,6 +49,10 @@ struct SourceTable {
   /// Publishes what the supervisor wrote to slot `i`.
   void Set(size_t i, State s) { state_[i].store(s, std::memory_order_release); }
   void Activate(size_t i) { Set(i, State::kActive); }
+  /// By the supervisor, before the slot is published.
+  void EnsureStatus(size_t i) {
+    if (!status[i]) status[i] = std::make_unique<SourceStatus>();
+  }
 
   std::vector<SourceSpec> specs;
   std::vector<SourceLabels> labels;

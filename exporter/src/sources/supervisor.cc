@@ -82,7 +82,8 @@ SourceSupervisor::SourceSupervisor(const Options& options, SourceTable& table,
   }
   pool_next_ = configured;
   for (size_t k = 0; k < options.max_slots; ++k) {
-    table_.Add(SourceSpec{}, SourceLabels{}, 0, SourceTable::State::kFree);
+    table_.Add(SourceSpec{}, SourceLabels{}, 0, SourceTable::State::kFree,
+               /*with_status=*/false);
   }
   pool_end_ = static_cast<uint32_t>(table_.size());
   for (uint32_t i = 0; i < configured; ++i) {
@@ -159,6 +160,7 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   table_.specs[i] = std::move(spec);
   table_.labels[i] = std::move(labels);
   table_.config_index[i] = g.config;
+  table_.EnsureStatus(i);
   start_[i] = start;
   Carry(i);
   table_.Activate(i);
@@ -412,6 +414,7 @@ std::vector<uint32_t> SourceSupervisor::Add(
     table_.specs[slot] = spec;
     table_.labels[slot] = std::move(labels);
     table_.config_index[slot] = slot;
+    table_.EnsureStatus(slot);
     configured_.push_back(slot);
     if (spec.glob) {
       table_.Set(slot, SourceTable::State::kGlob);
