@@ -1038,8 +1038,18 @@ def write_results(R, info, out_dir, charts_rel, quick):
     for k in SECTIONS:
         if COMMANDS.get(k):
             w('**%s**\n\n```sh\n%s\n```\n' % (k, '\n'.join(COMMANDS[k])))
-    with open(os.path.join(out_dir, 'RESULTS.md'), 'w') as f:
-        f.write('\n'.join(o).rstrip() + '\n')
+    path = os.path.join(out_dir, 'RESULTS.md')
+    text = '\n'.join(o).rstrip() + '\n'
+    # bench/fleet.py's section is its own: carried over as it was.
+    old = open(path).read() if os.path.exists(path) else ''
+    if FLEET_BEGIN in old and FLEET_END in old:
+        text += '\n' + old[old.index(FLEET_BEGIN):old.index(FLEET_END) + len(FLEET_END)] + '\n'
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+FLEET_BEGIN = '<!-- bench/fleet.py: begin -->'
+FLEET_END = '<!-- bench/fleet.py: end -->'
 
 
 def gnuplot(script, name, charts):

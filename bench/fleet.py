@@ -293,6 +293,7 @@ def main():
     ap.add_argument('--release-rev', help='git revision to build and compare with')
     ap.add_argument('--release-bin', help='a release binary to compare with')
     ap.add_argument('--release-name', help='its name in the table')
+    ap.add_argument('--write', action='store_true', help='put the table into bench/RESULTS.md')
     a = ap.parse_args()
     cfg = {'idle_s': 10, 'outage_s': 10} if a.quick else {'idle_s': 30, 'outage_s': 60}
     bench.WORK = os.path.join(BENCH, 'out', 'fleet-work')
@@ -315,7 +316,44 @@ def main():
     out = os.path.join(BENCH, 'out', 'fleet-%s.json' % ('quick' if a.quick else 'full'))
     with open(out, 'w') as f:
         json.dump({'cfg': cfg, 'results': results, 'loadavg': os.getloadavg()}, f, indent=1)
-    print(table(results))
+    md = table(results)
+    print(md)
+    if a.write:
+        write_results(md, results, cfg, ' '.join(sys.argv[1:]))
+
+
+def write_results(md, results, cfg, argv):
+    """Puts the table into bench/RESULTS.md between bench.py's markers."""
+    path = os.path.join(BENCH, 'RESULTS.md')
+    text = open(path).read() if os.path.exists(path) else ''
+    if bench.FLEET_BEGIN in text:
+        text = (text[:text.index(bench.FLEET_BEGIN)].rstrip('\n') + '\n' +
+                text[text.index(bench.FLEET_END) + len(bench.FLEET_END):].lstrip('\n'))
+    r = results[-1]
+    verdict = [
+        ('all up within 60 s', r['up_after_s'] is not None and r['up_after_s'] < 60,
+         '%.1f s' % (r['up_after_s'] or 0)),
+        ('idle CPU < 1 % of a core', r['idle_cpu_pct'] < 1, '%.4f %%' % r['idle_cpu_pct']),
+        ('RSS < 100 MB', r['rss_mib'] * 1.048576 < 100, '%.1f MiB' % r['rss_mib']),
+        ('a new line in every file counted within 5 s (read times)',
+         r['read_max_s'] is not None and r['read_max_s'] < 5, '%.2f s' % (r['read_max_s'] or 0)),
+        ('... as seen by scraping the %.1f MB exposition' % (r['exposition_kb'] / 1e3),
+         r['all_lines_counted_s'] < 5, '%.2f s' % r['all_lines_counted_s']),
+        ('after an outage, all up within --ssh.max-backoff + jitter (30 s x 1.2)',
+         r['back_after_s'] is not None and r['back_after_s'] <= 36, '%.1f s' % (r['back_after_s'] or 0)),
+        ('no MaxStartups drops on the way back', r['outage_dropped'] == 0, str(r['outage_dropped'])),
+        ('reload -500 +500 keeps the other 500\'s counters', r.get('reload_kept_counters'),
+         '%s, applied in %.1f s' % (r.get('reload_kept_counters'), r.get('reload_s', 0)))]
+    block = [bench.FLEET_BEGIN, '', '## 7. Fleet: 1,000 files on 250 hosts (`bench/fleet.py`)', '',
+             'Written by `python3 bench/fleet.py %s` on %s (idle window %d s, outage %d s); '
+             'see bench/README.md. One run; RSS of the same binary varied by about 20 MiB '
+             'between runs here.' % (argv, time.strftime('%Y-%m-%d'), cfg['idle_s'], cfg['outage_s']),
+             '', '| target (this build) | measured | verdict |', '|---|---|---|']
+    for name, ok, got in verdict:
+        block.append('| %s | %s | **%s** |' % (name, got, 'met' if ok else 'MISSED'))
+    block += ['', md, '', bench.FLEET_END]
+    with open(path, 'w') as f:
+        f.write(text.rstrip('\n') + '\n\n' + '\n'.join(block) + '\n')
 
 
 if __name__ == '__main__':

@@ -3,20 +3,16 @@
 #include <glob.h>
 #include <prometheus/check_names.h>
 #include <sys/stat.h>
-#include <yaml-cpp/yaml.h>
 
 #include <map>
 
+#include "config/yaml_file.h"
 #include "sources/path_glob.h"
 #include "sshtail/rules.h"
 #include "sshtail/text_format.h"
 
 namespace sshtail {
 namespace {
-
-std::string Where(const std::string& file, const YAML::Node& n) {
-  return file + ":" + std::to_string(n.Mark().line + 1);
-}
 
 // The files a pattern names now, sorted; a plain path names itself.
 std::vector<std::string> Files(const std::string& pattern) {
@@ -103,15 +99,7 @@ SourceSpec Target(const std::string& file, const YAML::Node& target,
 }
 
 void LoadFile(const std::string& file, std::vector<SourceSpec>* out) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(file);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError(file + ": cannot read sources file");
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(file + ":" + std::to_string(e.mark.line + 1) + ": " +
-                      e.msg);
-  }
+  YAML::Node root = LoadYamlFile(file, "sources file");
   if (!root || root.IsNull()) return;  // empty: no targets
   if (!root.IsSequence()) {
     throw ConfigError(file +

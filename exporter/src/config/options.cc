@@ -11,6 +11,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "config/yaml_file.h"
 #include "sources/path_glob.h"
 #include "sshtail/rules.h"
 
@@ -347,10 +348,6 @@ std::string CheckFormatName(const std::string& name) {
   return "";
 }
 
-std::string Where(const std::string& file, const YAML::Node& n) {
-  return file + ":" + std::to_string(n.Mark().line + 1);
-}
-
 SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
                           const std::string& base) {
   SourceSpec spec;
@@ -495,15 +492,7 @@ void Flatten(const YAML::Node& map, const std::string& prefix,
 
 void LoadConfig(const std::string& file, const std::vector<Flag>& flags,
                 CLI::App& app, Options* o) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(file);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError(file + ": cannot read config file");
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(file + ":" + std::to_string(e.mark.line + 1) + ": " +
-                      e.msg);
-  }
+  YAML::Node root = LoadYamlFile(file, "config file");
   if (!root || root.IsNull()) return;
   if (!root.IsMap()) throw ConfigError(file + ":1: config must be a mapping");
   std::string base = fs::path(file).parent_path().string();
