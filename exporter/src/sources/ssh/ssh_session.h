@@ -1,7 +1,7 @@
 #pragma once
 
 // The SSH session part of the SSH producer: connect, host-key check,
-// authentication. Private to ssh_producer.cc.
+// authentication. Private to sources/ssh/.
 
 #include <libssh/libssh.h>
 
