@@ -19,6 +19,7 @@
 #include <system_error>
 
 #include "config/inventory.h"
+#include "exporter_impl.h"
 #include "metrics/self_metrics.h"
 #include "sources/path_glob.h"
 #include "sources/source_table.h"
@@ -38,7 +39,6 @@
 #include "web/web_config.h"
 
 namespace sshtail {
-namespace {
 
 RuleContext ContextFor(const Options& o) {
   RuleContext ctx;
@@ -72,6 +72,8 @@ std::chrono::milliseconds ExpireInterval(const RuleSetDef& defs) {
   }
   return std::max(every, std::chrono::milliseconds(1000));
 }
+
+namespace {
 
 std::string HtmlEscape(const std::string& s) {
   std::string out;
@@ -127,597 +129,236 @@ void CheckConfig(const Options& given) {
     WebConfig::Load(options.web_config_file);
 }
 
-struct Exporter::Impl {
-  explicit Impl(Options o)
-      : static_sources(o.sources),
-        options(Loaded(std::move(o))),
-        // The state file needs each source's batches in order, one at a
-        // time (see BatchQueue); without it any consumer takes any batch.
-        queue(options.queue_batches,
-              !options.state_file.empty() && !options.once),
-        self(table, queue),
-        store(self.overflow(), options.max_series_total) {
-    for (size_t i = 0; i < options.sources.size(); ++i) {
-      const SourceSpec& spec = options.sources[i];
-      SourceLabels sl;
-      sl.name = spec.name;
-      for (const auto& kv : spec.labels) sl.labels.push_back(kv);
-      sl.file = spec.file;
-      table.Add(
-          spec, std::move(sl), static_cast<uint32_t>(i),
-          spec.glob ? SourceTable::State::kGlob : SourceTable::State::kActive);
+Exporter::Impl::Impl(Options o)
+    : static_sources(o.sources),
+      options(Loaded(std::move(o))),
+      // The state file needs each source's batches in order, one at a
+      // time (see BatchQueue); without it any consumer takes any batch.
+      queue(options.queue_batches,
+            !options.state_file.empty() && !options.once),
+      self(table, queue),
+      store(self.overflow(), options.max_series_total) {
+  for (size_t i = 0; i < options.sources.size(); ++i) {
+    const SourceSpec& spec = options.sources[i];
+    SourceLabels sl;
+    sl.name = spec.name;
+    for (const auto& kv : spec.labels) sl.labels.push_back(kv);
+    sl.file = spec.file;
+    table.Add(
+        spec, std::move(sl), static_cast<uint32_t>(i),
+        spec.glob ? SourceTable::State::kGlob : SourceTable::State::kActive);
+  }
+  if (!options.sources_files.empty() && !options.once) {
+    watch = std::make_unique<InventoryWatch>(options.sources_files);
+    watch->Changed();  // what was read now
+  }
+  supervisor = std::make_unique<SourceSupervisor>(options, table, queue);
+  // SelfMetrics was built before `table` was filled: it keeps a reference
+  // and reads it at scrape time only.
+  FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
+  if (!options.web_config_file.empty()) {
+    WebConfig::Load(options.web_config_file);  // fail early, exit 2
+  }
+  FormatRules::Build(defs, nullptr);  // fails before the store changes
+  std::vector<std::string> names;
+  for (const auto& spec : options.sources) {
+    if (!spec.glob) names.push_back(spec.name);
+  }
+  store.SetSources(std::move(names));
+  store.Apply(defs.all);
+  rules = FormatRules::Build(defs, &store);
+  // --output openmetrics: the same rules, each with its time field (a
+  // rule without one is a configuration error, exit 2).
+  if (options.once && options.output == "openmetrics") {
+    backfill_rules = FormatRules::Build(defs, &store, true);
+  }
+  expire_every = ExpireInterval(defs.all);
+  // --once reads every source from its start and must not move the
+  // daemon's positions (it may share the config file).
+  if (!options.positions_file.empty() && !options.once) {
+    positions = std::make_unique<PositionsFile>(options.positions_file);
+    state_file = std::make_unique<StateFile>(options.positions_file);
+    keep_values = !options.state_file.empty();
+    // When it was saved: files rotated after that hold only new lines.
+    struct stat st {};
+    int64_t saved_at_ns =
+        ::stat(options.positions_file.c_str(), &st) == 0
+            ? int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec
+            : 0;
+    std::string problem;
+    SavedState saved = state_file->Load(&problem);
+    if (!problem.empty()) {
+      Log(LogLevel::kWarn,
+          "state file " + options.positions_file + " not used: " + problem);
     }
-    if (!options.sources_files.empty() && !options.once) {
-      watch = std::make_unique<InventoryWatch>(options.sources_files);
-      watch->Changed();  // what was read now
-    }
-    supervisor = std::make_unique<SourceSupervisor>(options, table, queue);
-    // SelfMetrics was built before `table` was filled: it keeps a reference
-    // and reads it at scrape time only.
-    FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
-    if (!options.web_config_file.empty()) {
-      WebConfig::Load(options.web_config_file);  // fail early, exit 2
-    }
-    FormatRules::Build(defs, nullptr);  // fails before the store changes
-    std::vector<std::string> names;
-    for (const auto& spec : options.sources) {
-      if (!spec.glob) names.push_back(spec.name);
-    }
-    store.SetSources(std::move(names));
-    store.Apply(defs.all);
-    rules = FormatRules::Build(defs, &store);
-    // --output openmetrics: the same rules, each with its time field (a
-    // rule without one is a configuration error, exit 2).
-    if (options.once && options.output == "openmetrics") {
-      backfill_rules = FormatRules::Build(defs, &store, true);
-    }
-    expire_every = ExpireInterval(defs.all);
-    // --once reads every source from its start and must not move the
-    // daemon's positions (it may share the config file).
-    if (!options.positions_file.empty() && !options.once) {
-      positions = std::make_unique<PositionsFile>(options.positions_file);
-      state_file = std::make_unique<StateFile>(options.positions_file);
-      keep_values = !options.state_file.empty();
-      // When it was saved: files rotated after that hold only new lines.
-      struct stat st {};
-      int64_t saved_at_ns =
-          ::stat(options.positions_file.c_str(), &st) == 0
-              ? int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec
-              : 0;
-      std::string problem;
-      SavedState saved = state_file->Load(&problem);
-      if (!problem.empty()) {
-        Log(LogLevel::kWarn,
-            "state file " + options.positions_file + " not used: " + problem);
-      }
-      std::set<std::string> saved_urls;
-      for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
-      supervisor->ExpandGlobs(saved_urls,
-                              saved.sources.empty() ? 0 : saved_at_ns);
-      for (size_t i = 0; i < table.size(); ++i) {
-        if (!table.active(i)) continue;
-        auto it = saved.sources.find(table.specs[i].url);
-        if (it != saved.sources.end()) {
-          table.status[i]->positions.Restore(it->second.positions, saved_at_ns);
-        }
-      }
-      if (keep_values) RestoreValues(saved);
-    } else {
-      supervisor->ExpandGlobs({}, 0);
-    }
-    // Every source's counters exist from the start, at 0.
-    for (uint32_t i = 0; i < table.size(); ++i) {
-      if (table.active(i)) self.counters(i);
-    }
-    BindSyslogSources();
-    std::vector<SourceLabels> known;
+    std::set<std::string> saved_urls;
+    for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
+    supervisor->ExpandGlobs(saved_urls,
+                            saved.sources.empty() ? 0 : saved_at_ns);
     for (size_t i = 0; i < table.size(); ++i) {
-      known.push_back(table.active(i) ? table.labels[i] : SourceLabels{});
-    }
-    detector = std::make_unique<FormatDetector>(table.config_index, known);
-  }
-
-  // The options with the inventory's targets among the sources.
-  static Options Loaded(Options o) {
-    o.sources = WithInventory(o, std::move(o.sources));
-    return o;
-  }
-
-  // A source's own series are told apart by name, and by file for a glob's
-  // matches (which may share a name).
-  static std::string Identity(const std::string& name,
-                              const std::string& file) {
-    return file.empty() ? name : name + '\n' + file;
-  }
-
-  // The saved values of sources still configured under the same URL and
-  // name; metrics whose definition changed start from zero (as on reload).
-  void RestoreValues(const SavedState& saved) {
-    std::map<std::string, uint32_t> index;  // Identity -> runtime index
-    std::set<std::string> names;
-    for (uint32_t i = 0; i < table.size(); ++i) {
       if (!table.active(i)) continue;
-      const SourceSpec& s = table.specs[i];
-      auto it = saved.sources.find(s.url);
-      if (HasPosition(s) && it != saved.sources.end() &&
-          it->second.name == s.name) {
-        index[Identity(s.name, s.file)] = i;
-        names.insert(s.name);
+      auto it = saved.sources.find(table.specs[i].url);
+      if (it != saved.sources.end()) {
+        table.status[i]->positions.Restore(it->second.positions, saved_at_ns);
       }
     }
-    // A rule series carries the source's name and static labels (a glob's
-    // match: its file or fields): all of them must be one of ours.
-    auto ours = [&](const prometheus::Labels& labels) {
-      auto it = labels.find("source");
-      return it != labels.end() && names.count(it->second) > 0;
-    };
-    auto which = [&](const prometheus::Labels& labels) -> const uint32_t* {
-      auto src = labels.find("source");
-      auto file = labels.find("file");
-      if (src == labels.end()) return nullptr;
-      auto it = index.find(
-          Identity(src->second, file == labels.end() ? "" : file->second));
-      return it == index.end() ? nullptr : &it->second;
-    };
-    std::vector<MetricSnapshot> metrics;
-    size_t series = 0, changed = 0;
-    for (const MetricSnapshot& m : saved.metrics) {
-      MetricState* now = store.Find(m.name);
-      if (now && now->def().Signature() != m.signature) ++changed;
-      MetricSnapshot keep = m;
-      keep.series.clear();
-      for (const SeriesSnapshot& v : m.series) {
-        if (ours(v.labels)) keep.series.push_back(v);
-      }
-      series += keep.series.size();
-      metrics.push_back(std::move(keep));
+    if (keep_values) RestoreValues(saved);
+  } else {
+    supervisor->ExpandGlobs({}, 0);
+  }
+  // Every source's counters exist from the start, at 0.
+  for (uint32_t i = 0; i < table.size(); ++i) {
+    if (table.active(i)) self.counters(i);
+  }
+  BindSyslogSources();
+  std::vector<SourceLabels> known;
+  for (size_t i = 0; i < table.size(); ++i) {
+    known.push_back(table.active(i) ? table.labels[i] : SourceLabels{});
+  }
+  detector = std::make_unique<FormatDetector>(table.config_index, known);
+}
+
+void Exporter::Impl::BindSyslogSources() {
+  std::vector<uint32_t> syslog;
+  for (uint32_t i = 0; i < options.sources.size(); ++i) {
+    auto kind = options.sources[i].kind;
+    if (kind == SourceSpec::Kind::kSyslogUnix ||
+        kind == SourceSpec::Kind::kSyslogUdp) {
+      syslog.push_back(i);
     }
-    std::vector<std::string> restored = store.Restore(metrics);
-    for (const SavedCounter& c : saved.counters) {
-      if (!ours(c.labels) || c.value <= 0) continue;
-      if (c.family == "sshtail_series_overflow_total") {
-        auto m = c.labels.find("metric");
-        if (m != c.labels.end() && std::find(restored.begin(), restored.end(),
-                                             m->second) != restored.end()) {
-          self.overflow().Add(c.labels).Increment(c.value);
-        }
+  }
+  if (syslog.empty()) return;
+  if (options.once) {
+    throw std::invalid_argument("--once cannot read syslog source '" +
+                                options.sources[syslog[0]].url +
+                                "': a socket has no end");
+  }
+  std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
+  for (size_t k = 0; k < syslog.size(); ++k) {
+    for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
+      // Its static labels and its format; the name comes with a sender.
+      uint32_t slot = table.Add(table.specs[syslog[k]], table.labels[syslog[k]],
+                                syslog[k], SourceTable::State::kFree);
+      slots[k].push_back(SyslogHostSlot{slot, nullptr, nullptr});
+    }
+  }
+  for (size_t k = 0; k < syslog.size(); ++k) {
+    for (auto& slot : slots[k]) {
+      slot.status = table.status[slot.index].get();
+      slot.name = &table.labels[slot.index].name;
+    }
+    uint32_t i = syslog[k];
+    ProducerOptions po;
+    po.max_line_bytes = options.max_line_bytes;
+    supervisor->Adopt(MakeSyslogProducer(options.sources[i], i,
+                                         *table.status[i], std::move(slots[k]),
+                                         queue, po));
+  }
+}
+
+void Exporter::Impl::StartConsumers() {
+  int n = options.consumers;
+  if (n <= 0) {
+    n = static_cast<int>(std::thread::hardware_concurrency());
+    n = std::clamp(n, 1, 4);
+  }
+  for (int i = 0; i < n; ++i) {
+    try {
+      consumers.emplace_back([this] { ConsumerLoop(); });
+    } catch (const std::system_error& e) {
+      // A pids limit: run with the parsers we have.
+      Log(LogLevel::kWarn, "cannot start parser thread " +
+                               std::to_string(i + 1) + ": " + e.what());
+      break;
+    }
+  }
+  if (consumers.empty()) {
+    throw std::runtime_error("cannot start any parser thread");
+  }
+}
+
+void Exporter::Impl::ConsumerLoop() {
+  // Parsers yield to the web threads (a scrape must answer quickly while
+  // parsing saturates the CPUs) and to the readers; nice 5 is a 3:1 share.
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 5);
+  Evaluator eval(store, table.labels);
+  while (BatchPtr b = queue.Pop()) {
+    {
+      // Counted and committed under one read lock: under the write lock
+      // (a state snapshot) every batch is either wholly in the values and
+      // the committed positions, or in neither.
+      auto lock = store.ReadLock();
+      if (table.state(b->source) == SourceTable::State::kRetired) {
+        // Removed by a reload (its series are gone): not counted.
+        queue.Finished(b->source);
         continue;
       }
-      const uint32_t* i = which(c.labels);
-      if (!i) continue;
-      const SourceCounters& sc = self.counters(*i);
-      prometheus::Counter* to =
-          c.family == "sshtail_lines_total"             ? sc.lines
-          : c.family == "sshtail_lines_unmatched_total" ? sc.unmatched
-          : c.family == "sshtail_bytes_total"           ? sc.bytes
-          : c.family == "sshtail_lines_too_long_total"  ? sc.too_long
-                                                        : nullptr;
-      if (to) to->Increment(c.value);
-    }
-    if (saved.version == StateFile::kVersion) {
-      Log(LogLevel::kInfo,
-          "state restored from " + options.positions_file + ": " +
-              std::to_string(restored.size()) + " metric(s), " +
-              std::to_string(series) + " series" +
-              (changed ? "; " + std::to_string(changed) +
-                             " redefined metric(s) start from zero"
-                       : std::string()));
-    }
-  }
-
-  // Sources whose position is saved; stdin and syslog have none, so their
-  // values cannot be continued exactly and are not saved either.
-  static bool HasPosition(const SourceSpec& s) {
-    return s.kind == SourceSpec::Kind::kFile ||
-           s.kind == SourceSpec::Kind::kSsh;
-  }
-
-  // Syslog sockets are created now, so a bad path or a busy port is exit 2.
-  // Each gets kSyslogMaxHosts more source indices for its senders'
-  // hostnames, past the configured ones (all vectors are sized here, once).
-  void BindSyslogSources() {
-    std::vector<uint32_t> syslog;
-    for (uint32_t i = 0; i < options.sources.size(); ++i) {
-      auto kind = options.sources[i].kind;
-      if (kind == SourceSpec::Kind::kSyslogUnix ||
-          kind == SourceSpec::Kind::kSyslogUdp) {
-        syslog.push_back(i);
+      std::shared_ptr<const FormatRules> r = rules;
+      uint64_t unmatched =
+          detector->Process(eval, *b, r, table.labels[b->source]);
+      const SourceCounters& c = self.counters(b->source);
+      if (b->lines) c.lines->Increment(b->lines);
+      if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
+      if (b->raw_bytes) {
+        c.bytes->Increment(static_cast<double>(b->raw_bytes));
       }
+      if (b->too_long) c.too_long->Increment(b->too_long);
+      if (b->seq) table.status[b->source]->positions.Done(b->seq);
     }
-    if (syslog.empty()) return;
-    if (options.once) {
-      throw std::invalid_argument("--once cannot read syslog source '" +
-                                  options.sources[syslog[0]].url +
-                                  "': a socket has no end");
-    }
-    std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
-    for (size_t k = 0; k < syslog.size(); ++k) {
-      for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
-        // Its static labels and its format; the name comes with a sender.
-        uint32_t slot =
-            table.Add(table.specs[syslog[k]], table.labels[syslog[k]],
-                      syslog[k], SourceTable::State::kFree);
-        slots[k].push_back(SyslogHostSlot{slot, nullptr, nullptr});
-      }
-    }
-    for (size_t k = 0; k < syslog.size(); ++k) {
-      for (auto& slot : slots[k]) {
-        slot.status = table.status[slot.index].get();
-        slot.name = &table.labels[slot.index].name;
-      }
-      uint32_t i = syslog[k];
-      ProducerOptions po;
-      po.max_line_bytes = options.max_line_bytes;
-      supervisor->Adopt(MakeSyslogProducer(options.sources[i], i,
-                                           *table.status[i],
-                                           std::move(slots[k]), queue, po));
-    }
+    queue.Finished(b->source);
   }
+}
 
-  void StartConsumers() {
-    int n = options.consumers;
-    if (n <= 0) {
-      n = static_cast<int>(std::thread::hardware_concurrency());
-      n = std::clamp(n, 1, 4);
-    }
-    for (int i = 0; i < n; ++i) {
-      try {
-        consumers.emplace_back([this] { ConsumerLoop(); });
-      } catch (const std::system_error& e) {
-        // A pids limit: run with the parsers we have.
-        Log(LogLevel::kWarn, "cannot start parser thread " +
-                                 std::to_string(i + 1) + ": " + e.what());
-        break;
-      }
-    }
-    if (consumers.empty()) {
-      throw std::runtime_error("cannot start any parser thread");
-    }
-  }
-
-  void ConsumerLoop() {
-    // Parsers yield to the web threads (a scrape must answer quickly while
-    // parsing saturates the CPUs) and to the readers; nice 5 is a 3:1 share.
-    setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 5);
-    Evaluator eval(store, table.labels);
-    while (BatchPtr b = queue.Pop()) {
-      {
-        // Counted and committed under one read lock: under the write lock
-        // (a state snapshot) every batch is either wholly in the values and
-        // the committed positions, or in neither.
-        auto lock = store.ReadLock();
-        if (table.state(b->source) == SourceTable::State::kRetired) {
-          // Removed by a reload (its series are gone): not counted.
-          queue.Finished(b->source);
-          continue;
-        }
-        std::shared_ptr<const FormatRules> r = rules;
-        uint64_t unmatched =
-            detector->Process(eval, *b, r, table.labels[b->source]);
-        const SourceCounters& c = self.counters(b->source);
-        if (b->lines) c.lines->Increment(b->lines);
-        if (unmatched) c.unmatched->Increment(static_cast<double>(unmatched));
-        if (b->raw_bytes) {
-          c.bytes->Increment(static_cast<double>(b->raw_bytes));
-        }
-        if (b->too_long) c.too_long->Increment(b->too_long);
-        if (b->seq) table.status[b->source]->positions.Done(b->seq);
-      }
-      queue.Finished(b->source);
-    }
-  }
-
-  void StopAll() {
-    {
-      std::lock_guard lock(reload_mutex);
-      supervisor->Stop();
-    }
-    queue.Close();
-    for (auto& t : consumers) t.join();
-    consumers.clear();
-    SavePositions();
-  }
-
-  void SavePositions() {
-    if (keep_values) {
-      MakeDurable();
-      return;
-    }
-    if (!positions) return;
-    std::map<std::string, PositionSet> all;
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (!table.active(i) || !HasPosition(table.specs[i])) continue;
-      PositionSet p = table.status[i]->positions.Committed();
-      if (!p.empty()) all[table.specs[i].url] = std::move(p);
-    }
-    std::string error;
-    if (!positions->Save(all, &error)) {
-      // Once per failure streak, not every few seconds.
-      if (positions_ok) Log(LogLevel::kWarn, "cannot save positions: " + error);
-      positions_ok = false;
-      return;
-    }
-    if (!positions_ok) {
-      Log(LogLevel::kInfo, "positions saved again to " + positions->path());
-    }
-    positions_ok = true;
-  }
-
-  // What was last made durable: rule metrics and the sshtail_* counters
-  // that continue across restarts, exactly as in the state file.
-  struct Durable {
-    std::vector<MetricSnapshot> metrics;
-    std::vector<prometheus::MetricFamily> counters;
-  };
-
-  static bool IsDurableCounter(const std::string& family) {
-    return family == "sshtail_lines_total" ||
-           family == "sshtail_lines_unmatched_total" ||
-           family == "sshtail_bytes_total" ||
-           family == "sshtail_lines_too_long_total" ||
-           family == "sshtail_series_overflow_total";
-  }
-
-  // Snapshot (under the store's write lock: values and committed positions
-  // match exactly), then the write (outside it). Serves what is durable: a
-  // scrape never shows a value a crash could take back. Callers that arrive
-  // while a write is running wait for it; if that snapshot was taken after
-  // they arrived, they reuse it.
-  std::shared_ptr<const Durable> MakeDurable() {
-    uint64_t ticket = durable_requests.fetch_add(1) + 1;
-    std::lock_guard lock(durable_mutex);
-    if (durable && durable_covers >= ticket) return durable;
-    uint64_t covers = durable_requests.load();
-    auto next = std::make_shared<Durable>();
-    std::map<std::string, SourceState> sources;
-    next->metrics = store.Snapshot([&] {
-      for (size_t i = 0; i < table.size(); ++i) {
-        if (!table.active(i) || !HasPosition(table.specs[i])) continue;
-        PositionSet p = table.status[i]->positions.Committed();
-        if (!p.empty()) {
-          sources[table.specs[i].url] =
-              SourceState{table.specs[i].name, std::move(p)};
-        }
-      }
-      for (auto& f : self.registry()->Collect()) {
-        if (IsDurableCounter(f.name)) next->counters.push_back(std::move(f));
-      }
-    });
-    std::vector<SavedCounter> counters;
-    for (const auto& f : next->counters) {
-      for (const auto& m : f.metric) {
-        SavedCounter c{f.name, {}, m.counter.value};
-        for (const auto& l : m.label) c.labels[l.name] = l.value;
-        counters.push_back(std::move(c));
-      }
-    }
-    std::string error;
-    if (!state_file->Save(sources, next->metrics, counters, &error)) {
-      // Once per failure streak. Values freeze at the last durable ones.
-      if (positions_ok) Log(LogLevel::kWarn, "cannot save state: " + error);
-      positions_ok = false;
-      if (!durable) durable = std::make_shared<Durable>();
-      return durable;
-    }
-    if (!positions_ok) {
-      Log(LogLevel::kInfo, "state saved again to " + state_file->path());
-    }
-    positions_ok = true;
-    durable = std::move(next);
-    durable_covers = covers;
-    return durable;
-  }
-
-  std::string Exposition() {
-    std::string out;
-    out.reserve(last_exposition_size.load() + 4096);
-    std::shared_ptr<const Durable> d;
-    if (keep_values) {
-      d = MakeDurable();
-      AppendSnapshotExposition(d->metrics, &out);
-    } else {
-      store.AppendExposition(&out);
-    }
-    // The exporter's own metrics: few series, sorted for stable output.
-    std::vector<prometheus::MetricFamily> self_families =
-        self.registry()->Collect();
-    if (d) {
-      std::erase_if(self_families,
-                    [](const auto& f) { return IsDurableCounter(f.name); });
-      for (const auto& f : d->counters) self_families.push_back(f);
-    }
-    for (auto& f : self.Collect()) self_families.push_back(std::move(f));
-    std::shared_ptr<const FormatRules> r;
-    {
-      auto lock = store.ReadLock();
-      r = rules;
-    }
-    prometheus::MetricFamily info = detector->Info(*r);
-    if (!info.metric.empty()) self_families.push_back(std::move(info));
-    std::sort(self_families.begin(), self_families.end(),
-              [](const auto& a, const auto& b) { return a.name < b.name; });
-    for (auto& f : self_families) {
-      std::sort(f.metric.begin(), f.metric.end(),
-                [](const auto& a, const auto& b) { return a.label < b.label; });
-      text::AppendFamily(&out, f);
-    }
-    last_exposition_size.store(out.size());
-    return out;
-  }
-
-  bool Reload(std::string* error) {
+void Exporter::Impl::StopAll() {
+  {
     std::lock_guard lock(reload_mutex);
-    try {
-      Options next = options;
-      std::vector<SourceSpec> desired = static_sources;
-      if (!options.config_file.empty() && !options.args.empty()) {
-        // The same flags again, so the config file is read anew with the
-        // same precedence. Rules, formats and sources apply now; other
-        // settings need a restart.
-        Options fresh;
-        std::string problem;
-        if (!ReparseCommandLine(options.args, &fresh, &problem)) {
-          throw ConfigError(problem);
-        }
-        next.rule_files = fresh.rule_files;
-        next.format = fresh.format;
-        next.formats = fresh.formats;
-        next.sources_files = fresh.sources_files;
-        desired = fresh.sources;
-      }
-      desired = WithInventory(next, std::move(desired));
-      SourcePlan plan = supervisor->Plan(desired);
-      next.sources = supervisor->ConfiguredBySlot(plan);
-      FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
-      // All or nothing: everything that can fail fails in this check, before
-      // the store replaces a single metric (the old rules point into it).
-      FormatRules::Build(defs, nullptr);
-      store.Apply(defs.all, [&] {
-        rules = FormatRules::Build(defs, &store);
-        detector->Reset();  // formats may have changed: detect again
-      });
-      options.rule_files = next.rule_files;
-      options.format = next.format;
-      options.formats = next.formats;
-      expire_every = ExpireInterval(defs.all);
-      if (!plan.empty()) ChangeSources(plan, desired.size());
-      if (next.sources_files != options.sources_files) {
-        options.sources_files = next.sources_files;
-        watch = options.sources_files.empty()
-                    ? nullptr
-                    : std::make_unique<InventoryWatch>(options.sources_files);
-        if (watch) watch->Changed();
-      }
-      self.reload_ok().Set(1);
-      self.reload_time().SetToCurrentTime();
-      Log(LogLevel::kInfo, "configuration reloaded");
-      return true;
-    } catch (const std::exception& e) {
-      *error = e.what();
-      self.reload_ok().Set(0);
-      self.reloads_failed().Increment();
-      Log(LogLevel::kError, std::string("reload rejected: ") + e.what());
+    supervisor->Stop();
+  }
+  queue.Close();
+  for (auto& t : consumers) t.join();
+  consumers.clear();
+  SavePositions();
+}
+
+bool Exporter::Impl::Ready() const {
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table.active(i) && !table.status[i]->connected_once.load()) {
       return false;
     }
   }
+  return true;
+}
 
-  // Stops the sources a reload removed and drops their series, then starts
-  // the new ones. The rules that know the new sources' formats are in.
-  void ChangeSources(const SourcePlan& plan, size_t total) {
-    std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
-    std::set<std::string> names;  // still in use: their overflow series stay
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (table.active(i)) names.insert(table.labels[i].name);
-    }
-    for (const auto& [slot, spec] : plan.add) names.insert(spec.name);
-    std::vector<SourceLabels> labels;
-    std::vector<bool> last;
-    for (uint32_t slot : gone) {
-      labels.push_back(table.labels[slot]);
-      last.push_back(!names.count(table.labels[slot].name));
-    }
-    // Under the write side: no batch of theirs is being counted, and
-    // consumers skip their later batches.
-    store.RemoveSources(labels, last);
-    // Their committed positions are final now: a file that comes back under
-    // another spec (relabelled) resumes there, neither lost nor recounted.
-    std::map<std::string, PositionSet> carried;
-    for (uint32_t slot : gone) {
-      self.Remove(slot);
-      detector->Forget(slot);
-      if (!HasPosition(table.specs[slot]) || table.specs[slot].glob) continue;
-      PositionSet p = table.status[slot]->positions.Committed();
-      if (!p.empty()) carried[table.specs[slot].url] = std::move(p);
-    }
-    for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
-      self.counters(slot);
-    }
-    Log(LogLevel::kInfo,
-        "sources: " + std::to_string(plan.add.size()) + " added, " +
-            std::to_string(plan.remove.size()) + " removed, " +
-            std::to_string(total - plan.add.size()) + " unchanged");
-  }
-
-  // Follows new matches of globs; re-reads the inventory when it changed.
-  void Tick() {
-    bool changed = false;
-    {
-      std::lock_guard lock(reload_mutex);
-      for (uint32_t slot : supervisor->Scan()) self.counters(slot);
-      changed = watch && watch->Changed();
-    }
-    if (changed) {
-      std::string e;
-      Reload(&e);
+int Exporter::Impl::Unread() const {
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table.active(i) && !table.status[i]->connected_once.load()) {
+      Log(LogLevel::kError,
+          "source " + table.specs[i].name + " could not be read");
+      return 1;
     }
   }
+  return 0;
+}
 
-  bool Ready() const {
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (table.active(i) && !table.status[i]->connected_once.load()) {
-        return false;
-      }
-    }
-    return true;
+std::string Exporter::Impl::LandingPage() const {
+  std::string html =
+      "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+      "<title>sshtail_exporter</title></head><body>"
+      "<h1>sshtail_exporter</h1><p>Version " +
+      std::string(Version()) + "</p><ul><li><a href=\"" +
+      HtmlEscape(options.telemetry_path) +
+      "\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>"
+      "<li><a href=\"/-/ready\">Readiness</a></li></ul><h2>Sources</h2>"
+      "<table><tr><th>source</th><th>url</th><th>up</th></tr>";
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (!table.active(i)) continue;
+    html += "<tr><td>" + HtmlEscape(table.specs[i].name) + "</td><td>" +
+            HtmlEscape(table.specs[i].url) + "</td><td>" +
+            (table.status[i]->up.load() ? "up" : "down") + "</td></tr>";
   }
-
-  // --once: the exit code says whether a source could not be read at all.
-  int Unread() const {
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (table.active(i) && !table.status[i]->connected_once.load()) {
-        Log(LogLevel::kError,
-            "source " + table.specs[i].name + " could not be read");
-        return 1;
-      }
-    }
-    return 0;
-  }
-
-  std::string LandingPage() const {
-    std::string html =
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
-        "<title>sshtail_exporter</title></head><body>"
-        "<h1>sshtail_exporter</h1><p>Version " +
-        std::string(Version()) + "</p><ul><li><a href=\"" +
-        HtmlEscape(options.telemetry_path) +
-        "\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>"
-        "<li><a href=\"/-/ready\">Readiness</a></li></ul><h2>Sources</h2>"
-        "<table><tr><th>source</th><th>url</th><th>up</th></tr>";
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (!table.active(i)) continue;
-      html += "<tr><td>" + HtmlEscape(table.specs[i].name) + "</td><td>" +
-              HtmlEscape(table.specs[i].url) + "</td><td>" +
-              (table.status[i]->up.load() ? "up" : "down") + "</td></tr>";
-    }
-    html += "</table></body></html>\n";
-    return html;
-  }
-
-  const std::vector<SourceSpec> static_sources;  // from flags (no --config)
-  Options options;
-  SourceTable table;
-  BatchQueue queue;
-  SelfMetrics self;
-  MetricStore store;
-  std::shared_ptr<const FormatRules> rules;           // guarded by store's lock
-  std::shared_ptr<const FormatRules> backfill_rules;  // --output openmetrics
-  std::unique_ptr<SourceSupervisor> supervisor;
-  std::unique_ptr<FormatDetector> detector;
-  std::unique_ptr<PositionsFile> positions;
-  bool positions_ok = true;  // with a state file: guarded by durable_mutex
-  std::unique_ptr<StateFile> state_file;
-  bool keep_values = false;  // --state-file: values are saved and served
-  std::mutex durable_mutex;
-  std::shared_ptr<const Durable> durable;  // guarded by durable_mutex
-  uint64_t durable_covers = 0;             // guarded by durable_mutex
-  std::atomic<uint64_t> durable_requests{0};
-  std::vector<std::thread> consumers;
-  /// Serialises reloads with each other and with the supervisor's calls.
-  std::mutex reload_mutex;
-  std::unique_ptr<InventoryWatch> watch;  // guarded by reload_mutex
-  std::chrono::milliseconds expire_every{10000};
-  mutable std::atomic<size_t> last_exposition_size{0};
-};
+  html += "</table></body></html>\n";
+  return html;
+}
 
 Exporter::Exporter(Options options)
     : impl_(std::make_unique<Impl>(std::move(options))) {}

@@ -1,0 +1,158 @@
+#pragma once
+
+// Exporter::Impl, shared by exporter.cc (wiring, threads, signals),
+// exporter_state.cc (positions, state file, exposition) and
+// exporter_reload.cc (rules and sources changed while running).
+
+#include <prometheus/metric_family.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+
+#include "config/inventory.h"
+#include "metrics/self_metrics.h"
+#include "sources/path_glob.h"
+#include "sources/source_table.h"
+#include "sources/supervisor.h"
+#include "sshtail/backfill.h"
+#include "sshtail/batch_queue.h"
+#include "sshtail/engine.h"
+#include "sshtail/exporter.h"
+#include "sshtail/file_producer.h"
+#include "sshtail/format_detect.h"
+#include "sshtail/log.h"
+#include "sshtail/metric_store.h"
+#include "sshtail/rules.h"
+#include "sshtail/state_file.h"
+#include "sshtail/syslog_producer.h"
+#include "sshtail/text_format.h"
+#include "sshtail/web_server.h"
+#include "web/web_config.h"
+
+namespace sshtail {
+
+/// The label names every series gets besides the rule's own.
+RuleContext ContextFor(const Options& o);
+/// How often idle series are looked for.
+std::chrono::milliseconds ExpireInterval(const RuleSetDef& defs);
+/// The configured sources and the inventory's targets, named.
+std::vector<SourceSpec> WithInventory(const Options& o,
+                                      std::vector<SourceSpec> sources);
+
+struct Exporter::Impl {
+  explicit Impl(Options o);
+
+  // The options with the inventory's targets among the sources.
+  static Options Loaded(Options o) {
+    o.sources = WithInventory(o, std::move(o.sources));
+    return o;
+  }
+
+  // A source's own series are told apart by name, and by file for a glob's
+  // matches (which may share a name).
+  static std::string Identity(const std::string& name, const std::string& file);
+
+  // The saved values of sources still configured under the same URL and
+  // name; metrics whose definition changed start from zero (as on reload).
+  void RestoreValues(const SavedState& saved);
+
+  // Sources whose position is saved; stdin and syslog have none, so their
+  // values cannot be continued exactly and are not saved either.
+  static bool HasPosition(const SourceSpec& s) {
+    return s.kind == SourceSpec::Kind::kFile ||
+           s.kind == SourceSpec::Kind::kSsh;
+  }
+
+  // Syslog sockets are created now, so a bad path or a busy port is exit 2.
+  // Each gets kSyslogMaxHosts more source indices for its senders'
+  // hostnames, past the configured ones (all vectors are sized here, once).
+  void BindSyslogSources();
+
+  void StartConsumers();
+
+  void ConsumerLoop();
+
+  void StopAll();
+
+  void SavePositions();
+
+  // What was last made durable: rule metrics and the sshtail_* counters
+  // that continue across restarts, exactly as in the state file.
+  struct Durable {
+    std::vector<MetricSnapshot> metrics;
+    std::vector<prometheus::MetricFamily> counters;
+  };
+
+  static bool IsDurableCounter(const std::string& family) {
+    return family == "sshtail_lines_total" ||
+           family == "sshtail_lines_unmatched_total" ||
+           family == "sshtail_bytes_total" ||
+           family == "sshtail_lines_too_long_total" ||
+           family == "sshtail_series_overflow_total";
+  }
+
+  // Snapshot (under the store's write lock: values and committed positions
+  // match exactly), then the write (outside it). Serves what is durable: a
+  // scrape never shows a value a crash could take back. Callers that arrive
+  // while a write is running wait for it; if that snapshot was taken after
+  // they arrived, they reuse it.
+  std::shared_ptr<const Durable> MakeDurable();
+
+  std::string Exposition();
+
+  bool Reload(std::string* error);
+
+  // Stops the sources a reload removed and drops their series, then starts
+  // the new ones. The rules that know the new sources' formats are in.
+  void ChangeSources(const SourcePlan& plan, size_t total);
+
+  // Follows new matches of globs; re-reads the inventory when it changed.
+  void Tick();
+
+  bool Ready() const;
+
+  // --once: the exit code says whether a source could not be read at all.
+  int Unread() const;
+
+  std::string LandingPage() const;
+
+  const std::vector<SourceSpec> static_sources;  // from flags (no --config)
+  Options options;
+  SourceTable table;
+  BatchQueue queue;
+  SelfMetrics self;
+  MetricStore store;
+  std::shared_ptr<const FormatRules> rules;           // guarded by store's lock
+  std::shared_ptr<const FormatRules> backfill_rules;  // --output openmetrics
+  std::unique_ptr<SourceSupervisor> supervisor;
+  std::unique_ptr<FormatDetector> detector;
+  std::unique_ptr<PositionsFile> positions;
+  bool positions_ok = true;  // with a state file: guarded by durable_mutex
+  std::unique_ptr<StateFile> state_file;
+  bool keep_values = false;  // --state-file: values are saved and served
+  std::mutex durable_mutex;
+  std::shared_ptr<const Durable> durable;  // guarded by durable_mutex
+  uint64_t durable_covers = 0;             // guarded by durable_mutex
+  std::atomic<uint64_t> durable_requests{0};
+  std::vector<std::thread> consumers;
+  /// Serialises reloads with each other and with the supervisor's calls.
+  std::mutex reload_mutex;
+  std::unique_ptr<InventoryWatch> watch;  // guarded by reload_mutex
+  std::chrono::milliseconds expire_every{10000};
+  mutable std::atomic<size_t> last_exposition_size{0};
+};
+
+}  // namespace sshtail

@@ -1,0 +1,115 @@
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string>
+
+#include "exporter_impl.h"
+#include "sshtail/log.h"
+
+namespace sshtail {
+
+bool Exporter::Impl::Reload(std::string* error) {
+  std::lock_guard lock(reload_mutex);
+  try {
+    Options next = options;
+    std::vector<SourceSpec> desired = static_sources;
+    if (!options.config_file.empty() && !options.args.empty()) {
+      // The same flags again, so the config file is read anew with the
+      // same precedence. Rules, formats and sources apply now; other
+      // settings need a restart.
+      Options fresh;
+      std::string problem;
+      if (!ReparseCommandLine(options.args, &fresh, &problem)) {
+        throw ConfigError(problem);
+      }
+      next.rule_files = fresh.rule_files;
+      next.format = fresh.format;
+      next.formats = fresh.formats;
+      next.sources_files = fresh.sources_files;
+      desired = fresh.sources;
+    }
+    desired = WithInventory(next, std::move(desired));
+    SourcePlan plan = supervisor->Plan(desired);
+    next.sources = supervisor->ConfiguredBySlot(plan);
+    FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
+    // All or nothing: everything that can fail fails in this check, before
+    // the store replaces a single metric (the old rules point into it).
+    FormatRules::Build(defs, nullptr);
+    store.Apply(defs.all, [&] {
+      rules = FormatRules::Build(defs, &store);
+      detector->Reset();  // formats may have changed: detect again
+    });
+    options.rule_files = next.rule_files;
+    options.format = next.format;
+    options.formats = next.formats;
+    expire_every = ExpireInterval(defs.all);
+    if (!plan.empty()) ChangeSources(plan, desired.size());
+    if (next.sources_files != options.sources_files) {
+      options.sources_files = next.sources_files;
+      watch = options.sources_files.empty()
+                  ? nullptr
+                  : std::make_unique<InventoryWatch>(options.sources_files);
+      if (watch) watch->Changed();
+    }
+    self.reload_ok().Set(1);
+    self.reload_time().SetToCurrentTime();
+    Log(LogLevel::kInfo, "configuration reloaded");
+    return true;
+  } catch (const std::exception& e) {
+    *error = e.what();
+    self.reload_ok().Set(0);
+    self.reloads_failed().Increment();
+    Log(LogLevel::kError, std::string("reload rejected: ") + e.what());
+    return false;
+  }
+}
+
+void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total) {
+  std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
+  std::set<std::string> names;  // still in use: their overflow series stay
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table.active(i)) names.insert(table.labels[i].name);
+  }
+  for (const auto& [slot, spec] : plan.add) names.insert(spec.name);
+  std::vector<SourceLabels> labels;
+  std::vector<bool> last;
+  for (uint32_t slot : gone) {
+    labels.push_back(table.labels[slot]);
+    last.push_back(!names.count(table.labels[slot].name));
+  }
+  // Under the write side: no batch of theirs is being counted, and
+  // consumers skip their later batches.
+  store.RemoveSources(labels, last);
+  // Their committed positions are final now: a file that comes back under
+  // another spec (relabelled) resumes there, neither lost nor recounted.
+  std::map<std::string, PositionSet> carried;
+  for (uint32_t slot : gone) {
+    self.Remove(slot);
+    detector->Forget(slot);
+    if (!HasPosition(table.specs[slot]) || table.specs[slot].glob) continue;
+    PositionSet p = table.status[slot]->positions.Committed();
+    if (!p.empty()) carried[table.specs[slot].url] = std::move(p);
+  }
+  for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
+    self.counters(slot);
+  }
+  Log(LogLevel::kInfo,
+      "sources: " + std::to_string(plan.add.size()) + " added, " +
+          std::to_string(plan.remove.size()) + " removed, " +
+          std::to_string(total - plan.add.size()) + " unchanged");
+}
+
+void Exporter::Impl::Tick() {
+  bool changed = false;
+  {
+    std::lock_guard lock(reload_mutex);
+    for (uint32_t slot : supervisor->Scan()) self.counters(slot);
+    changed = watch && watch->Changed();
+  }
+  if (changed) {
+    std::string e;
+    Reload(&e);
+  }
+}
+
+}  // namespace sshtail
