@@ -350,9 +350,7 @@ void SshConnection::Control(Stream& s, Channel& c, const std::string& line) {
     // copy if it was copied first (copytruncate), maybe compressed since.
     s.ref.status->rotations.fetch_add(1);
     if (!c.request.expect_tail.empty()) {
-      // Or a new file got our inode number: ours was deleted.
-      if (OpenChannel(s, CatchUp(c.request, now, s.restored ? s.saved_at : 0),
-                      Channel::Role::kDraining)) {
+      if (OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining)) {
         s.channels.back().gone_is_unknown = true;
       }
     }
