@@ -140,12 +140,8 @@ Exporter::Impl::Impl(Options o)
       store(self.overflow(), options.max_series_total) {
   for (size_t i = 0; i < options.sources.size(); ++i) {
     const SourceSpec& spec = options.sources[i];
-    SourceLabels sl;
-    sl.name = spec.name;
-    for (const auto& kv : spec.labels) sl.labels.push_back(kv);
-    sl.file = spec.file;
     table.Add(
-        spec, std::move(sl), static_cast<uint32_t>(i),
+        spec, LabelsOf(spec), static_cast<uint32_t>(i),
         spec.glob ? SourceTable::State::kGlob : SourceTable::State::kActive);
   }
   if (!options.sources_files.empty() && !options.once) {

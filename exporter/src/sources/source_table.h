@@ -8,8 +8,18 @@
 
 #include "sshtail/engine.h"
 #include "sshtail/source.h"
+#include "sshtail/text_format.h"
 
 namespace sshtail {
+
+/// The labels a source's series get: its name, static labels, and file.
+inline SourceLabels LabelsOf(const SourceSpec& s) {
+  SourceLabels out;
+  out.name = s.name;
+  out.labels.assign(s.labels.begin(), s.labels.end());
+  out.file = text::ValidUtf8(s.file);  // a label value
+  return out;
+}
 
 /// The sources being read, by runtime index (the index in a batch): the
 /// configured ones, then the pool that globs' files and the sources a

@@ -151,10 +151,7 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   } else {
     for (const auto& [k, v] : fields) spec.labels[k] = text::ValidUtf8(v);
   }
-  SourceLabels labels;
-  labels.name = spec.name;
-  for (const auto& kv : spec.labels) labels.labels.push_back(kv);
-  labels.file = text::ValidUtf8(path);
+  SourceLabels labels = LabelsOf(spec);
   followed_.insert(Key(spec));
   if (!g.remote) local_paths_.insert(path);
   table_.specs[i] = std::move(spec);
@@ -407,12 +404,8 @@ std::vector<uint32_t> SourceSupervisor::Add(
       throw std::logic_error("SourcePlan out of date");
     }
     ++pool_next_;
-    SourceLabels labels;
-    labels.name = spec.name;
-    for (const auto& kv : spec.labels) labels.labels.push_back(kv);
-    labels.file = spec.file;
     table_.specs[slot] = spec;
-    table_.labels[slot] = std::move(labels);
+    table_.labels[slot] = LabelsOf(spec);
     table_.config_index[slot] = slot;
     table_.EnsureStatus(slot);
     configured_.push_back(slot);
