@@ -365,16 +365,18 @@ def test_deleted_file_is_counted_lost_ssh():
     deleted_is_lost(True)
 
 
-def deleted_then_rotated(remote):
+def deleted_then_rotated(remote, reused=False):
     """The file we were in was deleted and its path recreated while we were
     stopped (delete-and-recreate), and the new file was rotated twice since
     (.1, then .2.gz): nothing dates those files but time. They are found by
     time, as after a save at offset 0 (regression: counted lost; fault
-    model seed 190)."""
+    model seed 190). With `reused`, the file now at the path got A's inode
+    number: born after the save, it is not A truncated (regression: over
+    SSH the rotated files were not listed; seed 190 again)."""
     c = Case(remote)
     c.first_run(1500)            # A, read to its end
     # A's inode stays alive elsewhere, so its number is not reused by the
-    # files made next (over SSH the reuse case is a limit, see README).
+    # files made next unless the test says so.
     os.link(c.path, os.path.join(c.d, 'a-kept'))
     os.unlink(c.path)
     c.write(600)                 # B at the path
@@ -382,6 +384,8 @@ def deleted_then_rotated(remote):
     c.write(300)
     c.logrotate()                # B -> .2.gz, C -> .1, D new
     c.write(200)
+    if reused:
+        c.reuse_inode(True, c.path)
     exp = c.start()
     c.wait_caught_up(c.at - 1500, 1500)
     assert exp.stop() == 0
@@ -393,6 +397,14 @@ def test_deleted_and_recreated_then_rotated_while_stopped_local():
 
 def test_deleted_and_recreated_then_rotated_while_stopped_ssh():
     deleted_then_rotated(True)
+
+
+def test_deleted_then_inode_number_at_the_path_local():
+    deleted_then_rotated(False, reused=True)
+
+
+def test_deleted_then_inode_number_at_the_path_ssh():
+    deleted_then_rotated(True, reused=True)
 
 
 if __name__ == '__main__':
@@ -415,6 +427,8 @@ if __name__ == '__main__':
              test_deleted_file_is_counted_lost_local,
              test_deleted_file_is_counted_lost_ssh,
              test_deleted_and_recreated_then_rotated_while_stopped_local,
-             test_deleted_and_recreated_then_rotated_while_stopped_ssh]
+             test_deleted_and_recreated_then_rotated_while_stopped_ssh,
+             test_deleted_then_inode_number_at_the_path_local,
+             test_deleted_then_inode_number_at_the_path_ssh]
     only = [t for t in tests if any(a in t.__name__ for a in sys.argv[1:])]
     harness.main(only or tests)

@@ -164,6 +164,35 @@ TEST_CASE("a saved current file deleted while away: newer ones by time",
   CHECK(Run(d, r) == std::vector<std::string>{"GONE"});
 }
 
+TEST_CASE("our inode number at the path: by time only if born after the save",
+          "[remote_script]") {
+  Dir d;
+  d.Write("access.log", "truncated, regrown\n");  // ours, copytruncated
+  Pause();
+  int64_t saved = NowNs();
+  Pause();
+  d.Write("access.log.1", "rotated after the save\n");
+  Pause();
+  int64_t begun = NowNs();
+  RemoteRequest r;
+  r.mode = RemoteRequest::Mode::kInode;
+  r.expect = d.Id("access.log");
+  r.offset = 9;
+  r.expect_tail = "old line\n";
+  r.list_newer = true;
+  r.newer_before_ns = begun;
+  r.newer_if_gone_ns = saved;
+  // Ours, truncated: a file listed by time could be its copy, read already.
+  CHECK(Run(d, r) == std::vector<std::string>{"GONE"});
+  // A new file that got our inode number once ours was deleted.
+  REQUIRE(::unlink((d.path + "/access.log").c_str()) == 0);
+  d.Write("access.log", "new\n");
+  r.expect = d.Id("access.log");
+  r.newer_before_ns = NowNs();
+  CHECK(Run(d, r) ==
+        std::vector<std::string>{Newer(d.Id("access.log.1")), "GONE"});
+}
+
 TEST_CASE("a remote glob's listing: names are data, never code") {
   Dir d;
   std::string sub = d.path + "/it's a $(touch pwned) dir";

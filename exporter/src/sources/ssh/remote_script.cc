@@ -203,8 +203,16 @@ if [ "$mode" = inode ]; then
   fi
   if [ -z "$f" ]; then
     # Deleted while we were away: the files rotated after the save, by time.
+    # If the path holds our inode number, only a file born after the save
+    # is not ours truncated (a copytruncate copy found by time would be read
+    # again whole).
     if [ -n "$gsince" ]; then
-      newer $((gsince - 1000000000)) "$gsince" - "$before"
+      set -- $(stat -L -c '%d %i %.9W' -- "$p" 2>/dev/null) - - -
+      w=$3
+      case $w in ''|*[!0-9.]*|0|0.*) w=0 ;; *) w=${w%.*}${w#*.} ;; esac
+      if [ "$1 $2" != "$edev $eino" ] || [ "$w" -gt "$gsince" ]; then
+        newer $((gsince - 1000000000)) "$gsince" - "$before"
+      fi
     fi
     echo "$t GONE"; exit 0
   fi

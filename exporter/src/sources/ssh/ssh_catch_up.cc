@@ -350,7 +350,10 @@ void SshConnection::Control(Stream& s, Channel& c, const std::string& line) {
     // copy if it was copied first (copytruncate), maybe compressed since.
     s.ref.status->rotations.fetch_add(1);
     if (!c.request.expect_tail.empty()) {
-      if (OpenChannel(s, CatchUp(c.request, now), Channel::Role::kDraining)) {
+      // By time only if the file at the path was born after the save: our
+      // inode number went to a new file (the script checks).
+      if (OpenChannel(s, CatchUp(c.request, now, s.restored ? s.saved_at : 0),
+                      Channel::Role::kDraining)) {
         s.channels.back().gone_is_unknown = true;
       }
     }
