@@ -231,7 +231,10 @@ std::chrono::milliseconds NextBackoff(std::chrono::milliseconds current,
 
 std::chrono::milliseconds Jitter(std::chrono::milliseconds d) {
   static thread_local std::mt19937 rng{std::random_device{}()};
-  std::uniform_real_distribution<double> u(0.8, 1.2);
+  // "Equal jitter": never past `d`, so --ssh.max-backoff is the longest
+  // wait; spread over half of it, so hosts back at once do not all retry
+  // in the same second.
+  std::uniform_real_distribution<double> u(0.5, 1.0);
   return std::chrono::milliseconds(static_cast<long long>(d.count() * u(rng)));
 }
 

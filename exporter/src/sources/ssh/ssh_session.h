@@ -56,7 +56,8 @@ SessionTarget TargetOf(const SourceSpec& spec, const SshOptions& so);
 /// The wait before the next reconnect: 1 s, then doubling up to `max`.
 std::chrono::milliseconds NextBackoff(std::chrono::milliseconds current,
                                       std::chrono::milliseconds max);
-/// `d` give or take 20 %: hosts that failed together retry apart.
+/// Between `d` / 2 and `d`: hosts that failed together retry apart, and
+/// none waits longer than `d`. Thread-safe (a generator per thread).
 std::chrono::milliseconds Jitter(std::chrono::milliseconds d);
 
 /// Starts `script` on the fresh session channel `ch`: `sh -s` (under
