@@ -146,6 +146,75 @@ def test_silent_dead_connection_is_noticed():
     assert exp.stop() == 0
 
 
+def test_liveness_survives_the_pacemakers_rotation():
+    """Four files on one connection: one remote reader (the pacemaker, the
+    first file's: it is opened first) beats every heartbeat, the others
+    every third. The first file is rotated, so the pacemaker's reader
+    drains and ends; the new file's reader takes the beat over, and a
+    frozen connection is still noticed within about three heartbeats (9
+    without the handover). Counts stay exact throughout."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    paths = [os.path.join(d, '%d.log' % k) for k in range(4)]
+    for p in paths:
+        open(p, 'w').close()
+    exp = harness.Exporter(['--format', 'timed', '--ssh.files-per-connection', '4'] +
+                           sshd.exporter_args() + [sshd.url(p) for p in paths], d)
+    exp.wait_value('sshtail_source_up', 4)
+    lines = [harness.generate(300, 'timed', 10 + k)[0] for k in range(4)]
+
+    def write(part):
+        for k, p in enumerate(paths):
+            with open(p, 'a') as f:
+                f.write('\n'.join(lines[k][part * 100:(part + 1) * 100]) + '\n')
+    write(0)
+    exp.wait_value('sshtail_lines_total', 400)
+    os.rename(paths[0], paths[0] + '.1')
+    open(paths[0], 'w').close()
+    write(1)
+    exp.wait_value('sshtail_lines_total', 800)
+    exp.wait_value('sshtail_rotations_total', 1)
+
+    def tails():  # remote readers under this sshd: one per channel
+        kids, todo, n = {}, [sshd.proc.pid], 0
+        for st in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open('/proc/%s/stat' % st) as f:
+                    fields = f.read().rsplit(')', 1)
+                kids.setdefault(int(fields[1].split()[1]), []).append(
+                    (int(st), fields[0].split('(', 1)[1]))
+            except (FileNotFoundError, ValueError, IndexError):
+                pass
+        while todo:
+            for pid, comm in kids.get(todo.pop(), []):
+                n += comm == 'tail'
+                todo.append(pid)
+        return n
+    harness.wait_for(lambda: tails() == 4, 30, 0.1, "the rotated file's reader to end")
+    children = sshd.session_pids()
+    assert children
+    for pid in children:
+        os.kill(int(pid), signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        harness.wait_for(lambda: exp.value('sshtail_ssh_reconnects_total', reason='stalled') >= 1,
+                         30, 0.05, 'a stalled reconnect')
+        took = time.monotonic() - start
+        print('  frozen after the rotation: noticed in %.1fs' % took)
+        assert took < 7, took
+    finally:
+        for pid in children:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    exp.wait_value('sshtail_source_up', 4)
+    write(2)
+    for k, p in enumerate(paths):
+        check_prefix(exp, '127.0.0.1:' + p, 300, 10 + k)
+    assert exp.stop() == 0
+
+
 def test_host_keys_strict():
     d = harness.tmpdir()
     sshd = harness.Sshd(d)
@@ -369,6 +438,7 @@ if __name__ == '__main__':
     harness.main([test_faults_mid_stream_exact,
                   test_rotation_while_disconnected_reads_the_old_file_to_its_end,
                   test_silent_dead_connection_is_noticed,
+                  test_liveness_survives_the_pacemakers_rotation,
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
                   test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
                   test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])

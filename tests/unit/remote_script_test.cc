@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -191,6 +192,29 @@ TEST_CASE("our inode number at the path: by time only if born after the save",
   r.newer_before_ns = NowNs();
   CHECK(Run(d, r) ==
         std::vector<std::string>{Newer(d.Id("access.log.1")), "GONE"});
+}
+
+TEST_CASE("a missing path: looked at every check, a beat every heartbeat",
+          "[remote_script]") {
+  Dir d;
+  RemoteRequest r;
+  r.path = d.path + "/access.log";
+  r.tag = "T";
+  r.nonce_path = "/dev/fd/3";
+  r.heartbeat_seconds = 5;  // a slow beat (not the connection's pacemaker)
+  r.check_seconds = 1;
+  std::string script = d.path + "/script.sh";
+  std::ofstream(script) << RemoteScript(r);
+  // The file appears after 1.5 s: found at the next check, well before
+  // the first beat; stderr holds the beats until then.
+  std::string out =
+      Output("(sleep 1.5; echo x > " + r.path + ") & timeout 4.5 sh " + script +
+             " 2>" + d.path + "/err; wait");
+  CHECK(out.find("T MISSING\n") != std::string::npos);
+  CHECK(out.find("T BEGIN ") != std::string::npos);
+  std::ifstream err(d.path + "/err");
+  std::string e((std::istreambuf_iterator<char>(err)), {});
+  CHECK(e.find("H - - -") == std::string::npos);  // found before 5 s
 }
 
 TEST_CASE("a remote glob's listing: names are data, never code") {

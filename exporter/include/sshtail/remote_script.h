@@ -48,7 +48,10 @@ struct RemoteRequest {
   /// was created (birth time, where the file system keeps it) after this
   /// instant is another file with a reused inode number: GONE. 0: unused.
   int64_t born_before_ns = 0;
+  /// How often "H ..." is written on stderr when nothing changed.
   int heartbeat_seconds = 5;
+  /// How often a missing path is looked at (0: every heartbeat).
+  int check_seconds = 0;
   std::string tag;         ///< random; starts every control line
   std::string nonce_path;  ///< /dev/fd/3 spelled with a random ./ pattern
 };

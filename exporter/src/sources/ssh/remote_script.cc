@@ -76,7 +76,11 @@ std::string RemoteScript(const RemoteRequest& r) {
   s += "p=" + ShellQuote(r.path) + "\n";
   s += "mode=" + std::string(mode) + "\n";
   s += "t=" + ShellQuote(r.tag) + "\n";
-  s += "hb=" + std::to_string(r.heartbeat_seconds) + "\n";
+  s += "hb=" + std::to_string(std::max(1, r.heartbeat_seconds)) + "\n";
+  s += "chk=" +
+       std::to_string(std::max(
+           1, r.check_seconds > 0 ? r.check_seconds : r.heartbeat_seconds)) +
+       "\n";
   s += "edev=" + (r.expect.valid() ? std::to_string(r.expect.dev) : "") + "\n";
   s += "eino=" + (r.expect.valid() ? std::to_string(r.expect.ino) : "") + "\n";
   s += "off=" + std::to_string(r.offset) + "\n";
@@ -227,12 +231,13 @@ if [ "$mode" = inode ]; then
     exit 0
   fi
 else
-  said=0
+  said=0 n=0
   while [ ! -e "$f" ]; do
     if [ "$said" = 0 ]; then echo "$t MISSING"; said=1; fi
     if [ "$mode" = once ]; then exit 0; fi
-    sleep "$hb"
-    echo "H - - -" >&2 || exit 0
+    sleep "$chk"
+    n=$((n + chk))
+    if [ "$n" -ge "$hb" ]; then echo "H - - -" >&2 || exit 0; n=0; fi
   done
   # It appeared while we waited: every line of it is new.
   if [ "$said" = 1 ]; then atend=0; fi

@@ -14,7 +14,8 @@ namespace ssh {
 bool SshConnection::OpenChannel(Stream& s, RemoteRequest req,
                                 Channel::Role role) {
   req.path = s.ref.spec->path;
-  req.heartbeat_seconds = hb_;
+  req.heartbeat_seconds = BeatFor(s, role);
+  req.check_seconds = hb_;
   req.tag = RandomTag();
   req.nonce_path = RandomNoncePath();
   ChannelPtr ch(ssh_channel_new(session_.get()));

@@ -271,8 +271,37 @@ void SshConnection::CloseDrained(Clock::time_point now) {
   }
 }
 
+bool SshConnection::HasPacemaker(bool lasting) const {
+  for (const auto& s : streams_) {
+    for (const auto& c : s->channels) {
+      if (IsPacemaker(c) && (!lasting || c.role != Channel::Role::kDraining)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+int SshConnection::BeatFor(const Stream& s, Channel::Role role) const {
+  bool fast;
+  if (role == Channel::Role::kDraining) {
+    fast = !HasPacemaker();
+  } else {
+    // A lasting reader takes the beat from a drain (it ends), and a
+    // rotation's new reader from the reader it replaces.
+    fast = !HasPacemaker(/*lasting=*/true);
+    for (const auto& c : s.channels) {
+      fast = fast || (role == Channel::Role::kProbe &&
+                      c.role == Channel::Role::kCurrent && IsPacemaker(c));
+    }
+  }
+  return fast ? hb_ : hb_ * kSlowBeats;
+}
+
 milliseconds SshConnection::StallLimit() const {
-  milliseconds hb3 = so_.heartbeat_interval * 3;
+  // Without a pacemaker (it was removed), the slow beats must do.
+  milliseconds hb3 =
+      so_.heartbeat_interval * 3 * (HasPacemaker() ? 1 : kSlowBeats);
   return po_.once ? std::max(hb3, so_.connect_timeout) : hb3;
 }
 

@@ -152,6 +152,18 @@ class SshConnection : public SshProducer {
   SessionTarget target_;
   bool sudo_ = false;
   int hb_ = 5;
+  // One channel per connection (the pacemaker) beats every interval: the
+  // connection's liveness. The others beat every kSlowBeats intervals, only
+  // so that their remote readers notice a closed channel and end: at 4
+  // files per connection, half the idle wake-ups.
+  static constexpr int kSlowBeats = 3;
+  bool IsPacemaker(const Channel& c) const {
+    return !c.closed && c.request.heartbeat_seconds == hb_;
+  }
+  // Any pacemaker; with `lasting`, one that follows a path (drains end).
+  bool HasPacemaker(bool lasting = false) const;
+  // The beat of a new channel of `s` in `role`.
+  int BeatFor(const Stream& s, Channel::Role role) const;
   milliseconds drain_quiet_{5000};
   UniqueFd stop_fd_;
   UniqueFd wake_fd_;  // AddSource
