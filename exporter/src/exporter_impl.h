@@ -118,6 +118,11 @@ struct Exporter::Impl {
   // Stops the sources a reload removed and drops their series, then starts
   // the new ones. The rules that know the new sources' formats are in.
   void ChangeSources(const SourcePlan& plan, size_t total);
+  // Drops the series, self-metrics and format of retired slots `gone`
+  // (`coming`: names of sources about to start, whose overflow series
+  // stay). Returns their committed positions by URL.
+  std::map<std::string, PositionSet> Forget(
+      const std::vector<uint32_t>& gone, const std::set<std::string>& coming);
 
   // Follows new matches of globs; re-reads the inventory when it changed.
   void Tick();

@@ -66,11 +66,23 @@ bool Exporter::Impl::Reload(std::string* error) {
 
 void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total) {
   std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
-  std::set<std::string> names;  // still in use: their overflow series stay
+  std::set<std::string> coming;
+  for (const auto& [slot, spec] : plan.add) coming.insert(spec.name);
+  for (uint32_t slot : supervisor->Add(plan, Forget(gone, coming))) {
+    self.counters(slot);
+  }
+  Log(LogLevel::kInfo,
+      "sources: " + std::to_string(plan.add.size()) + " added, " +
+          std::to_string(plan.remove.size()) + " removed, " +
+          std::to_string(total - plan.add.size()) + " unchanged");
+}
+
+std::map<std::string, PositionSet> Exporter::Impl::Forget(
+    const std::vector<uint32_t>& gone, const std::set<std::string>& coming) {
+  std::set<std::string> names = coming;  // in use: overflow series stay
   for (size_t i = 0; i < table.size(); ++i) {
     if (table.active(i)) names.insert(table.labels[i].name);
   }
-  for (const auto& [slot, spec] : plan.add) names.insert(spec.name);
   std::vector<SourceLabels> labels;
   std::vector<bool> last;
   for (uint32_t slot : gone) {
@@ -90,20 +102,16 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total) {
     PositionSet p = table.status[slot]->positions.Committed();
     if (!p.empty()) carried[table.specs[slot].url] = std::move(p);
   }
-  for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
-    self.counters(slot);
-  }
-  Log(LogLevel::kInfo,
-      "sources: " + std::to_string(plan.add.size()) + " added, " +
-          std::to_string(plan.remove.size()) + " removed, " +
-          std::to_string(total - plan.add.size()) + " unchanged");
+  return carried;
 }
 
 void Exporter::Impl::Tick() {
   bool changed = false;
   {
     std::lock_guard lock(reload_mutex);
-    for (uint32_t slot : supervisor->Scan()) self.counters(slot);
+    std::vector<uint32_t> retired;
+    for (uint32_t slot : supervisor->Scan(&retired)) self.counters(slot);
+    if (!retired.empty()) supervisor->KeepPositions(Forget(retired, {}));
     changed = watch && watch->Changed();
   }
   if (changed) {

@@ -263,6 +263,71 @@ def test_remote_glob_follows_new_files_on_the_hosts_connections():
     assert exp2.stop() == 0
 
 
+def by_file(m, path):
+    return {'%s %s' % (x['method'], x['status']): int(v)
+            for x, v in promtext.select(m, 'nginx_http_requests_total', file=path)}
+
+
+def retired_when_gone(remote):
+    """--sources.retire-after: a glob's file whose path is gone that long is
+    no longer followed and its series go; the others stay. A file renamed
+    out of the glob and back is the same file: it resumes where it was
+    (nothing recounted); a path recreated is a new file, read whole."""
+    d = harness.tmpdir()
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    a, b = os.path.join(logs, 'a.log'), os.path.join(logs, 'b.log')
+    open(a, 'w').close()
+    open(b, 'w').close()
+    args = ['--format', 'timed', '--sources.retire-after', '2s']
+    if remote:
+        sshd = harness.Sshd(d)
+        args += sshd.exporter_args() + [sshd.url(logs + '/*.log')]
+    else:
+        args += [logs + '/*.log']
+    exp = harness.Exporter(args, d)
+    harness.wait_for(lambda: followed(exp) == [a, b], 30, what='both followed')
+    exp.wait_value('sshtail_source_up', 2)  # reading (from their end)
+    la, ta = harness.generate(300, 'timed', seed=60)
+    lb, tb = harness.generate(400, 'timed', seed=61)
+    write_lines(a, la[:100])
+    write_lines(b, lb[:200])
+    exp.wait_value('sshtail_lines_total', 100, file=a)
+    exp.wait_value('sshtail_lines_total', 200, file=b)
+    os.unlink(b)
+    harness.wait_for(lambda: followed(exp) == [a], 30, what='b.log retired')
+    m = exp.metrics()
+    assert by_file(m, b) == {} and promtext.select(m, 'sshtail_lines_total', file=b) == []
+    assert promtext.total(m, 'sshtail_glob_files') == 1
+    assert promtext.total(m, 'sshtail_lines_total', file=a) == 100
+    # Out of the glob and back: the same file, resumed where it was.
+    os.rename(a, a + '.away')
+    harness.wait_for(lambda: followed(exp) == [], 30, what='a.log retired')
+    write_lines(a + '.away', la[100:200])
+    os.rename(a + '.away', a)
+    write_lines(b, lb[200:], 'w')  # a new file at b's path: read whole
+    exp.wait_value('sshtail_lines_total', 100, file=a)
+    write_lines(a, la[200:])
+    exp.wait_value('sshtail_lines_total', 200, file=a)
+    exp.wait_value('sshtail_lines_total', 200, file=b)
+    m = exp.metrics()
+    _, t100 = harness.generate(100, 'timed', seed=60)
+    _, t200 = harness.generate(200, 'timed', seed=61)
+    assert by_file(m, a) == harness.truth_minus(ta, t100)['by_method_status']
+    assert by_file(m, b) == harness.truth_minus(tb, t200)['by_method_status']
+    assert followed(exp) == [a, b]
+    assert exp.stop() == 0
+
+
+def test_a_file_gone_for_retire_after_is_no_longer_followed_local():
+    retired_when_gone(False)
+
+
+def test_a_file_gone_for_retire_after_is_no_longer_followed_ssh():
+    retired_when_gone(True)
+
+
 if __name__ == '__main__':
     harness.main([test_new_files_are_followed_from_their_first_line_and_rotated_ones_never,
                   test_a_glob_in_a_directory_part_follows_a_new_directory,
@@ -270,4 +335,6 @@ if __name__ == '__main__':
                   test_a_file_created_while_stopped_is_read_whole_after_a_restart,
                   test_max_files_bounds_what_one_glob_follows,
                   test_remote_glob_follows_new_files_on_the_hosts_connections,
-                  test_bad_globs_are_config_errors])
+                  test_bad_globs_are_config_errors,
+                  test_a_file_gone_for_retire_after_is_no_longer_followed_local,
+                  test_a_file_gone_for_retire_after_is_no_longer_followed_ssh])

@@ -127,6 +127,12 @@ TEST_CASE("inventory files: --sources.file, or sources_files: in the config") {
   CHECK(flag.sources_files == std::vector<std::string>{"/etc/t.yml"});
   CHECK(flag.max_slots == 100);
   CHECK(Fresh({"--sources.max-slots", "0", "/x"}) == ParseResult::kExit2);
+  CHECK(flag.retire_after == std::chrono::minutes(10));
+  Options never;
+  REQUIRE(Parse({"--sources.retire-after", "0", "/x"}, &never) ==
+          ParseResult::kRun);
+  CHECK(never.retire_after.count() == 0);
+  CHECK(Fresh({"--sources.retire-after", "soon", "/x"}) == ParseResult::kExit2);
   CHECK(Fresh({}) == ParseResult::kExit2);  // no sources at all
   std::system(("rm -rf " + std::string(dir)).c_str());
 }

@@ -26,6 +26,9 @@ struct Options {
   std::vector<std::string> sources_files;
   /// Pool slots for globs' files and the sources reloads add.
   size_t max_slots = 4096;
+  /// A glob's file whose path has been gone this long stops being
+  /// followed (its series go); 0: never.
+  std::chrono::milliseconds retire_after{600000};
   std::string config_file;
   std::vector<std::string> rule_files;
   /// --format: "auto" (detected per source), a format name, a literal

@@ -108,6 +108,13 @@ std::vector<Flag> Flags(Options* o) {
           throw std::invalid_argument("--sources.max-slots: at most 1000000");
         }
       });
+  add("sources.retire-after", Kind::kValue, "DURATION",
+      "a file a glob found stops being followed, and its series go, once its "
+      "path has been gone this long; 0: never (default: 10m)",
+      [o](const std::string& v, const std::string&) {
+        o->retire_after = v == "0" ? std::chrono::milliseconds(0)
+                                   : Duration("sources.retire-after", v);
+      });
   add("format", Kind::kValue, "FORMAT",
       "nginx log_format for the built-in rules: auto (per source, the first "
       "of combined, main, timed and the config's formats: that its lines "

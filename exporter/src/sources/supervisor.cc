@@ -1,5 +1,8 @@
 #include "sources/supervisor.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <stdexcept>
 #include <system_error>
@@ -303,10 +306,49 @@ void SourceSupervisor::StartLister(size_t k) {
 }
 
 void SourceSupervisor::Carry(uint32_t slot) {
-  auto it = carried_.find(table_.specs[slot].url);
-  if (it == carried_.end()) return;
-  table_.status[slot]->positions.Restore(std::move(it->second));
-  carried_.erase(it);
+  for (auto* from : {&carried_, &kept_}) {
+    auto it = from->find(table_.specs[slot].url);
+    if (it == from->end()) continue;
+    table_.status[slot]->positions.Restore(std::move(it->second));
+    from->erase(it);
+    return;
+  }
+}
+
+void SourceSupervisor::KeepPositions(
+    std::map<std::string, PositionSet> positions) {
+  for (auto& [url, p] : positions) kept_[url] = std::move(p);
+}
+
+void SourceSupervisor::RetireGone(Glob& g, const std::set<std::string>* present,
+                                  std::vector<uint32_t>* retired) {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = g.slots.begin(); it != g.slots.end();) {
+    uint32_t f = *it;
+    const std::string& path = table_.specs[f].path;
+    struct stat st {};
+    bool there = present ? present->count(path) > 0
+                         : ::stat(path.c_str(), &st) == 0 || errno != ENOENT;
+    if (!table_.active(f) || there) {
+      gone_since_.erase(f);
+      ++it;
+      continue;
+    }
+    auto since = gone_since_.try_emplace(f, now).first->second;
+    if (now - since < options_.retire_after) {
+      ++it;
+      continue;
+    }
+    gone_since_.erase(f);
+    Log(LogLevel::kInfo, "source " + table_.specs[g.config].url + ": " + path +
+                             " is gone; no longer followed, its series go");
+    table_.Set(f, SourceTable::State::kRetired);
+    StopReader(f);
+    --g.used;
+    g.warned_full = false;
+    retired->push_back(f);
+    it = g.slots.erase(it);
+  }
 }
 
 SourcePlan SourceSupervisor::Plan(
@@ -447,7 +489,7 @@ void SourceSupervisor::Listed(size_t k, std::vector<std::string> paths) {
   listed_[k] = std::move(paths);
 }
 
-std::vector<uint32_t> SourceSupervisor::Scan() {
+std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
   std::vector<uint32_t> added;
   if (stopping_) return added;
   std::map<size_t, std::vector<std::string>> listed;
@@ -458,21 +500,31 @@ std::vector<uint32_t> SourceSupervisor::Scan() {
   for (size_t k = 0; k < globs_.size(); ++k) {
     Glob& g = globs_[k];
     const SourceSpec& glob = table_.specs[g.config];
-    if (g.retired || g.used >= glob.max_files) continue;
+    if (g.retired) continue;
     std::vector<std::string> paths;
     bool first = false;
     if (g.remote) {
       auto it = listed.find(k);
       if (it == listed.end()) continue;
+      // A round cut at its bound may lack files that are there.
+      bool whole = it->second.size() < 2 * glob.max_files;
       for (auto& p : it->second) {
         if (PlausiblePath(p) && g.pattern->Matches(p, nullptr)) {
           paths.push_back(std::move(p));
         }
       }
       first = g.rounds++ == 0;
+      if (retired && whole && options_.retire_after.count() > 0) {
+        std::set<std::string> present(paths.begin(), paths.end());
+        RetireGone(g, &present, retired);
+      }
     } else {
-      paths = g.pattern->Expand(&local_paths_);
+      if (retired && options_.retire_after.count() > 0) {
+        RetireGone(g, nullptr, retired);
+      }
+      if (g.used < glob.max_files) paths = g.pattern->Expand(&local_paths_);
     }
+    if (g.used >= glob.max_files) continue;
     // Files there at the first listing are there "at start", unless the
     // glob ran before (its files were saved): then an unsaved one is new.
     StartAt start = first && !g.saved ? options_.start_at : StartAt::kBeginning;

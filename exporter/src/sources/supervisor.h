@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -66,7 +67,14 @@ class SourceSupervisor {
   /// beginning (a remote glob's first listing: from --start-at, unless
   /// files of it were saved: then every unsaved one is new), and retries
   /// threads that could not be created. Returns the new sources' indices.
-  std::vector<uint32_t> Scan();
+  /// A glob's file whose path has been gone for --sources.retire-after (by
+  /// its host's complete listings, for a remote one) stops being followed:
+  /// its slot is retired and appended to `*retired` (if given).
+  std::vector<uint32_t> Scan(std::vector<uint32_t>* retired = nullptr);
+  /// Positions of retired glob files: one that comes back under the same
+  /// URL resumes there (if it is the same file), neither lost nor
+  /// recounted.
+  void KeepPositions(std::map<std::string, PositionSet> positions);
   /// Asks every reader to stop and joins them.
   void Stop();
   /// --once: waits for every reader, running those without a thread here.
@@ -104,6 +112,10 @@ class SourceSupervisor {
     bool saved = false;  ///< files of it are in the positions file
     size_t rounds = 0;   ///< remote listings taken
   };
+  // Retires g's files that `present` (a complete listing; null: local, by
+  // stat) has lacked for --sources.retire-after.
+  void RetireGone(Glob& g, const std::set<std::string>* present,
+                  std::vector<uint32_t>* retired);
   // Gives `path` a slot of `g` from the pool; false when it is followed
   // already, the glob is at max_files or the pool is spent.
   bool Assign(Glob& g, const std::string& path, StartAt start, uint32_t* slot);
@@ -137,6 +149,9 @@ class SourceSupervisor {
   std::map<uint32_t, StartAt> start_;  ///< slots with their own start
   std::vector<uint32_t> configured_;   ///< live configured sources' slots
   std::map<std::string, PositionSet> carried_;  ///< see Add
+  std::map<std::string, PositionSet> kept_;     ///< see KeepPositions
+  /// Glob files' slots whose path was missing, since when.
+  std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
   uint32_t pool_next_ = 0;  ///< the pool's first unused slot
   uint32_t pool_end_ = 0;
   bool warned_pool_ = false;

@@ -265,6 +265,12 @@ class FileProducer : public Producer {
       // may have gone to a new file there: then its bytes differ.
       if (!p.current && cur_exists && IdOf(cur) == p.file &&
           TailMatches(spec_.path, p)) {
+        // Renamed back to the path (or the path's file was retired while
+        // rotated out): read on from its offset, not whole.
+        if (!have_current) {
+          have_current =
+              OpenAt(spec_.path, p, true, /*rewritten_from_0=*/false);
+        }
         continue;
       }
       int64_t mtime = 0;
