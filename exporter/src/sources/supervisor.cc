@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <stdexcept>
@@ -497,6 +498,15 @@ std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
     std::lock_guard lock(listed_mutex_);
     listed.swap(listed_);
   }
+  // Local files are stat'ed for retirement at most every 10 s (a tenth of
+  // a core's percent at 1,000 files every second).
+  auto now = std::chrono::steady_clock::now();
+  bool check_local =
+      retired && options_.retire_after.count() > 0 &&
+      now - last_local_check_ >=
+          std::min<std::chrono::milliseconds>(std::chrono::seconds(10),
+                                              options_.retire_after / 2);
+  if (check_local) last_local_check_ = now;
   for (size_t k = 0; k < globs_.size(); ++k) {
     Glob& g = globs_[k];
     const SourceSpec& glob = table_.specs[g.config];
@@ -519,9 +529,7 @@ std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
         RetireGone(g, &present, retired);
       }
     } else {
-      if (retired && options_.retire_after.count() > 0) {
-        RetireGone(g, nullptr, retired);
-      }
+      if (check_local) RetireGone(g, nullptr, retired);
       if (g.used < glob.max_files) paths = g.pattern->Expand(&local_paths_);
     }
     if (g.used >= glob.max_files) continue;

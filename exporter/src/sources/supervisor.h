@@ -152,6 +152,7 @@ class SourceSupervisor {
   std::map<std::string, PositionSet> kept_;     ///< see KeepPositions
   /// Glob files' slots whose path was missing, since when.
   std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
+  std::chrono::steady_clock::time_point last_local_check_{};
   uint32_t pool_next_ = 0;  ///< the pool's first unused slot
   uint32_t pool_end_ = 0;
   bool warned_pool_ = false;
