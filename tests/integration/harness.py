@@ -395,6 +395,23 @@ class Sshd:
             todo += kids
         return out
 
+    def freeze_sessions(self):
+        """SIGSTOPs the sshd processes serving connections: TCP stays up,
+        nothing arrives. The remote readers' short-lived children may end
+        between the listing and the signal, so only sshd itself is stopped.
+        Returns the pids stopped."""
+        out = []
+        for pid in self.session_pids():
+            try:
+                with open('/proc/%d/comm' % pid) as f:
+                    if f.read().strip() != 'sshd':
+                        continue
+                os.kill(pid, signal.SIGSTOP)
+                out.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return out
+
     def kill_sessions(self):
         """Ends every session this sshd serves (its per-connection children)."""
         if self.proc and self.proc.poll() is None:

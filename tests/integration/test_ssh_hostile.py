@@ -341,8 +341,7 @@ def test_once_on_a_black_holed_connection_fails():
                 pass
         return False
     harness.wait_for(sleeping, 20, what='the remote side to start')
-    for pid in sshd.session_pids():
-        os.kill(pid, signal.SIGSTOP)
+    assert sshd.freeze_sessions()
     frozen = time.monotonic()
     try:
         out, err = p.communicate(timeout=20)
