@@ -176,6 +176,7 @@ class Inode:
     def __init__(self, fd):
         st = os.fstat(fd)
         self.id = (st.st_dev, st.st_ino)
+        self.created_at = time.time()
         self.size = 0
         self.ends = []      # end offset of each complete line of the current content
         self.bodies = []    # its $body_bytes_sent
@@ -753,8 +754,11 @@ class Run:
                     ino.rewritten_blind = True
                     # A live copytruncate's copy holds the saved bytes.
                     ino.copied_blind = ino.last_trunc_copy
-                ino.saved_at_0 = offs.get(ino.id) == [0]
-                since = min(offs.get(ino.id, [0]))
+                # A save older than this file names another one with its
+                # inode number (a deleted file's number is reused).
+                mine = offs.get(ino.id, []) if ino.created_at < saved_at - 0.05 else []
+                ino.saved_at_0 = mine == [0]
+                since = min(mine or [0])
                 if stale or ino.truncated_at >= saved_at - 0.05:
                     since = 0  # the saved offset may be in the old content
                 b += sum(1 for e in ino.ends if since < e <= ino.read_upto)
