@@ -103,19 +103,19 @@ def proc_cpu_ticks(pid, children=False):
 
 
 def descendants(root_pid):
-    parent = {}
+    kids = {}
     for d in os.listdir('/proc'):
         if d.isdigit():
             try:
                 with open('/proc/%s/stat' % d) as f:
-                    parent[int(d)] = int(f.read().rsplit(')', 1)[1].split()[1])
-            except OSError:
+                    pp = int(f.read().rsplit(')', 1)[1].split()[1])
+                kids.setdefault(pp, []).append(int(d))
+            except (OSError, ValueError, IndexError):
                 pass
     out, todo = set(), [root_pid]
     while todo:
-        p = todo.pop()
-        for c, pp in parent.items():
-            if pp == p and c not in out:
+        for c in kids.get(todo.pop(), []):
+            if c not in out:
                 out.add(c)
                 todo.append(c)
     return out
