@@ -412,6 +412,15 @@ class Sshd:
                 pass
         return out
 
+    @staticmethod
+    def end_frozen(pids):
+        """Kills what freeze_sessions() stopped: those connections end."""
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def kill_sessions(self):
         """Ends every session this sshd serves (its per-connection children)."""
         if self.proc and self.proc.poll() is None:
@@ -420,9 +429,12 @@ class Sshd:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             # Sessions outlive the listener in a real restart; here the host
-            # "goes away", so end them first.
+            # "goes away", so end them first, with the listener stopped: a
+            # client reconnecting meanwhile would get a session nobody ends.
+            self.proc.send_signal(signal.SIGSTOP)
             self.kill_sessions()
             self.proc.terminate()
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(10)
 
     def restart(self):
