@@ -338,6 +338,7 @@ class Sshd:
         self.log_level = log_level
         self.proc = None
         self.port = None
+        self.frozen = []  # stopped by freeze_sessions(): ended by stop()
         self.known_hosts = os.path.join(self.dir, 'known_hosts')
         self.start()
         self.write_known_hosts()
@@ -410,16 +411,21 @@ class Sshd:
                 out.append(pid)
             except (FileNotFoundError, ProcessLookupError):
                 pass
+        self.frozen += out
         return out
 
-    @staticmethod
-    def end_frozen(pids):
-        """Kills what freeze_sessions() stopped: those connections end."""
+    def end_frozen(self, pids):
+        """Kills what freeze_sessions() stopped and is still stopped (a pid
+        that ended may name another process now): those connections end."""
         for pid in pids:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                with open('/proc/%d/stat' % pid) as f:
+                    comm, rest = f.read().rsplit(')', 1)
+                if comm.endswith('(sshd') and rest.split()[0] in ('T', 't'):
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
                 pass
+        self.frozen = [p for p in self.frozen if p not in pids]
 
     def kill_sessions(self):
         """Ends every session this sshd serves (its per-connection children)."""
@@ -433,6 +439,8 @@ class Sshd:
             # client reconnecting meanwhile would get a session nobody ends.
             self.proc.send_signal(signal.SIGSTOP)
             self.kill_sessions()
+            # A stopped session process would outlive its monitor.
+            self.end_frozen(list(self.frozen))
             self.proc.terminate()
             self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(10)
