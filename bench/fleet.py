@@ -125,8 +125,7 @@ class Fleet:
                 except ProcessLookupError:
                     pass
             time.sleep(0.1)
-        self.sshd.proc.kill()
-        self.sshd.proc.wait()
+        self.sshd.stop()
         subprocess.run(['pkill', '-KILL', '-u', self.sshd.user], capture_output=True)
 
     def dropped(self):

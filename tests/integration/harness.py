@@ -427,6 +427,15 @@ class Sshd:
                 pass
         self.frozen = [p for p in self.frozen if p not in pids]
 
+    def thaw_sessions(self, pids):
+        """SIGCONTs what freeze_sessions() stopped: those connections go on."""
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.frozen = [p for p in self.frozen if p not in pids]
+
     def kill_sessions(self):
         """Ends every session this sshd serves (its per-connection children)."""
         if self.proc and self.proc.poll() is None:
@@ -440,7 +449,7 @@ class Sshd:
             self.proc.send_signal(signal.SIGSTOP)
             self.kill_sessions()
             # A stopped session process would outlive its monitor.
-            self.end_frozen(list(self.frozen))
+            self.end_frozen(self.frozen)
             self.proc.terminate()
             self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(10)

@@ -624,17 +624,6 @@ class Run:
             s.rot_min += 1
 
     # ----------------------------------------------------------- faults
-    def sshd_pids(self):
-        pids = []
-        for pid in self.sshd.session_pids():
-            try:
-                with open('/proc/%d/comm' % pid) as f:
-                    if f.read().strip() == 'sshd':
-                        pids.append(pid)
-            except OSError:
-                pass
-        return pids
-
     def act_conn_kill(self, a):
         m = self.metrics()
         before = self.val(m, 'sshtail_ssh_reconnects_total', self.src[SSH])
@@ -650,11 +639,9 @@ class Run:
         s = self.src[SSH]
         m = self.metrics()
         stalled = self.val(m, 'sshtail_ssh_reconnects_total', s, reason='stalled')
-        pids = self.sshd_pids()
+        pids = self.sshd.freeze_sessions()
         if not pids:
             raise Failure('no sshd session to freeze')
-        for p in pids:
-            os.kill(p, signal.SIGSTOP)
         self.frozen = pids
         harness.wait_for(lambda: all(self._stopped(p) for p in pids), 5, 0.005, 'sshd stopped')
         started = time.monotonic()
@@ -686,11 +673,7 @@ class Run:
             return True
 
     def thaw(self):
-        for p in self.frozen:
-            try:
-                os.kill(p, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        self.sshd.thaw_sessions(self.frozen)
         self.frozen = []
 
     def _down_window(self, a):
