@@ -339,6 +339,30 @@ def test_fifty_sources_every_line():
     assert exp.stop() == 0
 
 
+def test_connections_to_one_host_wait_their_turn():
+    """16 connections to one sshd that drops any beyond 4 unauthenticated
+    (MaxStartups): at most 2 handshakes are in flight, none is dropped."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d, stock_limits=True, extra_config='MaxStartups 4')
+    paths = [os.path.join(d, 'c%02d.log' % i) for i in range(16)]
+    truths = {}
+    for i, p in enumerate(paths):
+        lines, truths[p] = harness.generate(300 + i, 'timed', 200 + i)
+        with open(p, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    exp = harness.Exporter(['--format', 'timed', '--start-at', 'beginning',
+                            '--ssh.files-per-connection', '1',
+                            '--ssh.max-handshakes-per-host', '2'] +
+                           sshd.exporter_args() + [sshd.url(p) for p in paths], d)
+    harness.wait_for(lambda: exp.value('sshtail_source_up') == 16, 60, 0.1, 'all 16 up')
+    exp.wait_value('sshtail_lines_total', sum(t['lines'] for t in truths.values()))
+    m = exp.metrics()
+    for p in paths:
+        harness.check_truth(m, truths[p], '127.0.0.1:' + p)
+    assert promtext.total(m, 'sshtail_ssh_reconnects_total') == 0
+    assert exp.stop() == 0
+
+
 def test_ssh_config_alias_and_agent():
     d = harness.tmpdir()
     sshd = harness.Sshd(d)
@@ -428,4 +452,5 @@ if __name__ == '__main__':
                   test_liveness_survives_the_pacemakers_rotation,
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
                   test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
+                  test_connections_to_one_host_wait_their_turn,
                   test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])

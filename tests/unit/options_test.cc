@@ -53,6 +53,22 @@ ParseResult Fresh(std::vector<std::string> args) {
   return Parse(std::move(args), &o);
 }
 
+TEST_CASE("handshakes in flight per host: a number, 0 for no bound") {
+  Options o;
+  CHECK(o.ssh_max_handshakes_per_host == 4);
+  REQUIRE(Parse({"--ssh.max-handshakes-per-host", "8", "/x"}, &o) ==
+          ParseResult::kRun);
+  CHECK(o.ssh_max_handshakes_per_host == 8);
+  Options unbounded;
+  REQUIRE(Parse({"--ssh.max-handshakes-per-host", "0", "/x"}, &unbounded) ==
+          ParseResult::kRun);
+  CHECK(unbounded.ssh_max_handshakes_per_host == 0);
+  CHECK(Fresh({"--ssh.max-handshakes-per-host", "-1", "/x"}) ==
+        ParseResult::kExit2);
+  CHECK(Fresh({"--ssh.max-handshakes-per-host", "some", "/x"}) ==
+        ParseResult::kExit2);
+}
+
 TEST_CASE("bad flags are errors with exit code 2") {
   CHECK(Fresh({"/x"}) == ParseResult::kRun);
   CHECK(Fresh({"--no-such-flag", "/x"}) == ParseResult::kExit2);

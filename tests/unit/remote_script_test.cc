@@ -214,7 +214,7 @@ TEST_CASE("a missing path: looked at every check, a beat every heartbeat",
   CHECK(out.find("T BEGIN ") != std::string::npos);
   std::ifstream err(d.path + "/err");
   std::string e((std::istreambuf_iterator<char>(err)), {});
-  CHECK(e.find("H - - -") == std::string::npos);  // found before 5 s
+  CHECK(e.find("H - -") == std::string::npos);  // found before 5 s
 }
 
 TEST_CASE("a remote glob's listing: names are data, never code") {

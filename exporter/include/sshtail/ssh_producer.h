@@ -20,6 +20,8 @@ struct SshOptions {
   std::chrono::milliseconds heartbeat_interval{5000};
   std::chrono::milliseconds max_backoff{30000};
   int files_per_connection = 4;
+  /// Handshakes in flight to one server at once (<= 0: no bound).
+  int max_handshakes_per_host = 4;
 };
 
 /// An ssh:// source as the producers see it.

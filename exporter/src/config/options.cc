@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -333,6 +334,16 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string&) {
         o->ssh_files_per_connection =
             static_cast<int>(ParseSize("ssh.files-per-connection", v));
+      });
+  add("ssh.max-handshakes-per-host", Kind::kValue, "N",
+      "SSH handshakes in flight to one host at once, the others wait their "
+      "turn; sshd drops connections beyond its MaxStartups (default 10) "
+      "(default: 4; 0: no bound)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_max_handshakes_per_host =
+            v == "0" ? 0
+                     : static_cast<int>(std::min<size_t>(
+                           ParseSize("ssh.max-handshakes-per-host", v), 4096));
       });
   return f;
 }

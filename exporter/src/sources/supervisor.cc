@@ -37,6 +37,7 @@ SshOptions SshOpts(const Options& o) {
   so.heartbeat_interval = o.ssh_heartbeat_interval;
   so.max_backoff = o.ssh_max_backoff;
   so.files_per_connection = o.ssh_files_per_connection;
+  so.max_handshakes_per_host = o.ssh_max_handshakes_per_host;
   return so;
 }
 

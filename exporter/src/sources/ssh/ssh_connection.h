@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "sources/ssh/handshake_gate.h"
 #include "sources/ssh/ssh_session.h"
 #include "sources/ssh/ssh_stream.h"
 #include "sshtail/batch_queue.h"
@@ -43,6 +44,7 @@ class SshConnection : public SshProducer {
 
   void RequestStop() override {
     stop_.store(true);
+    HandshakeGate::Instance().Interrupt();
     uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(stop_fd_.get(), &one, sizeof one);
   }
@@ -120,7 +122,7 @@ class SshConnection : public SshProducer {
   void Control(Stream& s, Channel& c, const std::string& line);
   // Feeds stdout bytes of a channel.
   void Data(Stream& s, Channel& c, const char* p, size_t n);
-  // Handles stderr: heartbeats ("H dev ino size") and error text.
+  // Handles stderr: heartbeats ("H dev ino") and error text.
   void Stderr(Stream& s, Channel& c, const char* p, size_t n);
   // Reads everything available on every channel. Returns bytes read.
   size_t ReadAll();

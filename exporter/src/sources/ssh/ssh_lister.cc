@@ -10,6 +10,7 @@
 #include <chrono>
 
 #include "sources/path_glob.h"
+#include "sources/ssh/handshake_gate.h"
 #include "sources/ssh/ssh_session.h"
 #include "sshtail/log.h"
 #include "sshtail/remote_script.h"
@@ -40,6 +41,7 @@ class SshLister : public Producer {
 
   void RequestStop() override {
     stop_.store(true);
+    HandshakeGate::Instance().Interrupt();
     uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(stop_fd_.get(), &one, sizeof one);
   }

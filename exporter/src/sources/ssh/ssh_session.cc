@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "sources/ssh/handshake_gate.h"
 #include "sshtail/log.h"
 #include "sshtail/remote_script.h"
 
@@ -203,6 +204,20 @@ bool ConnectInterruptibly(ssh_session ss, const SshOptions& so, int stop_fd,
   return true;
 }
 
+// The server a handshake goes to, as the client config resolves it
+// (HostName, Port): aliases of one host share its MaxStartups.
+std::string ServerOf(ssh_session ss, const SessionTarget& t) {
+  char* host = nullptr;
+  std::string h = t.host;
+  if (ssh_options_get(ss, SSH_OPTIONS_HOST, &host) == SSH_OK && host) {
+    h = host;
+  }
+  ssh_string_free_char(host);
+  unsigned int port = 0;
+  if (ssh_options_get_port(ss, &port) != SSH_OK) port = 22;
+  return h + ":" + std::to_string(port);
+}
+
 void ResetSignalsInChild() {
   // Async-signal-safe calls only: this runs between fork and exec.
   sigset_t none;
@@ -303,6 +318,12 @@ SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
   int strict = 1;
   ssh_options_set(ss, SSH_OPTIONS_STRICTHOSTKEYCHECK, &strict);
   AdjustProxyCommand(ss, so);
+  HandshakeGate::Slot slot = HandshakeGate::Instance().Enter(
+      ServerOf(ss, t), so.max_handshakes_per_host, *stop);
+  if (!slot) {
+    *f = {"stopped", "stopped"};
+    return nullptr;
+  }
   if (!ConnectInterruptibly(ss, so, stop_fd, stop, f)) return nullptr;
   if (!CheckHostKey(ss, so, t, f)) return nullptr;
   int rc = ssh_userauth_none(ss, nullptr);
