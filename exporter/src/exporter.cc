@@ -317,6 +317,7 @@ void Exporter::Impl::StopAll() {
 }
 
 bool Exporter::Impl::Ready() const {
+  auto table_lock = table.ReadLock();
   for (size_t i = 0; i < table.size(); ++i) {
     if (table.active(i) && !table.status[i]->connected_once.load()) {
       return false;
@@ -327,9 +328,14 @@ bool Exporter::Impl::Ready() const {
 
 int Exporter::Impl::Unread() const {
   for (size_t i = 0; i < table.size(); ++i) {
-    if (table.active(i) && !table.status[i]->connected_once.load()) {
+    // A remote glob whose host could not be listed is unread too.
+    bool listed = table.state(i) == SourceTable::State::kGlob &&
+                  table.specs[i].kind == SourceSpec::Kind::kSsh;
+    if ((table.active(i) || listed) &&
+        !table.status[i]->connected_once.load()) {
       Log(LogLevel::kError,
-          "source " + table.specs[i].name + " could not be read");
+          "source " + (listed ? table.specs[i].url : table.specs[i].name) +
+              " could not be read");
       return 1;
     }
   }
@@ -346,6 +352,7 @@ std::string Exporter::Impl::LandingPage() const {
       "\">Metrics</a></li><li><a href=\"/-/healthy\">Health</a></li>"
       "<li><a href=\"/-/ready\">Readiness</a></li></ul><h2>Sources</h2>"
       "<table><tr><th>source</th><th>url</th><th>up</th></tr>";
+  auto table_lock = table.ReadLock();
   for (size_t i = 0; i < table.size(); ++i) {
     if (!table.active(i)) continue;
     html += "<tr><td>" + HtmlEscape(table.specs[i].name) + "</td><td>" +

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
@@ -156,6 +157,9 @@ struct Exporter::Impl {
   /// Serialises reloads with each other and with the supervisor's calls.
   std::mutex reload_mutex;
   std::unique_ptr<InventoryWatch> watch;  // guarded by reload_mutex
+  /// A reload refused for want of slots is tried again once some are
+  /// freed (a removed source's slot frees a moment after the reload).
+  std::optional<size_t> retry_when_freed_past;  // guarded by reload_mutex
   std::chrono::milliseconds expire_every{10000};
   mutable std::atomic<size_t> last_exposition_size{0};
 };

@@ -10,6 +10,7 @@ namespace sshtail {
 
 bool Exporter::Impl::Reload(std::string* error) {
   std::lock_guard lock(reload_mutex);
+  retry_when_freed_past.reset();
   try {
     Options next = options;
     std::vector<SourceSpec> desired = static_sources;
@@ -29,7 +30,17 @@ bool Exporter::Impl::Reload(std::string* error) {
       desired = fresh.sources;
     }
     desired = WithInventory(next, std::move(desired));
-    SourcePlan plan = supervisor->Plan(desired);
+    SourcePlan plan;
+    std::string waits;
+    try {
+      plan = supervisor->Plan(desired);
+    } catch (const NoSlotError& e) {
+      // The room may come from the sources this change removes: they go
+      // now, the new ones come once their slots are free (tried again).
+      plan = supervisor->Plan(supervisor->Running(desired));
+      if (plan.remove.empty()) throw;
+      waits = e.what();
+    }
     next.sources = supervisor->ConfiguredBySlot(plan);
     FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
     // All or nothing: everything that can fail fails in this check, before
@@ -51,11 +62,23 @@ bool Exporter::Impl::Reload(std::string* error) {
                   : std::make_unique<InventoryWatch>(options.sources_files);
       if (watch) watch->Changed();
     }
+    if (!waits.empty()) {
+      retry_when_freed_past = supervisor->freed();
+      self.reload_ok().Set(0);
+      *error = waits +
+               "; the removed sources went, the new ones wait for "
+               "their slots";
+      Log(LogLevel::kWarn, "reload partly applied: " + *error);
+      return false;
+    }
     self.reload_ok().Set(1);
     self.reload_time().SetToCurrentTime();
     Log(LogLevel::kInfo, "configuration reloaded");
     return true;
   } catch (const std::exception& e) {
+    if (dynamic_cast<const NoSlotError*>(&e)) {
+      retry_when_freed_past = supervisor->freed();
+    }
     *error = e.what();
     self.reload_ok().Set(0);
     self.reloads_failed().Increment();
@@ -113,6 +136,8 @@ void Exporter::Impl::Tick() {
     for (uint32_t slot : supervisor->Scan(&retired)) self.counters(slot);
     if (!retired.empty()) supervisor->KeepPositions(Forget(retired, {}));
     changed = watch && watch->Changed();
+    changed |=
+        retry_when_freed_past && supervisor->freed() > *retry_when_freed_past;
   }
   if (changed) {
     std::string e;

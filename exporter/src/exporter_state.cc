@@ -93,6 +93,7 @@ void Exporter::Impl::SavePositions() {
   }
   if (!positions) return;
   std::map<std::string, PositionSet> all;
+  auto table_lock = table.ReadLock();
   for (size_t i = 0; i < table.size(); ++i) {
     if (!table.active(i) || !HasPosition(table.specs[i])) continue;
     PositionSet p = table.status[i]->positions.Committed();
@@ -119,6 +120,7 @@ std::shared_ptr<const Exporter::Impl::Durable> Exporter::Impl::MakeDurable() {
   auto next = std::make_shared<Durable>();
   std::map<std::string, SourceState> sources;
   next->metrics = store.Snapshot([&] {
+    auto table_lock = table.ReadLock();
     for (size_t i = 0; i < table.size(); ++i) {
       if (!table.active(i) || !HasPosition(table.specs[i])) continue;
       PositionSet p = table.status[i]->positions.Committed();

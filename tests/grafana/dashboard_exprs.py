@@ -55,6 +55,8 @@ _COUNTERS_AND_GAUGES = {
     "sshtail_series_overflow_total": True,
     "sshtail_build_info": False,
     "sshtail_config_last_reload_successful": False,
+    "sshtail_glob_up": False,
+    "sshtail_glob_files": False,
     "up": False,
 }
 _HISTOGRAMS = {

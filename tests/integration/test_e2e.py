@@ -170,8 +170,19 @@ def test_nginx_ssh_exporter_prometheus_dashboards_alerts():
     d = harness.tmpdir()
     nginx = peers.Nginx(d)
     sshd = harness.Sshd(d)
-    exp = harness.Exporter(['--format', 'timed', '--ssh.max-backoff', '2s'] +
-                           sshd.exporter_args() + [sshd.url(nginx.access_log)], d)
+    # A remote glob too, on the same sshd as another host (nothing matches
+    # it): sshtail_glob_up, which SshtailGlobNotListed watches, has a series.
+    vhosts = os.path.join(d, 'vhosts')
+    os.makedirs(vhosts)
+    ssh_config = os.path.join(d, 'ssh_config')
+    with open(ssh_config, 'w') as f:
+        f.write('Host vhosts\n  HostName 127.0.0.1\n  Port %d\n  User %s\n'
+                % (sshd.port, sshd.user))
+    args = sshd.exporter_args()
+    args[args.index('--ssh.config') + 1] = ssh_config
+    exp = harness.Exporter(['--format', 'timed', '--ssh.max-backoff', '2s'] + args +
+                           [sshd.url(nginx.access_log), 'ssh://vhosts%s/*.access.log' % vhosts],
+                           d)
 
     # Alert rules: the shipped file, with NginxHigh5xxRatio's `for: 2m`
     # replaced by `for: 3s` (textual substitution of that one line) so that

@@ -5,6 +5,7 @@ exporter was stopped is read whole after a restart. A real nginx writing a
 log per virtual host (`access_log .../$host.access.log`) creates the files
 as requests for new hosts arrive."""
 import os
+import signal
 import subprocess
 
 import harness
@@ -280,7 +281,8 @@ def retired_when_gone(remote):
     a, b = os.path.join(logs, 'a.log'), os.path.join(logs, 'b.log')
     open(a, 'w').close()
     open(b, 'w').close()
-    args = ['--format', 'timed', '--sources.retire-after', '2s']
+    # Two slots: a and b coming back need the ones a and b had (reused).
+    args = ['--format', 'timed', '--sources.retire-after', '2s', '--sources.max-slots', '2']
     if remote:
         sshd = harness.Sshd(d)
         args += sshd.exporter_args() + [sshd.url(logs + '/*.log')]
@@ -320,6 +322,107 @@ def retired_when_gone(remote):
     assert exp.stop() == 0
 
 
+def test_once_lists_a_remote_glob_and_reads_every_match():
+    """--once with a remote glob: the host lists it once, every match is
+    read to its end (rotated siblings are not sources), exit 0; a host
+    that cannot be listed is exit 1 and counts a failure of the listing."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    truths = {}
+    for k in range(5):
+        p = os.path.join(logs, 'v%d.log' % k)
+        lines, truths[p] = harness.generate(100 + 37 * k, 'timed', seed=70 + k)
+        write_lines(p, lines, 'w')
+    rot, _ = harness.generate(50, 'timed', seed=79)
+    write_lines(os.path.join(logs, 'v0.log.1'), rot, 'w')
+    r = harness.run_once(['--format', 'timed', '--ssh.files-per-connection', '2'] +
+                         sshd.exporter_args() + [sshd.url(logs + '/*.log')])
+    assert r.returncode == 0, r.stderr
+    m = promtext.parse(r.stdout)
+    assert sorted(d_['file'] for d_, _ in promtext.select(m, 'sshtail_lines_total')) == \
+        sorted(truths)
+    for p, t in truths.items():
+        assert promtext.total(m, 'sshtail_lines_total', file=p) == t['lines'], p
+        assert by_file(m, p) == t['by_method_status'], p
+    assert promtext.total(m, 'sshtail_lines_total') == sum(t['lines'] for t in truths.values())
+
+    # Nobody listens there.
+    bad = 'ssh://%s@127.0.0.1:%d%s' % (sshd.user, harness.free_port(), logs + '/*.log')
+    r = harness.run_once(['--format', 'timed'] + sshd.exporter_args() + [bad])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    m = promtext.parse(r.stdout)
+    assert promtext.total(m, 'sshtail_ssh_reconnects_total', file=logs + '/*.log',
+                          reason='refused') == 1
+    assert promtext.total(m, 'sshtail_glob_up') == 0
+
+
+def test_a_remote_glob_whose_host_is_down_is_visible():
+    """A remote glob's host that cannot be listed has no files, so no
+    source of it shows: sshtail_glob_up says so, and the listing's failures
+    count in sshtail_ssh_reconnects_total; back up, it lists again."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    a = os.path.join(logs, 'a.log')
+    open(a, 'w').close()
+    os.chmod(a, 0o644)
+    port = sshd.port
+    sshd.stop()
+    url = sshd.url(logs + '/*.log')
+    exp = harness.Exporter(['--format', 'timed', '--ssh.max-backoff', '1s'] +
+                           sshd.exporter_args() + [url], d)
+    exp.wait_value('sshtail_ssh_reconnects_total', 2, file=logs + '/*.log', reason='refused')
+    m = exp.metrics()
+    assert promtext.total(m, 'sshtail_glob_up', glob=url) == 0
+    assert promtext.select(m, 'sshtail_source_up') == []
+    sshd.start(port)
+    exp.wait_value('sshtail_glob_up', 1, glob=url)
+    exp.wait_value('sshtail_source_up', 1, file=a)
+    lines, truth = harness.generate(300, 'timed', seed=80)
+    write_lines(a, lines)
+    exp.wait_value('sshtail_lines_total', 300, file=a)
+    assert by_file(exp.metrics(), a) == truth['by_method_status']
+    assert exp.stop() == 0
+
+
+def test_a_reload_adds_two_local_globs_and_a_file():
+    """One reload adds two globs with files and a plain file after them:
+    the globs' files take slots of their own, every source starts."""
+    d = harness.tmpdir()
+    x, y = os.path.join(d, 'x'), os.path.join(d, 'y')
+    os.makedirs(x)
+    os.makedirs(y)
+    first = os.path.join(d, 'first.log')
+    plain = os.path.join(d, 'plain.log')
+    files = [os.path.join(x, 'a.log'), os.path.join(x, 'b.log'),
+             os.path.join(y, 'c.log'), os.path.join(y, 'd.log'), plain]
+    for p in [first] + files:
+        open(p, 'w').close()
+    conf = write_config(d, 'sources:\n  - %s\n' % first)
+    exp = harness.Exporter(['--format', 'timed', '--config', conf], d)
+    exp.wait_value('sshtail_source_up', 1, source=first)
+    write_config(d, 'sources:\n  - %s\n  - %s/*.log\n  - %s/*.log\n  - %s\n'
+                 % (first, x, y, plain))
+    exp.proc.send_signal(signal.SIGHUP)
+    harness.wait_for(lambda: followed(exp) == sorted(files[:4]), 30, what='the globs\' files')
+    exp.wait_value('sshtail_source_up', 1, source=plain)
+    assert exp.value('sshtail_config_last_reload_successful') == 1
+    truths = {}
+    for k, p in enumerate(files):
+        lines, truths[p] = harness.generate(100 + k, 'timed', seed=90 + k)
+        write_lines(p, lines)
+    for p in files[:4]:
+        exp.wait_value('sshtail_lines_total', truths[p]['lines'], file=p)
+        assert by_file(exp.metrics(), p) == truths[p]['by_method_status']
+    exp.wait_value('sshtail_lines_total', truths[plain]['lines'], source=plain)
+    assert exp.stop() == 0
+
+
 def test_a_file_gone_for_retire_after_is_no_longer_followed_local():
     retired_when_gone(False)
 
@@ -336,5 +439,8 @@ if __name__ == '__main__':
                   test_max_files_bounds_what_one_glob_follows,
                   test_remote_glob_follows_new_files_on_the_hosts_connections,
                   test_bad_globs_are_config_errors,
+                  test_once_lists_a_remote_glob_and_reads_every_match,
+                  test_a_remote_glob_whose_host_is_down_is_visible,
+                  test_a_reload_adds_two_local_globs_and_a_file,
                   test_a_file_gone_for_retire_after_is_no_longer_followed_local,
                   test_a_file_gone_for_retire_after_is_no_longer_followed_ssh])

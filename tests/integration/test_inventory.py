@@ -243,6 +243,94 @@ def test_config_sources_reload_on_sighup():
     assert exp.stop() == 0
 
 
+def test_slots_of_removed_sources_are_reused():
+    """--sources.max-slots 2 and an inventory whose files change seven
+    times, SSH and local files in turn: each removed source's slot is
+    reused (without reuse the third edit is refused). Two replaced in one
+    edit need four slots: the two removed go at once, the two new start
+    as soon as the removed ones' slots are free. Every count is exact, the
+    removed sources' series go, a kept source's counter never resets."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    logs = os.path.join(d, 'remote')
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    kept = os.path.join(d, 'kept.log')
+    open(kept, 'w').close()
+    target = '%s@127.0.0.1:%d' % (sshd.user, sshd.port)
+    # Even: a file on the SSH host; odd: a local file (a target of its own).
+    files = []
+    for k in range(9):
+        p = os.path.join(logs if k % 2 == 0 else d, 'r%d.log' % k)
+        open(p, 'w').close()
+        os.chmod(p, 0o644)
+        files.append(p)
+
+    def groups(live):
+        g = []
+        for p in live:
+            k = files.index(p)
+            g.append({'targets': [target], 'labels': {'__path__': p}} if k % 2 == 0
+                     else {'targets': [p]})
+        return json.dumps(g)
+
+    def label(p):  # how its series are found
+        return {'file': p} if files.index(p) % 2 == 0 else {'source': p}
+
+    inv = os.path.join(d, 'targets.json')
+    write_atomically(inv, '[]')
+    exp = harness.Exporter(['--format', 'timed', '--sources.max-slots', '2',
+                            '--sources.file', inv, kept] + sshd.exporter_args(), d)
+    exp.wait_value('sshtail_source_up', 1, source=kept)
+    mon = Monotonic(exp, {'kept': {'source': kept}})
+    mon.start()
+    kept_lines, kept_truth = harness.generate(2000, 'timed', seed=100)
+    at = 0
+
+    def check_live(live, seed, new=None):
+        nonlocal at
+        for p in live:
+            exp.wait_value('sshtail_source_up', 1, **label(p))
+        for i, p in enumerate(live if new is None else new):
+            lines, truth = harness.generate(50 + files.index(p), 'timed', seed=seed + i)
+            write_lines(p, lines)
+            exp.wait_value('sshtail_lines_total', truth['lines'], **label(p))
+            assert by_method_status(exp.metrics(), **label(p)) == truth['by_method_status'], p
+        write_lines(kept, kept_lines[at:at + 100])
+        at += 100
+        exp.wait_value('sshtail_lines_total', at, source=kept)
+
+    live = [files[0]]
+    write_atomically(inv, groups(live))
+    check_live(live, 200)
+    for k in range(1, 6):  # one replaced by the next, five times
+        gone = live
+        live = [files[k]]
+        write_atomically(inv, groups(live))
+        check_live(live, 200 + 10 * k)
+        assert exp.value('sshtail_config_last_reload_successful') == 1
+        m = exp.metrics()
+        for p in gone:
+            assert promtext.select(m, 'sshtail_lines_total', **label(p)) == [], p
+            assert promtext.select(m, 'nginx_http_requests_total', **label(p)) == [], p
+    live = [files[5], files[6]]
+    write_atomically(inv, groups(live))
+    check_live(live, 300, new=[files[6]])
+    # Both replaced in one edit: four slots at once, two in the pool.
+    live = [files[7], files[8]]
+    write_atomically(inv, groups(live))
+    check_live(live, 400)
+    exp.wait_value('sshtail_config_last_reload_successful', 1)
+    m = exp.metrics()
+    for p in files[:7]:
+        assert promtext.select(m, 'sshtail_lines_total', **label(p)) == [], p
+    assert promtext.total(m, 'sshtail_source_up') == 3
+    harness.check_truth(m, harness.generate(at, 'timed', seed=100)[1], kept)
+    mon.finish()
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_file_sd_edits_while_lines_flow,
-                  test_config_sources_reload_on_sighup])
+                  test_config_sources_reload_on_sighup,
+                  test_slots_of_removed_sources_are_reused])

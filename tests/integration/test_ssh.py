@@ -8,6 +8,7 @@ import time
 
 import harness
 import promtext
+import relay
 
 
 def check_prefix(exp, source, n, seed, fmt='timed'):
@@ -363,6 +364,32 @@ def test_connections_to_one_host_wait_their_turn():
     assert exp.stop() == 0
 
 
+def test_compression_only_when_asked():
+    """--ssh.compression: the bytes on the wire, counted by a relay in front
+    of sshd, are a fraction of the log's; without it, more than the log.
+    Exact counts both ways."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    path = os.path.join(d, 'access.log')
+    lines, truth = harness.generate(20000, 'timed', seed=123)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    size = os.path.getsize(path)
+    r = relay.Relay(sshd.port)
+    sshd.trust_port(r.port)
+    url = 'ssh://%s@127.0.0.1:%d%s' % (sshd.user, r.port, path)
+    wire = {}
+    for name, flag in (('plain', []), ('compressed', ['--ssh.compression'])):
+        before = r.down_bytes
+        res = harness.run_once(['--format', 'timed'] + flag + sshd.exporter_args() + [url])
+        assert res.returncode == 0, res.stderr
+        harness.check_truth(promtext.parse(res.stdout), truth, '127.0.0.1')
+        wire[name] = r.down_bytes - before
+    r.stop()
+    assert wire['plain'] > size, (wire, size)
+    assert wire['compressed'] < size / 3, (wire, size)
+
+
 def test_ssh_config_alias_and_agent():
     d = harness.tmpdir()
     sshd = harness.Sshd(d)
@@ -453,4 +480,5 @@ if __name__ == '__main__':
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
                   test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
                   test_connections_to_one_host_wait_their_turn,
+                  test_compression_only_when_asked,
                   test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])

@@ -28,6 +28,30 @@ bool Eventually(F f,
   return f();
 }
 
+TEST_CASE("a source is idle once every batch it pushed is finished") {
+  for (bool ordered : {false, true}) {
+    BatchQueue q(8, ordered);
+    CHECK(q.Idle(3));  // never pushed
+    auto a = Make(3, 1);
+    auto b = Make(3, 2);
+    auto other = Make(5, 1);
+    REQUIRE(q.Push(a));
+    REQUIRE(q.Push(b));
+    REQUIRE(q.Push(other));
+    CHECK_FALSE(q.Idle(3));
+    BatchPtr first = q.Pop();
+    REQUIRE(first->source == 3);
+    q.Finished(3);
+    CHECK_FALSE(q.Idle(3));  // b still queued
+    BatchPtr second = q.Pop();
+    REQUIRE(second->source == 3);
+    CHECK_FALSE(q.Idle(3));  // popped, not finished: being counted
+    q.Finished(3);
+    CHECK(q.Idle(3));
+    CHECK_FALSE(q.Idle(5));
+  }
+}
+
 TEST_CASE("queue is FIFO and bounded") {
   BatchQueue q(2);
   auto a = Make(0, 1);

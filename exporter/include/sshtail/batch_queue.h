@@ -34,9 +34,13 @@ class BatchQueue {
   /// drained.
   BatchPtr Pop();
 
-  /// Ordered mode: the consumer is done with the batch of `source` it
-  /// popped; that source's next batch may go out. No-op otherwise.
+  /// The consumer is done with the batch of `source` it popped. Ordered
+  /// mode: that source's next batch may go out.
   void Finished(uint32_t source);
+
+  /// No batch of `source` is queued or being consumed (every one pushed
+  /// is Finished): a removed source's slot may be reused.
+  bool Idle(uint32_t source) const;
 
   /// Wakes every waiter; later Push() calls fail, Pop() drains what is left.
   void Close();
@@ -57,6 +61,7 @@ class BatchQueue {
   std::condition_variable not_empty_;
   std::deque<BatchPtr> items_;
   std::vector<bool> in_flight_;  // by source, ordered mode only
+  std::vector<uint32_t> out_;    // by source: pushed, not yet Finished
   bool closed_ = false;
 };
 

@@ -75,6 +75,7 @@ struct Options {
   std::chrono::milliseconds ssh_max_backoff{30000};
   int ssh_files_per_connection = 4;
   int ssh_max_handshakes_per_host = 4;  ///< 0: no bound
+  bool ssh_compression = false;
 
   std::vector<std::string> args;  ///< the command line, to reload the config
 };

@@ -71,9 +71,10 @@ std::string RemoteScript(const RemoteRequest& request);
 /// "<tag> F <path>" per file, then "<tag> E" (the round's end, and the
 /// liveness signal). Literal parts are single-quoted; a bracket may hold
 /// only letters, digits and "._-!^" (throws std::invalid_argument
-/// otherwise). It ends when a write fails: the channel is gone.
+/// otherwise). It ends when a write fails: the channel is gone. `once`:
+/// one round, then it exits (--once).
 std::string RemoteListScript(const std::string& glob, int heartbeat_seconds,
-                             const std::string& tag);
+                             const std::string& tag, bool once = false);
 
 /// `s` quoted for POSIX sh: '...' with ' written as '"'"'.
 std::string ShellQuote(const std::string& s);

@@ -78,6 +78,10 @@ struct SourceStatus {
   std::atomic<uint64_t> files_lost{0};
   std::atomic<double> last_line_time{0};  ///< unix seconds; 0 = never
   std::atomic<bool> connected_once{false};
+  /// Set (release) by the reader when it will never again push a batch of
+  /// this source or touch this status: a removed source's slot may then be
+  /// reused once its queued batches are done (SourceSupervisor).
+  std::atomic<bool> released{false};
   /// syslog: datagrams without a valid RFC 3164 header (or with a newline
   /// inside the message).
   std::atomic<uint64_t> syslog_malformed{0};

@@ -22,6 +22,8 @@ struct SshOptions {
   int files_per_connection = 4;
   /// Handshakes in flight to one server at once (<= 0: no bound).
   int max_handshakes_per_host = 4;
+  /// zlib compression on every connection (else ~/.ssh/config decides).
+  bool compression = false;
 };
 
 /// An ssh:// source as the producers see it.

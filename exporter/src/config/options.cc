@@ -309,6 +309,13 @@ std::vector<Flag> Flags(Options* o) {
       [o](const std::string& v, const std::string&) {
         o->ssh_sudo = ParseBool("ssh.sudo", v);
       });
+  add("ssh.compression", Kind::kBool, "",
+      "ask for zlib compression (zlib@openssh.com) on every SSH connection, "
+      "for slow links; off: ~/.ssh/config's Compression decides per host "
+      "(default: off)",
+      [o](const std::string& v, const std::string&) {
+        o->ssh_compression = ParseBool("ssh.compression", v);
+      });
   add("ssh.connect-timeout", Kind::kValue, "DURATION",
       "TCP connect and handshake timeout (default: 10s)",
       [o](const std::string& v, const std::string&) {

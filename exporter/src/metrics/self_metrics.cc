@@ -4,6 +4,7 @@
 #include <re2/re2.h>
 
 #include "sshtail/options.h"
+#include "sshtail/text_format.h"
 
 namespace sshtail {
 namespace {
@@ -152,8 +153,11 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
                      "0 = never).",
                      MetricType::Gauge);
   auto reconnects = Family("sshtail_ssh_reconnects_total",
-                           "SSH connection or stream failures, by reason.",
+                           "SSH connection or stream failures, by reason (a "
+                           "remote glob's listing: file is the glob).",
                            MetricType::Counter);
+  // A slot is not freed for reuse while this is held (see SourceTable).
+  auto table_lock = table_.ReadLock();
   for (size_t i = 0; i < table_.size(); ++i) {
     if (!table_.active(i)) continue;
     const SourceStatus& s = *table_.status[i];
@@ -210,14 +214,32 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
   out.push_back(std::move(rotations));
   out.push_back(std::move(last));
   out.push_back(std::move(files_lost));
-  out.push_back(std::move(reconnects));
   // Each glob with the files it follows. A slot is read only once its
   // state says it was written (see SourceTable).
   std::map<uint32_t, size_t> matched;
+  auto glob_up = Family("sshtail_glob_up",
+                        "1 while a glob is being listed (a remote glob: its "
+                        "host's listing session runs; a local one: always).",
+                        MetricType::Gauge);
   for (size_t i = 0; i < table_.size(); ++i) {
     auto state = table_.state(i);
     if (state == SourceTable::State::kGlob) {
       matched[static_cast<uint32_t>(i)];  // 0 until something matches
+      const SourceSpec& spec = table_.specs[i];
+      bool remote = spec.kind == SourceSpec::Kind::kSsh;
+      const SourceStatus& s = *table_.status[i];
+      glob_up.metric.push_back(
+          Gauge({{"glob", spec.url}}, !remote || s.up.load() ? 1 : 0));
+      if (!remote) continue;
+      // The listing's failures, named as the glob's files are.
+      for (const auto& [reason, n] : s.Failures()) {
+        reconnects.metric.push_back(Counter(
+            {{"file", text::ValidUtf8(spec.path)},
+             {"reason", reason},
+             {"source",
+              text::ValidUtf8(spec.name.empty() ? spec.host : spec.name)}},
+            static_cast<double>(n)));
+      }
     } else if (state == SourceTable::State::kActive) {
       uint32_t config = table_.config_index[i];
       if (config != i && table_.state(config) == SourceTable::State::kGlob) {
@@ -225,6 +247,8 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
       }
     }
   }
+  out.push_back(std::move(reconnects));
+  if (!glob_up.metric.empty()) out.push_back(std::move(glob_up));
   if (!matched.empty()) {
     auto files = Family("sshtail_glob_files",
                         "Files a glob source follows (at most its max_files).",

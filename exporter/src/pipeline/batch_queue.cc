@@ -9,6 +9,9 @@ bool BatchQueue::Push(BatchPtr& batch) {
   std::unique_lock lock(mutex_);
   not_full_.wait(lock, [&] { return closed_ || items_.size() < capacity_; });
   if (closed_) return false;
+  uint32_t source = batch->source;
+  if (source >= out_.size()) out_.resize(source + 1, 0);
+  ++out_[source];
   items_.push_back(std::move(batch));
   lock.unlock();
   not_empty_.notify_one();
@@ -46,16 +49,22 @@ BatchPtr BatchQueue::Pop() {
 }
 
 void BatchQueue::Finished(uint32_t source) {
-  if (!ordered_) return;
   bool waiting = false;
   {
     std::lock_guard lock(mutex_);
+    if (source < out_.size() && out_[source] > 0) --out_[source];
+    if (!ordered_) return;
     if (source < in_flight_.size()) in_flight_[source] = false;
     for (const auto& b : items_) waiting |= b->source == source;
   }
   // A consumer may be asleep with only this source's batches left; any one
   // of them can take the next (waking all of them costs CPU for nothing).
   if (waiting) not_empty_.notify_one();
+}
+
+bool BatchQueue::Idle(uint32_t source) const {
+  std::lock_guard lock(mutex_);
+  return source >= out_.size() || out_[source] == 0;
 }
 
 void BatchQueue::Close() {

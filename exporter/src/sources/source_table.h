@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "sshtail/engine.h"
@@ -26,18 +28,20 @@ inline SourceLabels LabelsOf(const SourceSpec& s) {
 /// reload adds take slots from, then each syslog socket's sender slots.
 ///
 /// Sized once, before any thread starts. A slot's spec, labels and
-/// config_index are written once, by the supervisor, before it marks the
-/// slot active (release) and before its reader starts; never after. Other
-/// threads check active() (acquire) before they read a slot; consumers may
-/// read the slot of any batch they pop. A retired slot (its source was
-/// removed by a reload) is never active again and never reused: its reader
-/// may still be finishing, and batches of it may be queued.
+/// config_index are written by the supervisor while the slot is free,
+/// before it marks the slot active (release) and before its reader starts.
+/// Consumers may read the slot of any batch they pop. Other threads that
+/// look at slots hold ReadLock() and check the state (acquire) before they
+/// read a slot. A retired slot (its source was removed) goes back to the
+/// pool (Free) only once its reader has released it and no batch of it is
+/// left (BatchQueue::Idle); Free takes the lock exclusively, so nobody is
+/// reading the old contents.
 struct SourceTable {
   enum class State : uint8_t {
     kFree,     ///< unused (a pool or syslog slot), or not started yet
     kActive,   ///< followed
     kGlob,     ///< a glob's own entry: its files have slots of their own
-    kRetired,  ///< removed by a reload
+    kRetired,  ///< removed (a reload, a glob's file gone), not yet free
   };
 
   /// Appends an entry, before any thread starts. A pool slot gets its
@@ -63,6 +67,20 @@ struct SourceTable {
   void EnsureStatus(size_t i) {
     if (!status[i]) status[i] = std::make_unique<SourceStatus>();
   }
+  /// Held while a thread other than the supervisor's looks at many slots
+  /// (a scrape, a save): Free waits for it.
+  std::shared_lock<std::shared_mutex> ReadLock() const {
+    return std::shared_lock(reuse_mutex_);
+  }
+  /// By the supervisor: a retired slot, released and idle, becomes free.
+  void Free(size_t i) {
+    std::unique_lock lock(reuse_mutex_);
+    specs[i] = SourceSpec{};
+    labels[i] = SourceLabels{};
+    status[i].reset();
+    config_index[i] = 0;
+    Set(i, State::kFree);
+  }
 
   std::vector<SourceSpec> specs;
   std::vector<SourceLabels> labels;
@@ -72,6 +90,7 @@ struct SourceTable {
 
  private:
   std::deque<std::atomic<State>> state_;
+  mutable std::shared_mutex reuse_mutex_;
 };
 
 }  // namespace sshtail

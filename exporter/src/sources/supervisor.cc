@@ -38,6 +38,7 @@ SshOptions SshOpts(const Options& o) {
   so.max_backoff = o.ssh_max_backoff;
   so.files_per_connection = o.ssh_files_per_connection;
   so.max_handshakes_per_host = o.ssh_max_handshakes_per_host;
+  so.compression = o.ssh_compression;
   return so;
 }
 
@@ -85,20 +86,14 @@ SourceSupervisor::SourceSupervisor(const Options& options, SourceTable& table,
       followed_.insert(Key(s));
     }
   }
-  pool_next_ = configured;
+  pool_begin_ = pool_next_ = configured;
   for (size_t k = 0; k < options.max_slots; ++k) {
     table_.Add(SourceSpec{}, SourceLabels{}, 0, SourceTable::State::kFree,
                /*with_status=*/false);
   }
   pool_end_ = static_cast<uint32_t>(table_.size());
   for (uint32_t i = 0; i < configured; ++i) {
-    if (!table_.specs[i].glob) continue;
-    if (table_.specs[i].kind == SourceSpec::Kind::kSsh && options.once) {
-      throw std::invalid_argument("--once cannot expand the remote glob '" +
-                                  table_.specs[i].url +
-                                  "' yet; list its files");
-    }
-    AddGlob(i);
+    if (table_.specs[i].glob) AddGlob(i);
   }
 }
 
@@ -120,11 +115,11 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   spec.glob = false;
   spec.path = path;
   if (followed_.count(Key(spec))) return false;
-  if (pool_next_ >= pool_end_) {
+  if (free_.empty() && pool_next_ >= pool_end_) {
     if (!warned_pool_) {
       Log(LogLevel::kWarn, "source " + glob.url + ": no slot left (" +
                                std::to_string(options_.max_slots) +
-                               " taken, --sources.max-slots); not following " +
+                               " in use, --sources.max-slots); not following " +
                                path + " and later files");
       warned_pool_ = true;
     }
@@ -142,7 +137,8 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   }
   std::map<std::string, std::string> fields;
   g.pattern->Matches(path, &fields);
-  uint32_t i = pool_next_++;
+  uint32_t i = 0;
+  TakeSlot(&i);
   ++g.used;
   g.slots.push_back(i);
   spec.url = g.remote ? RemoteUrl(glob.url, path) : path;
@@ -211,7 +207,73 @@ void SourceSupervisor::ExpandGlobs(const std::set<std::string>& saved_urls,
 }
 
 void SourceSupervisor::Adopt(std::unique_ptr<Producer> producer) {
-  producers_.push_back(std::move(producer));
+  Launch(std::move(producer), nullptr);
+}
+
+Producer* SourceSupervisor::Launch(std::unique_ptr<Producer> p,
+                                   SourceStatus* releases) {
+  auto w = std::make_unique<Worker>();
+  w->producer = std::move(p);
+  w->releases = releases;
+  Producer* raw = w->producer.get();
+  worker_of_[raw] = w.get();
+  workers_.push_back(std::move(w));
+  return raw;
+}
+
+void SourceSupervisor::Halt(Producer* p) {
+  p->RequestStop();
+  if (auto it = worker_of_.find(p); it != worker_of_.end()) {
+    it->second->stopped = true;
+  }
+}
+
+bool SourceSupervisor::TakeSlot(uint32_t* slot) {
+  if (!free_.empty()) {
+    *slot = *free_.begin();
+    free_.erase(free_.begin());
+    return true;
+  }
+  if (pool_next_ >= pool_end_) return false;
+  *slot = pool_next_++;
+  return true;
+}
+
+std::vector<uint32_t> SourceSupervisor::NextSlots(size_t n) const {
+  std::vector<uint32_t> out;
+  for (auto it = free_.begin(); it != free_.end() && out.size() < n; ++it) {
+    out.push_back(*it);
+  }
+  for (uint32_t i = pool_next_; i < pool_end_ && out.size() < n; ++i) {
+    out.push_back(i);
+  }
+  return out;
+}
+
+void SourceSupervisor::Reap() {
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    Worker& w = **it;
+    bool over = w.stopped && (w.started ? w.finished.load() : true);
+    if (!over) {
+      ++it;
+      continue;
+    }
+    if (w.started) w.thread.join();
+    // Never run: nothing of it was pushed. (A connection that never ran
+    // keeps its slots retired: it never says it let them go.)
+    if (!w.started && w.releases) w.releases->released.store(true);
+    worker_of_.erase(w.producer.get());
+    it = workers_.erase(it);
+  }
+  std::erase_if(draining_, [&](uint32_t slot) {
+    const SourceStatus* st = table_.status[slot].get();
+    if (st && !st->released.load()) return false;
+    if (!queue_.Idle(slot)) return false;
+    table_.Free(slot);
+    free_.insert(slot);
+    ++freed_;
+    return true;
+  });
 }
 
 void SourceSupervisor::StartSsh(uint32_t slot, bool from_start) {
@@ -230,9 +292,10 @@ void SourceSupervisor::StartSsh(uint32_t slot, bool from_start) {
   }
   auto made = MakeSshProducers({ref}, queue_, ProducerOpts(options_),
                                SshOpts(options_));
-  conns.emplace_back(made.front().get(), 1);
-  ssh_of_[slot] = made.front().get();
-  producers_.push_back(std::move(made.front()));
+  SshProducer* conn = made.front().get();
+  conns.emplace_back(conn, 1);
+  ssh_of_[slot] = conn;
+  Launch(std::move(made.front()), nullptr);
 }
 
 void SourceSupervisor::StartReader(uint32_t slot, StartAt start) {
@@ -241,14 +304,14 @@ void SourceSupervisor::StartReader(uint32_t slot, StartAt start) {
   po.start_at = start;
   switch (s.kind) {
     case SourceSpec::Kind::kFile:
-      producers_.push_back(
-          MakeFileProducer(s, slot, *table_.status[slot], queue_, po));
-      readers_[slot] = producers_.back().get();
+      readers_[slot] =
+          Launch(MakeFileProducer(s, slot, *table_.status[slot], queue_, po),
+                 table_.status[slot].get());
       break;
     case SourceSpec::Kind::kStdin:
-      producers_.push_back(
-          MakeStdinProducer(slot, *table_.status[slot], queue_, po));
-      readers_[slot] = producers_.back().get();
+      readers_[slot] =
+          Launch(MakeStdinProducer(slot, *table_.status[slot], queue_, po),
+                 table_.status[slot].get());
       break;
     case SourceSpec::Kind::kSsh:
       StartSsh(slot, start == StartAt::kBeginning);
@@ -264,8 +327,9 @@ void SourceSupervisor::StopReader(uint32_t slot) {
   followed_.erase(Key(s));
   if (s.kind == SourceSpec::Kind::kFile) local_paths_.erase(s.path);
   start_.erase(slot);
+  if (slot >= pool_begin_ && slot < pool_end_) draining_.push_back(slot);
   if (auto it = readers_.find(slot); it != readers_.end()) {
-    it->second->RequestStop();  // its thread ends soon; joined at Stop()
+    Halt(it->second);  // its thread ends soon; Reap joins it
     readers_.erase(it);
   }
   auto it = ssh_of_.find(slot);
@@ -277,7 +341,7 @@ void SourceSupervisor::StopReader(uint32_t slot) {
   for (auto c = conns.begin(); c != conns.end(); ++c) {
     if (c->first != conn) continue;
     if (--c->second == 0) {
-      conn->RequestStop();  // its last file: the session closes
+      Halt(conn);  // its last file: the session closes
       conns.erase(c);
     }
     break;
@@ -299,12 +363,13 @@ void SourceSupervisor::StartLister(size_t k) {
   if (!g.remote || g.retired || g.lister) return;
   const SourceSpec& glob = table_.specs[g.config];
   // A round holds at most twice the files the glob may follow.
-  producers_.push_back(MakeSshLister(glob, SshOpts(options_),
-                                     2 * glob.max_files,
-                                     [this, k](std::vector<std::string> paths) {
-                                       Listed(k, std::move(paths));
-                                     }));
-  g.lister = producers_.back().get();
+  SourceStatus* st = table_.status[g.config].get();
+  g.lister = Launch(MakeSshLister(glob, SshOpts(options_), 2 * glob.max_files,
+                                  st, options_.once,
+                                  [this, k](std::vector<std::string> paths) {
+                                    Listed(k, std::move(paths));
+                                  }),
+                    st);
 }
 
 void SourceSupervisor::Carry(uint32_t slot) {
@@ -359,18 +424,20 @@ SourcePlan SourceSupervisor::Plan(
   std::map<std::string, uint32_t> now;
   for (uint32_t slot : configured_) now[SpecKey(table_.specs[slot])] = slot;
   std::set<std::string> wanted;
-  uint32_t next = pool_next_;
+  std::vector<const SourceSpec*> adding;
   for (const auto& spec : desired) {
     std::string k = SpecKey(spec);
     wanted.insert(k);
-    if (now.count(k)) continue;
-    if (next >= pool_end_) {
-      throw ConfigError("no slot left for source '" + spec.url + "' (" +
-                        std::to_string(options_.max_slots) +
-                        " taken since start, --sources.max-slots); a "
-                        "restart makes room");
-    }
-    plan.add.emplace_back(next++, spec);
+    if (!now.count(k)) adding.push_back(&spec);
+  }
+  std::vector<uint32_t> slots = NextSlots(adding.size());
+  if (slots.size() < adding.size()) {
+    throw NoSlotError("no slot left for source '" + adding[slots.size()]->url +
+                      "' (" + std::to_string(options_.max_slots) +
+                      " in use, --sources.max-slots)");
+  }
+  for (size_t i = 0; i < adding.size(); ++i) {
+    plan.add.emplace_back(slots[i], *adding[i]);
   }
   for (const auto& [k, slot] : now) {
     if (!wanted.count(k)) plan.remove.push_back(slot);
@@ -396,6 +463,17 @@ SourcePlan SourceSupervisor::Plan(
   return plan;
 }
 
+std::vector<SourceSpec> SourceSupervisor::Running(
+    const std::vector<SourceSpec>& desired) const {
+  std::set<std::string> now;
+  for (uint32_t slot : configured_) now.insert(SpecKey(table_.specs[slot]));
+  std::vector<SourceSpec> out;
+  for (const auto& spec : desired) {
+    if (now.count(SpecKey(spec))) out.push_back(spec);
+  }
+  return out;
+}
+
 std::vector<SourceSpec> SourceSupervisor::ConfiguredBySlot(
     const SourcePlan& plan) const {
   std::set<uint32_t> gone(plan.remove.begin(), plan.remove.end());
@@ -419,7 +497,8 @@ std::vector<uint32_t> SourceSupervisor::Retire(
       for (Glob& g : globs_) {
         if (g.config != slot || g.retired) continue;
         g.retired = true;
-        if (g.lister) g.lister->RequestStop();
+        if (g.lister) Halt(g.lister);
+        g.lister = nullptr;
         for (uint32_t f : g.slots) {
           if (!table_.active(f)) continue;
           table_.Set(f, SourceTable::State::kRetired);
@@ -428,6 +507,11 @@ std::vector<uint32_t> SourceSupervisor::Retire(
         }
       }
       table_.Set(slot, SourceTable::State::kRetired);
+      if (slot >= pool_begin_ && slot < pool_end_) draining_.push_back(slot);
+      // Local: nothing of its own reads it. Remote: its lister does.
+      if (table_.specs[slot].kind != SourceSpec::Kind::kSsh) {
+        table_.status[slot]->released.store(true);
+      }
       out.push_back(slot);
       continue;
     }
@@ -443,11 +527,14 @@ std::vector<uint32_t> SourceSupervisor::Add(
     const SourcePlan& plan, std::map<std::string, PositionSet> carried) {
   carried_ = std::move(carried);
   std::vector<uint32_t> out;
+  // Every slot of the plan first: a glob's files take theirs below.
   for (const auto& [slot, spec] : plan.add) {
-    if (slot != pool_next_) {
+    uint32_t taken = 0;
+    if (!TakeSlot(&taken) || taken != slot) {
       throw std::logic_error("SourcePlan out of date");
     }
-    ++pool_next_;
+  }
+  for (const auto& [slot, spec] : plan.add) {
     table_.specs[slot] = spec;
     table_.labels[slot] = LabelsOf(spec);
     table_.config_index[slot] = slot;
@@ -494,6 +581,7 @@ void SourceSupervisor::Listed(size_t k, std::vector<std::string> paths) {
 std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
   std::vector<uint32_t> added;
   if (stopping_) return added;
+  Reap();
   std::map<size_t, std::vector<std::string>> listed;
   {
     std::lock_guard lock(listed_mutex_);
@@ -559,21 +647,25 @@ std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
 // A thread that cannot be created (a container's pids limit) must not end
 // the process: the rest are retried by Scan, and run inline by --once.
 void SourceSupervisor::StartThreads() {
-  while (started_ < producers_.size()) {
-    Producer* raw = producers_[started_].get();
+  for (auto& wp : workers_) {
+    Worker& w = *wp;
+    if (w.started || w.stopped) continue;
     try {
-      threads_.emplace_back([raw] { raw->Run(); });
+      w.thread = std::thread([&w] {
+        w.producer->Run();
+        if (w.releases) w.releases->released.store(true);
+        w.finished.store(true);
+      });
     } catch (const std::system_error& e) {
       if (!thread_failed_) {
         Log(LogLevel::kError, "cannot start a reader thread (" +
-                                  std::string(e.what()) + "); " +
-                                  std::to_string(producers_.size() - started_) +
-                                  " reader(s) wait and are retried");
+                                  std::string(e.what()) +
+                                  "); the readers waiting are retried");
       }
       thread_failed_ = true;
       return;
     }
-    ++started_;
+    w.started = true;
   }
   if (thread_failed_) Log(LogLevel::kInfo, "every reader thread started");
   thread_failed_ = false;
@@ -581,16 +673,41 @@ void SourceSupervisor::StartThreads() {
 
 void SourceSupervisor::Stop() {
   stopping_ = true;
-  for (auto& p : producers_) p->RequestStop();
-  for (auto& t : threads_) t.join();
-  threads_.clear();
+  for (auto& w : workers_) w->producer->RequestStop();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
 }
 
 void SourceSupervisor::RunToEnd() {
-  for (auto& t : threads_) t.join();
-  threads_.clear();
+  // A remote glob's files are known after its lister's one round; they
+  // get connections of their own (one of the host's may be done already).
+  bool remote = false;
+  for (Glob& g : globs_) {
+    if (!g.lister) continue;
+    remote = true;
+    Worker* w = worker_of_[g.lister];
+    if (w->thread.joinable()) w->thread.join();
+    if (!w->started) {
+      w->started = true;
+      w->producer->Run();
+    }
+  }
+  if (remote) {
+    ssh_.clear();
+    Scan();
+  }
+  // By index: nothing is added meanwhile, but be plain about it.
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
+  }
   // Readers without a thread of their own run here, one after the other.
-  while (started_ < producers_.size()) producers_[started_++]->Run();
+  for (auto& w : workers_) {
+    if (!w->started) {
+      w->started = true;
+      w->producer->Run();
+    }
+  }
 }
 
 }  // namespace sshtail

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -18,6 +19,13 @@
 #include "sshtail/ssh_producer.h"
 
 namespace sshtail {
+
+/// A reload that needs more pool slots than are free: it may succeed once
+/// removed sources have let theirs go (SourceSupervisor::freed()).
+class NoSlotError : public ConfigError {
+ public:
+  using ConfigError::ConfigError;
+};
 
 /// A reload's change to the configured sources: the slots that go and the
 /// specs that come, each with the pool slot it will take. Plain value type.
@@ -77,19 +85,25 @@ class SourceSupervisor {
   void KeepPositions(std::map<std::string, PositionSet> positions);
   /// Asks every reader to stop and joins them.
   void Stop();
+  /// Pool slots freed for reuse since start.
+  size_t freed() const { return freed_; }
   /// --once: waits for every reader, running those without a thread here.
   void RunToEnd();
 
   /// What turns the configured sources into `desired` (named; see
   /// ResolveNames): a source is kept only if every setting is the same.
-  /// Changes nothing. Throws ConfigError when the pool has no room left.
+  /// Changes nothing. Throws NoSlotError when the pool has no room left.
   SourcePlan Plan(const std::vector<SourceSpec>& desired) const;
+  /// Those of `desired` that run now, unchanged.
+  std::vector<SourceSpec> Running(const std::vector<SourceSpec>& desired) const;
   /// The configured sources by slot (after `plan`), for their formats: a
   /// slot that is not a configured source's (or was removed) gets an empty
   /// spec.
   std::vector<SourceSpec> ConfiguredBySlot(const SourcePlan& plan) const;
   /// Stops the readers of `slots` (configured sources; a glob's files go
-  /// with it) and marks them retired. Returns every slot retired.
+  /// with it) and marks them retired. Returns every slot retired. A retired
+  /// pool slot goes back to the pool once its reader has let it go and no
+  /// batch of it is left (Scan looks).
   std::vector<uint32_t> Retire(const std::vector<uint32_t>& slots);
   /// Starts the sources `plan` adds (at --start-at; a glob's files when
   /// found). A file whose URL is in `carried` (a source the same reload
@@ -100,6 +114,18 @@ class SourceSupervisor {
                             std::map<std::string, PositionSet> carried = {});
 
  private:
+  /// A reader's or lister's thread. Reaped (joined, destroyed) by Scan once
+  /// it was asked to stop and has returned.
+  struct Worker {
+    std::unique_ptr<Producer> producer;
+    /// A file reader's status: released when Run returns (a connection
+    /// releases its own).
+    SourceStatus* releases = nullptr;
+    std::thread thread;
+    std::atomic<bool> finished{false};
+    bool started = false;
+    bool stopped = false;
+  };
   struct Glob {
     uint32_t config = 0;  ///< its slot among the configured sources
     std::unique_ptr<PathGlob> pattern;
@@ -125,6 +151,17 @@ class SourceSupervisor {
   // room, or a new one.
   void StartSsh(uint32_t slot, bool from_start);
   void StartThreads();
+  // Owns `p` and runs it on a thread of its own (StartThreads).
+  Producer* Launch(std::unique_ptr<Producer> p, SourceStatus* releases);
+  // Asks `p` to stop; its worker is reaped once it returned.
+  void Halt(Producer* p);
+  // Joins the workers that stopped, and frees the retired pool slots that
+  // are released and idle.
+  void Reap();
+  // The next slot of the pool (a freed one first); false when spent.
+  bool TakeSlot(uint32_t* slot);
+  // The pool slots the next `n` TakeSlot calls give.
+  std::vector<uint32_t> NextSlots(size_t n) const;
   // A glob entry for configured slot `config`.
   void AddGlob(uint32_t config);
   // Glob k's lister, if it is remote and has none.
@@ -153,8 +190,12 @@ class SourceSupervisor {
   /// Glob files' slots whose path was missing, since when.
   std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
   std::chrono::steady_clock::time_point last_local_check_{};
-  uint32_t pool_next_ = 0;  ///< the pool's first unused slot
+  uint32_t pool_begin_ = 0;
+  uint32_t pool_next_ = 0;  ///< the pool's first never used slot
   uint32_t pool_end_ = 0;
+  std::set<uint32_t> free_;         ///< pool slots free again
+  std::vector<uint32_t> draining_;  ///< retired pool slots, not yet free
+  size_t freed_ = 0;
   bool warned_pool_ = false;
   /// SSH connections by SshConnectionKey, with their file counts.
   std::map<std::string, std::vector<std::pair<SshProducer*, size_t>>> ssh_;
@@ -162,9 +203,8 @@ class SourceSupervisor {
   std::map<uint32_t, Producer*> readers_;    ///< file slot -> its reader
   std::mutex listed_mutex_;
   std::map<size_t, std::vector<std::string>> listed_;  // by listed_mutex_
-  std::vector<std::unique_ptr<Producer>> producers_;
-  std::vector<std::thread> threads_;
-  size_t started_ = 0;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<Producer*, Worker*> worker_of_;
   bool thread_failed_ = false;
   bool stopping_ = false;
 };

@@ -333,7 +333,7 @@ kill "$w" 2>/dev/null
 }
 
 std::string RemoteListScript(const std::string& glob, int heartbeat_seconds,
-                             const std::string& tag) {
+                             const std::string& tag, bool once) {
   std::string word, literal;
   auto flush = [&] {
     if (!literal.empty()) word += ShellQuote(literal);
@@ -376,7 +376,9 @@ std::string RemoteListScript(const std::string& glob, int heartbeat_seconds,
   done
   printf '%s E\n' "$t" || exit 0
 )SH";
-  s += "  sleep " + std::to_string(std::max(1, heartbeat_seconds)) + "\n";
+  s += once
+           ? "  exit 0\n"
+           : "  sleep " + std::to_string(std::max(1, heartbeat_seconds)) + "\n";
   s += "done\n";
   return s;
 }

@@ -32,6 +32,16 @@ void SshConnection::Run() {
     s->ref.status->up.store(false);
   }
   Disconnect();
+  // Nothing of this connection touches its sources any more.
+  std::vector<SourceStatus*> done;
+  for (auto& s : streams_) done.push_back(s->ref.status);
+  streams_.clear();
+  {
+    std::lock_guard lock(inbox_mutex_);
+    for (const auto& r : inbox_) done.push_back(r.status);
+    inbox_.clear();
+  }
+  for (SourceStatus* st : done) st->released.store(true);
 }
 
 void SshConnection::AddStream(const SshSourceRef& r) {
@@ -55,15 +65,23 @@ void SshConnection::TakeInbox() {
     in.swap(inbox_);
     gone.swap(removed_);
   }
+  std::vector<SourceStatus*> released;
   for (uint32_t index : gone) {
     // Its channels close with it (ChannelPtr): the remote readers end.
     std::erase_if(streams_, [&](const std::unique_ptr<Stream>& s) {
       if (s->ref.index != index) return false;
       s->ref.status->up.store(false);
+      released.push_back(s->ref.status);
       return true;
     });
-    std::erase_if(in, [&](const SshSourceRef& r) { return r.index == index; });
+    std::erase_if(in, [&](const SshSourceRef& r) {
+      if (r.index != index) return false;
+      released.push_back(r.status);
+      return true;
+    });
   }
+  // Only once its stream is gone: the slot may be reused.
+  for (SourceStatus* st : released) st->released.store(true);
   for (const auto& r : in) {
     AddStream(r);
     streams_.back()->retry_at = Clock::now();
@@ -79,15 +97,8 @@ bool SshConnection::AllDone() const {
 }
 
 bool SshConnection::WaitUntil(Clock::time_point t) {
-  for (;;) {
-    if (stop_.load()) return false;
-    auto now = Clock::now();
-    if (now >= t) return true;
-    int ms = static_cast<int>(
-        std::chrono::duration_cast<milliseconds>(t - now).count() + 1);
-    struct pollfd p = {stop_fd_.get(), POLLIN, 0};
-    ::poll(&p, 1, ms);
-  }
+  return HandshakeGate::Instance().WaitToRetry(server_, t, stop_fd_.get(),
+                                               stop_);
 }
 
 void SshConnection::Count(Stream& s, const std::string& reason) {
@@ -126,7 +137,7 @@ void SshConnection::Disconnect() {
 }
 
 bool SshConnection::Connect(Failure* f) {
-  SessionPtr s = OpenSession(so_, target_, stop_fd_.get(), &stop_, f);
+  SessionPtr s = OpenSession(so_, target_, stop_fd_.get(), &stop_, f, &server_);
   if (!s) return false;
   EventPtr ev(ssh_event_new());
   ssh_event_add_session(ev.get(), s.get());

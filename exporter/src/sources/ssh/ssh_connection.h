@@ -75,6 +75,8 @@ class SshConnection : public SshProducer {
   void TakeInbox();
   bool AllDone() const;
   // Sleeps until `t` or a stop request; false if stopped.
+  // Waits for the next connect: `t`, or sooner when another session to
+  // the server authenticated (HandshakeGate::Up). False on stop.
   bool WaitUntil(Clock::time_point t);
   void Count(Stream& s, const std::string& reason);
   void ConnectionFailed(const Failure& f);
@@ -180,6 +182,7 @@ class SshConnection : public SshProducer {
   Clock::time_point next_connect_{};
   milliseconds backoff_{0};
   std::string last_failure_;
+  std::string server_;      // HandshakeGate's key, once known
   bool no_answer_ = false;  // a channel request timed out; see Serve()
   // Not zeroed: only the bytes a read fills are touched (250 connections
   // would otherwise hold 16 MiB of zeros).

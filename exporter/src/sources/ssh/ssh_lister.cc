@@ -27,10 +27,12 @@ constexpr size_t kMaxLine = 4096 + 64;
 class SshLister : public Producer {
  public:
   SshLister(const SourceSpec& glob, const SshOptions& so, size_t max_paths,
-            ListingRound on_round)
+            SourceStatus* status, bool once, ListingRound on_round)
       : so_(so),
         glob_(PathGlob(glob.path).glob()),
         max_paths_(max_paths),
+        status_(status),
+        once_(once),
         on_round_(std::move(on_round)),
         sudo_(glob.sudo),
         target_(TargetOf(glob, so)) {
@@ -51,8 +53,15 @@ class SshLister : public Producer {
     while (!stop_.load()) {
       Failure f;
       auto began = Clock::now();
-      if (Serve(&f)) continue;  // stopped
-      if (stop_.load()) break;
+      bool ended = Serve(&f);  // stopped, or --once's round taken
+      status_->up.store(false);
+      if (ended || stop_.load()) break;
+      status_->CountFailure(f.reason);
+      if (once_) {
+        Log(LogLevel::kError,
+            "ssh " + target_.label + ": listing " + glob_ + ": " + f.message);
+        break;
+      }
       if (Clock::now() - began > std::chrono::seconds(60)) {
         backoff = milliseconds(0);
       }
@@ -63,16 +72,12 @@ class SshLister : public Producer {
         last_failure_ = f.reason;
       }
       backoff = NextBackoff(backoff, so_.max_backoff);
-      Wait(Jitter(backoff));
+      HandshakeGate::Instance().WaitToRetry(
+          server_, Clock::now() + Jitter(backoff), stop_fd_.get(), stop_);
     }
   }
 
  private:
-  void Wait(milliseconds d) {
-    struct pollfd p = {stop_fd_.get(), POLLIN, 0};
-    ::poll(&p, 1, static_cast<int>(d.count()));
-  }
-
   static int OnStop(socket_t fd, int, void*) {
     uint64_t v;
     [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
@@ -81,11 +86,12 @@ class SshLister : public Producer {
 
   // One session: list until it fails (false, `f` filled) or a stop (true).
   bool Serve(Failure* f) {
-    SessionPtr session = OpenSession(so_, target_, stop_fd_.get(), &stop_, f);
+    SessionPtr session =
+        OpenSession(so_, target_, stop_fd_.get(), &stop_, f, &server_);
     if (!session) return stop_.load();
     ChannelPtr ch(ssh_channel_new(session.get()));
     std::string tag = RandomTag();
-    std::string script = RemoteListScript(glob_, hb_, tag);
+    std::string script = RemoteListScript(glob_, hb_, tag, once_);
     if (!ch || ssh_channel_open_session(ch.get()) != SSH_OK ||
         !StartRemoteScript(ch.get(), sudo_, script)) {
       std::string e = ssh_get_error(session.get());
@@ -97,6 +103,8 @@ class SshLister : public Producer {
       Log(LogLevel::kInfo, "ssh " + target_.label + ": listing again");
       last_failure_.clear();
     }
+    status_->up.store(true);
+    status_->connected_once.store(true);
     EventPtr ev(ssh_event_new());
     ssh_event_add_session(ev.get(), session.get());
     ssh_event_add_fd(ev.get(), stop_fd_.get(), POLLIN, &SshLister::OnStop,
@@ -140,6 +148,7 @@ class SshLister : public Producer {
           if (!overlong && line == end_line) {
             on_round_(std::move(round));
             round.clear();
+            if (once_) return true;
           } else if (!overlong && line.rfind(f_prefix, 0) == 0 &&
                      round.size() < max_paths_) {
             round.push_back(line.substr(f_prefix.size()));
@@ -166,6 +175,8 @@ class SshLister : public Producer {
   const SshOptions so_;
   const std::string glob_;
   const size_t max_paths_;
+  SourceStatus* const status_;
+  const bool once_;
   ListingRound on_round_;
   const bool sudo_;
   const SessionTarget target_;
@@ -173,15 +184,16 @@ class SshLister : public Producer {
   UniqueFd stop_fd_;
   std::atomic<bool> stop_{false};
   std::string last_failure_;
+  std::string server_;  // HandshakeGate's key, once known
 };
 
 }  // namespace
 
 std::unique_ptr<Producer> MakeSshLister(const SourceSpec& glob,
                                         const SshOptions& options,
-                                        size_t max_paths,
-                                        ListingRound on_round) {
-  return std::make_unique<SshLister>(glob, options, max_paths,
+                                        size_t max_paths, SourceStatus* status,
+                                        bool once, ListingRound on_round) {
+  return std::make_unique<SshLister>(glob, options, max_paths, status, once,
                                      std::move(on_round));
 }
 

@@ -274,7 +274,8 @@ void InitLibssh() {
 }
 
 SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
-                       int stop_fd, const std::atomic<bool>* stop, Failure* f) {
+                       int stop_fd, const std::atomic<bool>* stop, Failure* f,
+                       std::string* server) {
   SessionPtr s(ssh_new());
   if (!s) {
     *f = {"internal", "cannot allocate an SSH session"};
@@ -298,6 +299,8 @@ SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
       "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
   ssh_options_set(ss, SSH_OPTIONS_CIPHERS_C_S, ciphers);
   ssh_options_set(ss, SSH_OPTIONS_CIPHERS_S_C, ciphers);
+  // Only when asked: unset, a host's Compression in ~/.ssh/config decides.
+  if (so.compression) ssh_options_set(ss, SSH_OPTIONS_COMPRESSION, "yes");
   // Explicit options above win over ~/.ssh/config, as with OpenSSH.
   if (so.config_file == "none") {
     int no = 0;
@@ -318,8 +321,10 @@ SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
   int strict = 1;
   ssh_options_set(ss, SSH_OPTIONS_STRICTHOSTKEYCHECK, &strict);
   AdjustProxyCommand(ss, so);
-  HandshakeGate::Slot slot = HandshakeGate::Instance().Enter(
-      ServerOf(ss, t), so.max_handshakes_per_host, *stop);
+  std::string to = ServerOf(ss, t);
+  if (server) *server = to;
+  HandshakeGate::Slot slot =
+      HandshakeGate::Instance().Enter(to, so.max_handshakes_per_host, *stop);
   if (!slot) {
     *f = {"stopped", "stopped"};
     return nullptr;
@@ -340,6 +345,7 @@ SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
                       "~/.ssh was accepted)"};
     return nullptr;
   }
+  HandshakeGate::Instance().Up(to);
   return s;
 }
 

@@ -67,9 +67,11 @@ bool StartRemoteScript(ssh_channel ch, bool sudo, const std::string& script);
 
 /// Connects, checks the host key and authenticates. Returns null with
 /// `*f` filled on failure. Returns early (reason "stopped") once `stop_fd`
-/// (an eventfd) becomes readable or `*stop` is set.
+/// (an eventfd) becomes readable or `*stop` is set. `*server` (if given)
+/// gets the server it went to (HandshakeGate's key), once it is known.
 SessionPtr OpenSession(const SshOptions& so, const SessionTarget& t,
-                       int stop_fd, const std::atomic<bool>* stop, Failure* f);
+                       int stop_fd, const std::atomic<bool>* stop, Failure* f,
+                       std::string* server = nullptr);
 
 /// Once per process, before the first session: ssh_init(), and children
 /// forked by libssh (ProxyCommand/ProxyJump) start with no blocked signals
