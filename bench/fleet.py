@@ -115,15 +115,14 @@ class Fleet:
         the listener; nothing of the sessions is left to load the machine."""
         pid = self.sshd.proc.pid
         os.kill(pid, signal.SIGSTOP)
+        # By parent and by user, never by a listed pid: one that ended may
+        # name another process by the time it is signalled (a listing of
+        # this many short-lived processes once killed an unrelated one).
         for _ in range(20):
-            kids = bench.descendants(pid)
-            if not kids:
+            if not bench.descendants(pid):
                 break
-            for k in kids:
-                try:
-                    os.kill(k, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            subprocess.run(['pkill', '-KILL', '-P', str(pid)], capture_output=True)
+            subprocess.run(['pkill', '-KILL', '-u', self.sshd.user], capture_output=True)
             time.sleep(0.1)
         self.sshd.stop()
         subprocess.run(['pkill', '-KILL', '-u', self.sshd.user], capture_output=True)

@@ -443,9 +443,21 @@ class Sshd:
         self.frozen = [p for p in self.frozen if p not in pids]
 
     def kill_sessions(self):
-        """Ends every session this sshd serves (its per-connection children)."""
-        if self.proc and self.proc.poll() is None:
-            subprocess.run(['pkill', '-KILL', '-P', str(self.proc.pid)], capture_output=True)
+        """Ends every session this sshd serves: the per-connection monitors
+        and, first, what runs under them (the user's sshd keeps a connection
+        up on its own for a while when only its monitor dies)."""
+        if not (self.proc and self.proc.poll() is None):
+            return
+        mine = ('sshd', 'sh', 'tail', 'sleep', 'dd', 'od', 'stat', 'gzip', 'cat', 'sudo')
+        for pid in reversed(self.session_pids()):
+            try:
+                with open('/proc/%d/comm' % pid) as f:
+                    if f.read().strip() not in mine:
+                        continue  # ended, and the number went elsewhere
+                os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        subprocess.run(['pkill', '-KILL', '-P', str(self.proc.pid)], capture_output=True)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

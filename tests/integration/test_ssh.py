@@ -3,6 +3,7 @@ writer appends at 20k lines/s through connection kills, sshd restarts,
 rotations and exporter restarts; host-key trust; injection; failures."""
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -364,6 +365,49 @@ def test_connections_to_one_host_wait_their_turn():
     assert exp.stop() == 0
 
 
+def test_a_host_back_brings_all_its_connections_back():
+    """Eight connections to one host wait out backoffs of 8-16 s while it
+    is down. When it is back, a new source's connection gets in at once,
+    and that wakes the eight: all are up within 6 s, not at the end of
+    each one's backoff (without the wake-up, all eight within 6 s happens
+    about once in 250 runs)."""
+    d = harness.tmpdir()
+    sshd = harness.Sshd(d)
+    paths = [os.path.join(d, 'b%d.log' % i) for i in range(9)]
+    for p in paths:
+        open(p, 'w').close()
+    conf = os.path.join(d, 'config.yml')
+
+    def write_conf(n):
+        with open(conf + '.tmp', 'w') as f:
+            f.write('sources:\n' + ''.join('  - %s\n' % sshd.url(p) for p in paths[:n]))
+        os.rename(conf + '.tmp', conf)
+    write_conf(8)
+    exp = harness.Exporter(['--format', 'timed', '--ssh.files-per-connection', '1',
+                            '--ssh.max-backoff', '16s', '--config', conf] +
+                           sshd.exporter_args(), d)
+    src = lambda p: '127.0.0.1:' + p  # noqa: E731
+    harness.wait_for(lambda: exp.value('sshtail_source_up') == 8, 30, 0.1, 'all 8 up')
+    port = sshd.port
+    sshd.stop()
+    # Five failures each: the next waits are drawn from 8-16 s.
+    harness.wait_for(lambda: all(exp.value("sshtail_ssh_reconnects_total", source=src(p)) >= 5
+                                 for p in paths[:8]), 60, 0.2, 'backoffs of 8 s and more')
+    sshd.start(port)
+    back = time.monotonic()
+    write_conf(9)
+    exp.proc.send_signal(signal.SIGHUP)
+    harness.wait_for(lambda: exp.value('sshtail_source_up') == 9, 30, 0.05, 'all 9 up')
+    took = time.monotonic() - back
+    print('  all up %.1f s after the host was back' % took)
+    assert took < 6, 'all up %.1f s after the host was back' % took
+    lines, truth = harness.generate(100, 'timed', seed=124)
+    with open(paths[3], 'a') as f:
+        f.write('\n'.join(lines) + '\n')
+    check_prefix(exp, src(paths[3]), 100, 124)
+    assert exp.stop() == 0
+
+
 def test_compression_only_when_asked():
     """--ssh.compression: the bytes on the wire, counted by a relay in front
     of sshd, are a fraction of the log's; without it, more than the log.
@@ -480,5 +524,6 @@ if __name__ == '__main__':
                   test_host_keys_strict, test_wrong_key_dns_refused_missing_reasons,
                   test_path_injection_reads_the_literal_file, test_fifty_sources_every_line,
                   test_connections_to_one_host_wait_their_turn,
+                  test_a_host_back_brings_all_its_connections_back,
                   test_compression_only_when_asked,
                   test_ssh_config_alias_and_agent, test_sudo_for_root_only_logs])
