@@ -100,6 +100,15 @@ std::string HtmlEscape(const std::string& s) {
 
 }  // namespace
 
+std::unique_ptr<InventoryWatch> Watch(const Options& o) {
+  std::vector<std::string> files = o.sources_files;
+  if (!o.config_file.empty()) files.push_back(o.config_file);
+  if (files.empty()) return nullptr;
+  auto w = std::make_unique<InventoryWatch>(std::move(files));
+  w->Changed();  // what was read now
+  return w;
+}
+
 // The configured sources and the inventory's targets, named; the
 // inventory's SSH targets take --ssh.sudo as configured ones do.
 std::vector<SourceSpec> WithInventory(const Options& o,
@@ -134,20 +143,20 @@ Exporter::Impl::Impl(Options o)
       options(Loaded(std::move(o))),
       // The state file needs each source's batches in order, one at a
       // time (see BatchQueue); without it any consumer takes any batch.
+      // So does handing a host over to another replica.
       queue(options.queue_batches,
-            !options.state_file.empty() && !options.once),
+            (!options.state_file.empty() || options.shard_count > 1) &&
+                !options.once),
       self(table, queue),
       store(self.overflow(), options.max_series_total) {
+  ClaimAtStart();
   for (size_t i = 0; i < options.sources.size(); ++i) {
     const SourceSpec& spec = options.sources[i];
     table.Add(
         spec, LabelsOf(spec), static_cast<uint32_t>(i),
         spec.glob ? SourceTable::State::kGlob : SourceTable::State::kActive);
   }
-  if (!options.sources_files.empty() && !options.once) {
-    watch = std::make_unique<InventoryWatch>(options.sources_files);
-    watch->Changed();  // what was read now
-  }
+  if (!options.once) watch = Watch(options);
   supervisor = std::make_unique<SourceSupervisor>(options, table, queue);
   // SelfMetrics was built before `table` was filled: it keeps a reference
   // and reads it at scrape time only.
@@ -171,36 +180,50 @@ Exporter::Impl::Impl(Options o)
   expire_every = ExpireInterval(defs.all);
   // --once reads every source from its start and must not move the
   // daemon's positions (it may share the config file).
+  SavedState saved;
+  int64_t saved_at_ns = 0;
   if (!options.positions_file.empty() && !options.once) {
     positions = std::make_unique<PositionsFile>(options.positions_file);
     state_file = std::make_unique<StateFile>(options.positions_file);
     keep_values = !options.state_file.empty();
     // When it was saved: files rotated after that hold only new lines.
     struct stat st {};
-    int64_t saved_at_ns =
+    saved_at_ns =
         ::stat(options.positions_file.c_str(), &st) == 0
             ? int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec
             : 0;
     std::string problem;
-    SavedState saved = state_file->Load(&problem);
+    saved = state_file->Load(&problem);
     if (!problem.empty()) {
       Log(LogLevel::kWarn,
           "state file " + options.positions_file + " not used: " + problem);
     }
-    std::set<std::string> saved_urls;
-    for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
-    supervisor->ExpandGlobs(saved_urls,
-                            saved.sources.empty() ? 0 : saved_at_ns);
-    for (size_t i = 0; i < table.size(); ++i) {
-      if (!table.active(i)) continue;
-      auto it = saved.sources.find(table.specs[i].url);
-      if (it != saved.sources.end()) {
-        table.status[i]->positions.Restore(it->second.positions, saved_at_ns);
-      }
+  }
+  // A host another replica followed after this one's own save resumes
+  // where that one left it, values and all.
+  SavedState handed;
+  std::map<std::string, int64_t> handed_at;
+  if (shard) {
+    handed = HandedOver(start_claim, saved.sources.empty() ? -1 : saved_at_ns,
+                        &handed_at);
+    DropSources(&saved, handed);
+  }
+  std::set<std::string> saved_urls;
+  for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
+  for (const auto& kv : handed.sources) saved_urls.insert(kv.first);
+  supervisor->ExpandGlobs(saved_urls, saved.sources.empty() ? 0 : saved_at_ns);
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (!table.active(i)) continue;
+    const std::string& url = table.specs[i].url;
+    if (auto it = handed.sources.find(url); it != handed.sources.end()) {
+      table.status[i]->positions.Restore(it->second.positions, handed_at[url]);
+    } else if (auto own = saved.sources.find(url); own != saved.sources.end()) {
+      table.status[i]->positions.Restore(own->second.positions, saved_at_ns);
     }
-    if (keep_values) RestoreValues(saved);
-  } else {
-    supervisor->ExpandGlobs({}, 0);
+  }
+  if (keep_values) RestoreValues(saved, options.positions_file);
+  if (!handed.sources.empty()) {
+    RestoreValues(handed, "the shard directory " + options.shard_dir);
   }
   // Every source's counters exist from the start, at 0.
   for (uint32_t i = 0; i < table.size(); ++i) {
@@ -314,6 +337,10 @@ void Exporter::Impl::StopAll() {
   for (auto& t : consumers) t.join();
   consumers.clear();
   SavePositions();
+  // Every line read is counted now: the next follower of each host (this
+  // replica restarted, or another after a rescale) resumes exactly here.
+  std::lock_guard lock(reload_mutex);
+  HandOverAll();
 }
 
 bool Exporter::Impl::Ready() const {

@@ -26,6 +26,7 @@
 #include "config/inventory.h"
 #include "metrics/self_metrics.h"
 #include "sources/path_glob.h"
+#include "sources/shard.h"
 #include "sources/source_table.h"
 #include "sources/supervisor.h"
 #include "sshtail/backfill.h"
@@ -49,6 +50,9 @@ namespace sshtail {
 RuleContext ContextFor(const Options& o);
 /// How often idle series are looked for.
 std::chrono::milliseconds ExpireInterval(const RuleSetDef& defs);
+/// Watches the inventory files and the config file (a ConfigMap changes
+/// it in place): a change reloads. Null if there is neither.
+std::unique_ptr<InventoryWatch> Watch(const Options& o);
 /// The configured sources and the inventory's targets, named.
 std::vector<SourceSpec> WithInventory(const Options& o,
                                       std::vector<SourceSpec> sources);
@@ -68,7 +72,30 @@ struct Exporter::Impl {
 
   // The saved values of sources still configured under the same URL and
   // name; metrics whose definition changed start from zero (as on reload).
-  void RestoreValues(const SavedState& saved);
+  // `from` names where they come from, for the log.
+  void RestoreValues(const SavedState& saved, const std::string& from);
+
+  // Sharding (exporter_shard.cc). Before the table is filled: the sources
+  // of the hosts this replica holds (--shard.count > 1).
+  void ClaimAtStart();
+  // The states other replicas left for `keys` (written after
+  // `newer_than_ns`); `at_ns` gets each source's file time.
+  SavedState HandedOver(const std::vector<std::string>& keys,
+                        int64_t newer_than_ns,
+                        std::map<std::string, int64_t>* at_ns);
+  // Removes from `saved` the sources of `by`, with their series.
+  static void DropSources(SavedState* saved, const SavedState& by);
+  // Writes the state of `key`'s `slots` for the next replica.
+  void HandOver(const std::string& key, const std::vector<uint32_t>& slots);
+  // Hands over the hosts `keys` a reload lets go (their retired slots
+  // among `gone`); each lock goes once the host's readers have stopped.
+  void LetGo(const std::vector<std::string>& keys,
+             const std::vector<uint32_t>& gone);
+  void ReleaseLetGo();
+  // At exit, after every reader stopped: the state of every host held.
+  void HandOverAll();
+  // sshtail_shard_* from the keeper.
+  void ShowShard();
 
   // Sources whose position is saved; stdin and syslog have none, so their
   // values cannot be continued exactly and are not saved either.
@@ -118,7 +145,8 @@ struct Exporter::Impl {
 
   // Stops the sources a reload removed and drops their series, then starts
   // the new ones. The rules that know the new sources' formats are in.
-  void ChangeSources(const SourcePlan& plan, size_t total);
+  void ChangeSources(const SourcePlan& plan, size_t total,
+                     const ShardClaim* claim = nullptr);
   // Drops the series, self-metrics and format of retired slots `gone`
   // (`coming`: names of sources about to start, whose overflow series
   // stay). Returns their committed positions by URL.
@@ -160,6 +188,13 @@ struct Exporter::Impl {
   /// A reload refused for want of slots is tried again once some are
   /// freed (a removed source's slot frees a moment after the reload).
   std::optional<size_t> retry_when_freed_past;  // guarded by reload_mutex
+  std::unique_ptr<ShardKeeper> shard;           // guarded by reload_mutex
+  std::vector<std::string> start_claim;         // hosts held from the start
+  struct LettingGo {
+    std::string key;
+    std::vector<uint32_t> slots;
+  };
+  std::vector<LettingGo> letting_go;  // guarded by reload_mutex
   std::chrono::milliseconds expire_every{10000};
   mutable std::atomic<size_t> last_exposition_size{0};
 };

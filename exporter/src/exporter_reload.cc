@@ -27,9 +27,24 @@ bool Exporter::Impl::Reload(std::string* error) {
       next.format = fresh.format;
       next.formats = fresh.formats;
       next.sources_files = fresh.sources_files;
+      next.shard_count = fresh.shard_count;
       desired = fresh.sources;
     }
     desired = WithInventory(next, std::move(desired));
+    // Sharded: only the hosts this replica holds (their locks are taken
+    // now, and given back below if the reload fails).
+    std::optional<ShardClaim> claim;
+    if (shard) {
+      claim = shard->Claim(desired, next.shard_count);
+      desired = claim->sources;
+    }
+    struct AbortClaim {
+      ShardKeeper* keeper;
+      std::optional<ShardClaim>* claim;
+      ~AbortClaim() {
+        if (keeper && *claim) keeper->Abort(**claim);
+      }
+    } abort_claim{shard.get(), &claim};
     SourcePlan plan;
     std::string waits;
     try {
@@ -37,6 +52,8 @@ bool Exporter::Impl::Reload(std::string* error) {
     } catch (const NoSlotError& e) {
       // The room may come from the sources this change removes: they go
       // now, the new ones come once their slots are free (tried again).
+      // Sharded, a host is taken whole or not at all.
+      if (claim) throw;
       plan = supervisor->Plan(supervisor->Running(desired));
       if (plan.remove.empty()) throw;
       waits = e.what();
@@ -54,13 +71,19 @@ bool Exporter::Impl::Reload(std::string* error) {
     options.format = next.format;
     options.formats = next.formats;
     expire_every = ExpireInterval(defs.all);
-    if (!plan.empty()) ChangeSources(plan, desired.size());
+    if (!plan.empty() || (claim && !claim->lost.empty())) {
+      ChangeSources(plan, desired.size(), claim ? &*claim : nullptr);
+    }
+    if (claim) {
+      shard->Commit(*claim);
+      shard->SetCount(next.shard_count);
+      options.shard_count = next.shard_count;
+      abort_claim.keeper = nullptr;
+      ShowShard();
+    }
     if (next.sources_files != options.sources_files) {
       options.sources_files = next.sources_files;
-      watch = options.sources_files.empty()
-                  ? nullptr
-                  : std::make_unique<InventoryWatch>(options.sources_files);
-      if (watch) watch->Changed();
+      watch = Watch(options);
     }
     if (!waits.empty()) {
       retry_when_freed_past = supervisor->freed();
@@ -87,12 +110,25 @@ bool Exporter::Impl::Reload(std::string* error) {
   }
 }
 
-void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total) {
+void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total,
+                                   const ShardClaim* claim) {
   std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
+  // Hosts let go: their state is written before their series go.
+  if (claim) LetGo(claim->lost, gone);
   std::set<std::string> coming;
   for (const auto& [slot, spec] : plan.add) coming.insert(spec.name);
-  for (uint32_t slot : supervisor->Add(plan, Forget(gone, coming))) {
+  std::map<std::string, PositionSet> carried = Forget(gone, coming);
+  // Hosts taken: where the last replica left them, values and all.
+  SavedState handed;
+  if (claim) {
+    handed = HandedOver(claim->gained, -1, nullptr);
+    for (const auto& [url, st] : handed.sources) carried[url] = st.positions;
+  }
+  for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
     self.counters(slot);
+  }
+  if (!handed.sources.empty()) {
+    RestoreValues(handed, "the shard directory " + options.shard_dir);
   }
   Log(LogLevel::kInfo,
       "sources: " + std::to_string(plan.add.size()) + " added, " +
@@ -138,6 +174,11 @@ void Exporter::Impl::Tick() {
     changed = watch && watch->Changed();
     changed |=
         retry_when_freed_past && supervisor->freed() > *retry_when_freed_past;
+    if (shard) {
+      ReleaseLetGo();
+      changed |= shard->TryWaiting();
+      ShowShard();
+    }
   }
   if (changed) {
     std::string e;

@@ -13,7 +13,8 @@ std::string Exporter::Impl::Identity(const std::string& name,
   return file.empty() ? name : name + '\n' + file;
 }
 
-void Exporter::Impl::RestoreValues(const SavedState& saved) {
+void Exporter::Impl::RestoreValues(const SavedState& saved,
+                                   const std::string& from) {
   std::map<std::string, uint32_t> index;  // Identity -> runtime index
   std::set<std::string> names;
   for (uint32_t i = 0; i < table.size(); ++i) {
@@ -77,9 +78,8 @@ void Exporter::Impl::RestoreValues(const SavedState& saved) {
   }
   if (saved.version == StateFile::kVersion) {
     Log(LogLevel::kInfo,
-        "state restored from " + options.positions_file + ": " +
-            std::to_string(restored.size()) + " metric(s), " +
-            std::to_string(series) + " series" +
+        "state restored from " + from + ": " + std::to_string(restored.size()) +
+            " metric(s), " + std::to_string(series) + " series" +
             (changed ? "; " + std::to_string(changed) +
                            " redefined metric(s) start from zero"
                      : std::string()));

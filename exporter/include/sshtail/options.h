@@ -77,6 +77,12 @@ struct Options {
   int ssh_max_handshakes_per_host = 4;  ///< 0: no bound
   bool ssh_compression = false;
 
+  /// Replicas that share the sources (1: no sharding); this one's index
+  /// (-1: `auto`, from the host name); the directory they all share.
+  int shard_count = 1;
+  int shard_index = -1;
+  std::string shard_dir;
+
   std::vector<std::string> args;  ///< the command line, to reload the config
 };
 

@@ -1,6 +1,7 @@
 #include "sshtail/options.h"
 
 #include <prometheus/check_names.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +15,7 @@
 
 #include "config/yaml_file.h"
 #include "sources/path_glob.h"
+#include "sources/shard.h"
 #include "sshtail/rules.h"
 
 #ifndef SSHTAIL_VERSION
@@ -308,6 +310,37 @@ std::vector<Flag> Flags(Options* o) {
       "config)",
       [o](const std::string& v, const std::string&) {
         o->ssh_sudo = ParseBool("ssh.sudo", v);
+      });
+  add("shard.count", Kind::kValue, "N",
+      "replicas that share the sources, each host followed by one of them "
+      "(default: 1, no sharding); reloadable",
+      [o](const std::string& v, const std::string&) {
+        size_t n = ParseSize("shard.count", v);
+        if (n < 1 || n > 1000) {
+          throw std::invalid_argument("--shard.count: 1 to 1000");
+        }
+        o->shard_count = static_cast<int>(n);
+      });
+  add("shard.index", Kind::kValue, "I",
+      "this replica's index, 0 to count-1, or 'auto': the number ending the "
+      "host name, as in a StatefulSet's pod sshtail-2 (default: auto)",
+      [o](const std::string& v, const std::string&) {
+        if (v == "auto") {
+          o->shard_index = -1;
+          return;
+        }
+        if (v.empty() || v.size() > 4 ||
+            v.find_first_not_of("0123456789") != std::string::npos) {
+          throw std::invalid_argument(
+              "--shard.index: expected 0, 1, ... or auto, got '" + v + "'");
+        }
+        o->shard_index = std::stoi(v);
+      });
+  add("shard.dir", Kind::kValue, "DIR",
+      "directory every replica shares: a lock per host, and the state a "
+      "host's follower leaves for the next one",
+      [o](const std::string& v, const std::string& base) {
+        o->shard_dir = Resolve(v, base);
       });
   add("ssh.compression", Kind::kBool, "",
       "ask for zlib compression (zlib@openssh.com) on every SSH connection, "
@@ -702,6 +735,35 @@ ParseResult Parse(int argc, const char* const argv[], Options* o,
             "file also holds the positions): give one of them");
       }
       o->positions_file = o->state_file;
+    }
+    if (o->shard_count > 1) {
+      if (o->shard_dir.empty()) {
+        throw std::invalid_argument(
+            "--shard.count " + std::to_string(o->shard_count) +
+            " needs --shard.dir, a directory every replica shares (a host's "
+            "state moves through it with the host)");
+      }
+      if (o->once) {
+        throw std::invalid_argument(
+            "--once reads every source once; --shard.count is for replicas "
+            "of the daemon");
+      }
+      if (o->shard_index < 0) {
+        char host[256] = {};
+        ::gethostname(host, sizeof host - 1);
+        o->shard_index = ShardKeeper::IndexFromHostname(host);
+        if (o->shard_index < 0) {
+          throw std::invalid_argument(
+              "--shard.index auto: the host name '" + std::string(host) +
+              "' does not end in -<number> (as a StatefulSet's pods do); "
+              "give --shard.index");
+        }
+      }
+      if (o->shard_index >= o->shard_count) {
+        throw std::invalid_argument(
+            "--shard.index " + std::to_string(o->shard_index) +
+            " is not below --shard.count " + std::to_string(o->shard_count));
+      }
     }
     if (o->sources.empty() && o->sources_files.empty() && !o->check_config) {
       throw std::invalid_argument(

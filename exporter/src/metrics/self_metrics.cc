@@ -106,6 +106,29 @@ const SourceCounters& SelfMetrics::counters(uint32_t source) {
       .first->second;
 }
 
+void SelfMetrics::SetShard(int index, int count, size_t followed,
+                           size_t waiting) {
+  if (!shard_index_) {
+    auto gauge = [&](const char* name, const char* help) {
+      return &prometheus::BuildGauge().Name(name).Help(help).Register(
+          *registry_);
+    };
+    shard_index_ =
+        &gauge("sshtail_shard_index", "This replica's index.")->Add({});
+    shard_count_ =
+        &gauge("sshtail_shard_count", "Replicas sharing the sources.")->Add({});
+    auto* hosts = gauge("sshtail_shard_hosts",
+                        "Hosts this replica follows, and those hashed here "
+                        "that another replica still holds.");
+    shard_followed_ = &hosts->Add({{"state", "followed"}});
+    shard_waiting_ = &hosts->Add({{"state", "waiting"}});
+  }
+  shard_index_->Set(index);
+  shard_count_->Set(count);
+  shard_followed_->Set(static_cast<double>(followed));
+  shard_waiting_->Set(static_cast<double>(waiting));
+}
+
 void SelfMetrics::Remove(uint32_t source) {
   std::lock_guard lock(mutex_);
   auto it = counters_.find(source);

@@ -46,6 +46,11 @@ class SelfMetrics : public prometheus::Collectable {
   prometheus::Gauge& reload_ok() { return *reload_ok_; }
   prometheus::Gauge& reload_time() { return *reload_time_; }
   prometheus::Counter& reloads_failed() { return *reloads_failed_; }
+  /// Sharded replicas only (the families appear at the first call): this
+  /// replica's index, the count, the hosts it follows and those it waits
+  /// for (hashed here, still held by another replica). One caller at a
+  /// time (the exporter's reload mutex).
+  void SetShard(int index, int count, size_t followed, size_t waiting);
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
@@ -62,6 +67,10 @@ class SelfMetrics : public prometheus::Collectable {
   prometheus::Gauge* reload_ok_;
   prometheus::Gauge* reload_time_;
   prometheus::Counter* reloads_failed_;
+  prometheus::Gauge* shard_index_ = nullptr;
+  prometheus::Gauge* shard_count_ = nullptr;
+  prometheus::Gauge* shard_followed_ = nullptr;
+  prometheus::Gauge* shard_waiting_ = nullptr;
 };
 
 }  // namespace sshtail

@@ -87,6 +87,12 @@ class SourceSupervisor {
   void Stop();
   /// Pool slots freed for reuse since start.
   size_t freed() const { return freed_; }
+  /// A retired slot's reader will not touch its source again (it stopped,
+  /// or dropped the file); true for a slot that is not retired.
+  bool Released(uint32_t slot) const {
+    if (table_.state(slot) != SourceTable::State::kRetired) return true;
+    return !table_.status[slot] || table_.status[slot]->released.load();
+  }
   /// --once: waits for every reader, running those without a thread here.
   void RunToEnd();
 
