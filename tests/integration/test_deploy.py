@@ -3,7 +3,8 @@ stage has a package for every library the binary links, the Kubernetes
 sidecar shares the log and its format with the exporter (and that nginx
 config really produces lines the exporter parses), the systemd unit's
 sandbox lets the exporter write what the example config makes it write, and
-scripts/demo runs end to end."""
+scripts/demo runs end to end. The sharded StatefulSet runs as replicas of
+the binary, each with its pod's host name, sharing hosts of a real sshd."""
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import shlex
 import shutil
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -22,6 +24,7 @@ BIN = os.path.abspath(harness.BIN)
 EXAMPLE_CONFIG = os.path.join(SRC, 'deploy', 'sshtail.yml')
 DOCKERFILE = os.path.join(SRC, 'Dockerfile')
 SIDECAR = os.path.join(SRC, 'deploy', 'kubernetes', 'sidecar.yaml')
+STATEFULSET = os.path.join(SRC, 'deploy', 'kubernetes', 'statefulset.yaml')
 UNIT = os.path.join(SRC, 'deploy', 'systemd', 'sshtail_exporter.service')
 DEMO = os.path.join(SRC, 'scripts', 'demo')
 
@@ -579,6 +582,527 @@ def test_kubernetes_sidecar():
         run_sidecar_nginx_conf(conf, fmt)
 
 
+# ----------------------------------------------------- Kubernetes, sharded
+
+def k8s_docs(path):
+    yaml = yaml_module()
+    with open(path) as f:
+        return [x for x in yaml.safe_load_all(f) if x]
+
+
+def config_value(cfg, dotted):
+    """A setting of the exporter's config file, written `a.b: v` or nested."""
+    if dotted in cfg:
+        return cfg[dotted]
+    cur = cfg
+    for part in dotted.split('.'):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def set_config_value(cfg, dotted, value):
+    if dotted in cfg or '.' not in dotted:
+        cfg[dotted] = value
+        return
+    head, rest = dotted.split('.', 1)
+    if isinstance(cfg.get(head), dict):
+        set_config_value(cfg[head], rest, value)
+    else:
+        cfg[dotted] = value
+
+
+def mount_or_none(container, path):
+    try:
+        return mount_of(container, path)
+    except AssertionError:
+        return None
+
+
+def relabel(labels, configs):
+    """Prometheus' relabeling (replace, keep, drop) of a target's labels;
+    None if it is dropped. Takes the Prometheus Operator's spelling too
+    (sourceLabels, targetLabel)."""
+    out = dict(labels)
+    for c in configs:
+        src = c.get('source_labels', c.get('sourceLabels', []))
+        value = c.get('separator', ';').join(out.get(l, '') for l in src)
+        m = re.fullmatch(c.get('regex', '(.*)'), value)
+        action = c.get('action', 'replace').lower()
+        if action == 'keep' and not m:
+            return None
+        if action == 'drop' and m:
+            return None
+        if action == 'replace' and m:
+            target = c.get('target_label', c.get('targetLabel'))
+            repl = re.sub(r'\$\{?(\w+)\}?', r'\\g<\1>', c.get('replacement', '$1'))
+            new = m.expand(repl)
+            if new:
+                out[target] = new
+            else:
+                out.pop(target, None)
+    return out
+
+
+def write_configmap_volume(directory, data, mode=0o644):
+    """Writes `data` ({key: text}) into `directory` as the kubelet fills a
+    configMap or secret volume, and updates it as the kubelet does: the
+    files go into a new timestamped directory, a new `..data` symlink to it
+    is renamed over the old one, and every key is a symlink through
+    `..data`. A watched key thus becomes another file (inode) at once."""
+    os.makedirs(directory, exist_ok=True)
+    stamp = '..%s.%d' % (time.strftime('%Y_%m_%d_%H_%M_%S'), time.monotonic_ns())
+    os.mkdir(os.path.join(directory, stamp))
+    for k, v in data.items():
+        path = os.path.join(directory, stamp, k)
+        with open(path, 'w') as f:
+            f.write(v)
+        os.chmod(path, mode)
+    link = os.path.join(directory, '..data')
+    old = os.readlink(link) if os.path.islink(link) else None
+    os.symlink(stamp, link + '_tmp')
+    os.rename(link + '_tmp', link)
+    for k in data:
+        if not os.path.lexists(os.path.join(directory, k)):
+            os.symlink(os.path.join('..data', k), os.path.join(directory, k))
+    if old:
+        shutil.rmtree(os.path.join(directory, old))
+
+
+def uts_namespaces_work():
+    r = subprocess.run(['unshare', '--uts', 'sh', '-c', 'hostname sshtail-0 && hostname'],
+                       capture_output=True, text=True)
+    return r.returncode == 0 and r.stdout.strip() == 'sshtail-0'
+
+
+def pod_command(pod, argv, uts):
+    """`argv` as the StatefulSet's pod `pod` runs it: its host name is the
+    pod's name, in a UTS namespace of its own, so that `--shard.index auto`
+    reads it with gethostname(). Without namespaces (`uts` False) the index
+    is given explicitly instead."""
+    if uts:
+        return ['unshare', '--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', pod] + argv
+    argv = list(argv)
+    i = argv.index('--shard.index')
+    argv[i + 1] = pod.rsplit('-', 1)[1]
+    return argv
+
+
+class Pod(harness.Exporter):
+    """A replica of the StatefulSet: the binary with the container's args,
+    under the pod's host name (harness.Exporter's start otherwise)."""
+
+    def __init__(self, pod, args, workdir, uts):
+        self.workdir = workdir
+        self.addr_file = os.path.join(workdir, pod + '.addr')
+        self.log_path = os.path.join(workdir, pod + '.log')
+        if os.path.exists(self.addr_file):
+            os.unlink(self.addr_file)
+        self.args = pod_command(pod, [BIN, '--web.listen-address', '127.0.0.1:0',
+                                      '--web.listen-address-file', self.addr_file] + list(args),
+                                uts)
+        self.log = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        harness._cleanups.append(self.kill)
+        harness.wait_for(lambda: os.path.exists(self.addr_file) or self.proc.poll() is not None,
+                         30, what='%s to listen' % pod)
+        if self.proc.poll() is not None:
+            raise AssertionError('%s exited with %s:\n%s' % (pod, self.proc.returncode, self.logs()))
+        with open(self.addr_file) as f:
+            self.address = f.read().strip()
+        self.url = 'http://%s' % self.address
+
+
+def check_statefulset_scrape_configs(by_kind, pod_labels, svc):
+    """The ServiceMonitor selects the headless service and names each
+    target after its pod; the plain scrape config (a ConfigMap snippet)
+    passes promtool and keeps the replicas, one target each, with the pod's
+    name as `instance`."""
+    yaml = yaml_module()
+    sms = by_kind['ServiceMonitor']
+    assert len(sms) == 1, sms
+    sm = sms[0]
+    assert sm['apiVersion'] == 'monitoring.coreos.com/v1'
+    ml = sm['spec']['selector']['matchLabels']
+    assert ml and all(svc['metadata']['labels'].get(k) == v for k, v in ml.items()), ml
+    eps = [e for e in sm['spec']['endpoints'] if e.get('port') == 'metrics']
+    assert eps, sm['spec']
+    got = relabel({'__meta_kubernetes_pod_name': 'sshtail-1', 'instance': '10.1.2.3:9923',
+                   '__address__': '10.1.2.3:9923'}, eps[0].get('relabelings', []))
+    assert got and got['instance'] == 'sshtail-1', ('ServiceMonitor: instance is not the pod', got)
+
+    snippets = [(c, k, v) for c in by_kind['ConfigMap'] for k, v in c.get('data', {}).items()
+                if 'scrape_configs' in v]
+    assert len(snippets) == 1, 'no scrape config snippet (or several)'
+    text = snippets[0][2]
+    jobs = yaml.safe_load(text)['scrape_configs']
+    assert len(jobs) == 1, jobs
+    job = jobs[0]
+    sds = job['kubernetes_sd_configs']
+    assert sds and all(s['role'] in ('pod', 'endpoints') for s in sds), sds
+
+    def meta(pod, labels, port_name, port):
+        m = {'__address__': '10.1.2.3:%d' % port, '__meta_kubernetes_pod_name': pod,
+             '__meta_kubernetes_namespace': 'monitoring',
+             '__meta_kubernetes_pod_container_port_name': port_name,
+             '__meta_kubernetes_pod_container_port_number': str(port),
+             '__meta_kubernetes_endpoint_port_name': port_name,
+             '__meta_kubernetes_service_name': svc['metadata']['name']}
+        for k, v in labels.items():
+            m['__meta_kubernetes_pod_label_' + re.sub(r'[^a-zA-Z0-9_]', '_', k)] = v
+        return m
+    kept = relabel(meta('sshtail-2', pod_labels, 'metrics', 9923), job.get('relabel_configs', []))
+    assert kept and kept['instance'] == 'sshtail-2', kept
+    other = relabel(meta('web-7f9c', {'app.kubernetes.io/name': 'web'}, 'metrics', 9923),
+                    job.get('relabel_configs', []))
+    assert other is None, ('the scrape config keeps pods that are not replicas', other)
+    if shutil.which('promtool'):
+        d = harness.tmpdir()
+        path = harness.write_file(d, 'prometheus.yml', text)
+        r = subprocess.run(['promtool', 'check', 'config', '--syntax-only', path],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0 and 'field kubernetes_sd_configs not found' in r.stdout + r.stderr:
+            # Debian's Prometheus is built without Kubernetes discovery:
+            # check the rest of the job (relabeling) with a static target.
+            print('note: this promtool has no kubernetes_sd_configs (Debian builds it '
+                  'without); checking the job with static_configs instead', flush=True)
+            job = dict(job)
+            job.pop('kubernetes_sd_configs')
+            job['static_configs'] = [{'targets': ['10.1.2.3:9923']}]
+            harness.write_file(d, 'prometheus.yml', yaml.safe_dump({'scrape_configs': [job]}))
+            r = subprocess.run(['promtool', 'check', 'config', '--syntax-only', path],
+                               capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        print('note: no promtool; the scrape config snippet is not checked by it', flush=True)
+
+
+def test_kubernetes_statefulset():
+    yaml = yaml_module()
+    if yaml is None:
+        return
+    import test_shard  # the exporter's rendezvous hashing, its writer and overlap check
+    by_kind = {}
+    for x in k8s_docs(STATEFULSET):
+        by_kind.setdefault(x['kind'], []).append(x)
+    for k in ('ConfigMap', 'Secret', 'Service', 'StatefulSet', 'PersistentVolumeClaim',
+              'ServiceMonitor'):
+        assert k in by_kind, 'no %s in %s' % (k, STATEFULSET)
+    assert len(by_kind['StatefulSet']) == 1
+    sts = by_kind['StatefulSet'][0]
+    name = sts['metadata']['name']
+    spec = sts['spec']
+    pod = spec['template']
+    pspec = pod['spec']
+    pod_labels = pod['metadata']['labels']
+    assert all(pod_labels.get(k) == v for k, v in spec['selector']['matchLabels'].items())
+    assert spec.get('podManagementPolicy') == 'Parallel', spec.get('podManagementPolicy')
+    replicas = spec['replicas']
+    assert replicas >= 2, replicas
+
+    # The headless service the StatefulSet names, selecting its pods.
+    svcs = {s['metadata']['name']: s for s in by_kind['Service']}
+    assert spec['serviceName'] in svcs, (spec['serviceName'], list(svcs))
+    svc = svcs[spec['serviceName']]
+    assert svc['spec'].get('clusterIP') == 'None', 'the service is not headless'
+    sel = svc['spec']['selector']
+    assert sel and all(pod_labels.get(k) == v for k, v in sel.items()), sel
+    svc_ports = {p['name']: p for p in svc['spec']['ports']}
+    assert svc_ports['metrics']['port'] == 9923, svc_ports
+    assert svc_ports['metrics'].get('targetPort', 9923) in ('metrics', 9923), svc_ports
+
+    exps = [c for c in pspec['containers'] if 'sshtail' in c['image']]
+    assert len(exps) == 1, [c['name'] for c in pspec['containers']]
+    exp = exps[0]
+    args = exp.get('command', [])[1:] + exp.get('args', [])
+    assert flag_value(args, '--shard.index') == 'auto', args
+    assert flag_value(args, '--shard.count') is None, \
+        'a --shard.count flag wins over the ConfigMap: the count would not reload'
+    assert not exporter_sources(args), 'sources belong in the inventory every replica reads'
+    volumes = {v['name']: v for v in pspec.get('volumes', [])}
+    templates = {t['metadata']['name']: t for t in spec.get('volumeClaimTemplates', [])}
+    pvcs = {p['metadata']['name']: p for p in by_kind['PersistentVolumeClaim']}
+    mounts = {m['name']: m for m in exp['volumeMounts']}
+    for m in exp['volumeMounts']:
+        assert m['name'] in volumes or m['name'] in templates, m
+
+    # --shard.dir on the claim every replica shares (RWX); --state-file on
+    # the replica's own claim.
+    shard_dir = flag_value(args, '--shard.dir')
+    assert shard_dir, args
+    shard_vol, _ = mount_of(exp, shard_dir)
+    assert 'persistentVolumeClaim' in volumes.get(shard_vol, {}), \
+        '--shard.dir %s is not on a shared claim (%s)' % (shard_dir, shard_vol)
+    claim = volumes[shard_vol]['persistentVolumeClaim']['claimName']
+    assert claim in pvcs, (claim, list(pvcs))
+    assert pvcs[claim]['spec']['accessModes'] == ['ReadWriteMany'], pvcs[claim]['spec']
+    state = flag_value(args, '--state-file')
+    assert state, args
+    state_vol, _ = mount_of(exp, state)
+    assert state_vol in templates and state_vol not in volumes, \
+        '--state-file %s is not on a per-replica volumeClaimTemplate' % state
+    assert 'ReadWriteOnce' in templates[state_vol]['spec']['accessModes']
+    for v in (shard_vol, state_vol):
+        assert not mounts[v].get('readOnly'), '%s is written by the exporter' % v
+
+    # The config: from a ConfigMap mounted as a directory (a subPath mount
+    # never sees an update), shard.count equal to the replicas.
+    config = flag_value(args, '--config')
+    assert config, args
+    cm_vol, cm_key = mount_of(exp, config)
+    assert 'configMap' in volumes[cm_vol], volumes[cm_vol]
+    assert 'subPath' not in mounts[cm_vol], 'a subPath mount of a ConfigMap is never updated'
+    cms = {c['metadata']['name']: c for c in by_kind['ConfigMap']}
+    cm = cms[volumes[cm_vol]['configMap']['name']]
+    cfg = yaml.safe_load(cm['data'][cm_key])
+    assert config_value(cfg, 'shard.count') == replicas, (config_value(cfg, 'shard.count'), replicas)
+    inventories = config_value(cfg, 'sources_files') or []
+    assert inventories, 'no sources_files in %s' % cm_key
+    inv_keys = []
+    for f in inventories:
+        v, k = mount_of(exp, f)
+        assert v == cm_vol and k in cm['data'], (f, 'not in the ConfigMap')
+        inv_keys.append(k)
+        groups = yaml.safe_load(cm['data'][k])
+        assert groups and all(g['targets'] for g in groups), groups
+        for g in groups:
+            assert g['labels'].get('__path__', '').startswith('/'), g
+    listen = config_value(cfg, 'web.listen-address') or flag_value(args, '--web.listen-address')
+    assert listen is None or listen.endswith(':9923'), listen
+
+    # SSH: the key and known_hosts from the Secret; host keys are checked.
+    assert not config_value(cfg, 'ssh.accept-new-host-keys'), \
+        'accept-new-host-keys: each replica would trust hosts anew after every move'
+    secrets = {s['metadata']['name']: s for s in by_kind['Secret']}
+    secret_keys = {}
+    for setting in ('ssh.identity-file', 'ssh.known-hosts'):
+        paths = config_value(cfg, setting)
+        assert paths, setting
+        for p in paths if isinstance(paths, list) else [paths]:
+            v, k = mount_of(exp, p)
+            assert 'secret' in volumes[v], (setting, p, 'not from a Secret')
+            sec = secrets[volumes[v]['secret']['secretName']]
+            assert k in dict(sec.get('stringData', {}), **sec.get('data', {})), (k, 'not in the Secret')
+            mode = volumes[v]['secret'].get('defaultMode', 0o644)
+            assert mode & 0o007 == 0, 'the SSH key is readable by every user: %o' % mode
+            secret_keys[setting] = (v, k)
+    ssh_config = config_value(cfg, 'ssh.config')
+    ssh_config_key = None
+    if ssh_config and ssh_config != 'none':
+        v, ssh_config_key = mount_of(exp, ssh_config)
+        assert v == cm_vol and ssh_config_key in cm['data'], ssh_config
+
+    # Non-root, read-only root, resources, probes on the named port.
+    psc = pspec.get('securityContext', {})
+    sc = dict(psc)
+    sc.update(exp.get('securityContext', {}))
+    assert sc.get('runAsNonRoot') is True and sc.get('runAsUser', 1) != 0, sc
+    assert sc.get('readOnlyRootFilesystem') is True, sc
+    assert sc.get('allowPrivilegeEscalation') is False, sc
+    mode = volumes[secret_keys['ssh.identity-file'][0]]['secret'].get('defaultMode', 0o644)
+    assert mode & 0o004 or (mode & 0o040 and psc.get('fsGroup') == sc.get('runAsGroup')), \
+        'the exporter\'s user cannot read the SSH key (mode %o, fsGroup %s)' % (mode, psc.get('fsGroup'))
+    res = exp['resources']
+    assert {'cpu', 'memory'} <= set(res['requests']) and {'cpu', 'memory'} <= set(res['limits'])
+    ports = {p['name']: p['containerPort'] for p in exp['ports']}
+    assert ports.get('metrics') == 9923, ports
+    assert exp['livenessProbe']['httpGet']['path'] == '/-/healthy'
+    assert exp['readinessProbe']['httpGet']['path'] == '/-/ready'
+    for probe in ('livenessProbe', 'readinessProbe'):
+        assert exp[probe]['httpGet']['port'] in ('metrics', 9923), exp[probe]
+    grace = pspec.get('terminationGracePeriodSeconds', 30)
+    assert grace >= 30, grace
+    # Scraped once: a generic annotation job besides the ServiceMonitor or
+    # the scrape config would count every request twice in the dashboards.
+    for meta in (pod['metadata'], svc['metadata']):
+        assert 'prometheus.io/scrape' not in meta.get('annotations', {}), meta
+    check_statefulset_scrape_configs(by_kind, pod_labels, svc)
+
+    # ---- Run it: the replicas, their volumes in a temp dir.
+    uts = uts_namespaces_work()
+    if not uts:
+        print('note: unshare --uts does not work here; --shard.index is given explicitly',
+              flush=True)
+    d = harness.tmpdir()
+
+    def host_dir(vol, ordinal):
+        if vol in templates:  # <template>-<statefulset>-<ordinal>, as Kubernetes names it
+            return os.path.join(d, 'pvc', '%s-%s-%d' % (vol, name, ordinal))
+        if 'persistentVolumeClaim' in volumes[vol]:
+            return os.path.join(d, 'pvc', volumes[vol]['persistentVolumeClaim']['claimName'])
+        return os.path.join(d, 'vol', vol)
+
+    def remap(path, ordinal=None):
+        vol, rel = mount_of(exp, path)
+        assert ordinal is not None or vol not in templates, \
+            '%s is on a per-replica volume but in the shared config' % path
+        return os.path.normpath(os.path.join(host_dir(vol, ordinal), rel))
+
+    def remap_tree(x):
+        if isinstance(x, dict):
+            return {k: remap_tree(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [remap_tree(v) for v in x]
+        if isinstance(x, str) and x.startswith('/') and mount_or_none(exp, x):
+            return remap(x)
+        return x
+
+    def pod_args(ordinal):
+        out, i = [], 0
+        while i < len(args):
+            a = args[i]
+            if a == '--web.listen-address':  # Pod listens on a free port
+                i += 2
+                continue
+            out.append(remap(a, ordinal) if a.startswith('/') else a)
+            i += 1
+        return out
+
+    for v in list(volumes) + list(templates):
+        for o in range(replicas):
+            os.makedirs(host_dir(v, o), exist_ok=True)
+    live_cfg = remap_tree(cfg)
+
+    def configmap(count, test_data):
+        set_config_value(live_cfg, 'shard.count', count)
+        data = dict(cm['data'])
+        data[cm_key] = yaml.safe_dump(live_cfg)
+        data.update(test_data)
+        write_configmap_volume(host_dir(cm_vol, None), data)
+
+    # The shipped ConfigMap as is passes --check-config as pod 0.
+    configmap(replicas, {})
+    sec_vol = secret_keys['ssh.identity-file'][0]
+    write_configmap_volume(host_dir(sec_vol, None), {
+        secret_keys['ssh.identity-file'][1]: 'placeholder\n',
+        secret_keys['ssh.known-hosts'][1]: '# placeholder\n'}, mode=0o440)
+    r = subprocess.run(pod_command('%s-0' % name, [BIN, '--check-config'] + pod_args(0), uts),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+    # A real sshd as the fleet: HOSTS hosts (aliases of ssh_config), FILES
+    # logs each, an inventory group per log.
+    HOSTS, FILES = 9, 2
+    sshd = harness.Sshd(d)
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    os.chmod(logs, 0o755)
+    hosts = ['web%d' % h for h in range(HOSTS)]
+    files, groups = [], []
+    for h in hosts:
+        for k in range(FILES):
+            p = os.path.join(logs, '%s-%d.access.log' % (h, k))
+            open(p, 'w').close()
+            os.chmod(p, 0o644)
+            files.append(p)
+            groups.append({'targets': [h], 'labels': {'env': 'test', '__path__': p}})
+    host_of = {p: os.path.basename(p).split('-')[0] for p in files}
+    fleet = {inv_keys[0]: yaml.safe_dump(groups)}
+    for k in inv_keys[1:]:
+        fleet[k] = '[]\n'
+    if ssh_config_key:
+        fleet[ssh_config_key] = ''.join(
+            'Host %s\n  HostName 127.0.0.1\n  Port %d\n  User %s\n' % (h, sshd.port, sshd.user)
+            for h in hosts)
+    with open(sshd.key) as f:
+        key = f.read()
+    with open(sshd.known_hosts) as f:
+        known = f.read()
+    write_configmap_volume(host_dir(sec_vol, None), {secret_keys['ssh.identity-file'][1]: key,
+                                                     secret_keys['ssh.known-hosts'][1]: known},
+                           mode=0o440)
+    configmap(replicas, fleet)
+
+    pods = {}
+
+    def start(o):
+        pods[o] = Pod('%s-%d' % (name, o), pod_args(o), d, uts)
+
+    def followed():
+        out = {}
+        for o, p in list(pods.items()):
+            for dd, v in promtext.select(p.metrics(), 'sshtail_source_up'):
+                if v == 1:
+                    out.setdefault(dd['file'], set()).add(o)
+        return out
+
+    def settled(count):
+        f = followed()
+        return (len(f) == len(files) and
+                all(r == {test_shard.owner(host_of[p], count)} for p, r in f.items()))
+
+    t0 = time.monotonic()
+    for o in range(replicas):
+        start(o)
+    harness.wait_for(lambda: settled(replicas), 30, 0.2,
+                     '%d replicas, every file followed by its one owner' % replicas)
+    for o, p in pods.items():
+        m = p.metrics()
+        assert promtext.total(m, 'sshtail_shard_index') == o, (o, p.logs())
+        assert promtext.total(m, 'sshtail_shard_count') == replicas
+    assert len({test_shard.owner(h, replicas) for h in hosts}) == replicas, 'a replica has no host'
+    print('  %d replicas follow %d files on %d hosts (%.1fs)'
+          % (replicas, len(files), HOSTS, time.monotonic() - t0), flush=True)
+
+    lines, _ = harness.generate(6000, 'timed', seed=77)
+    w = test_shard.Writer(files, lines, rate=400)
+    w.start()
+    mon = test_shard.Overlap(pods)
+    mon.start()
+    time.sleep(1.5)
+
+    # Scale down as the header says: the ConfigMap first, then the pod goes
+    # (kubectl scale: SIGTERM). Its hosts are handed over at exit.
+    last = replicas - 1
+    configmap(last, fleet)
+    harness.wait_for(lambda: all(promtext.total(pods[o].metrics(), 'sshtail_shard_count') == last
+                                 for o in range(last)), 15, 0.2, 'the new count in every pod')
+    t = time.monotonic()
+    gone = pods.pop(last)
+    assert gone.stop(timeout=grace) == 0, gone.logs()
+    stop_s = time.monotonic() - t
+    harness.wait_for(lambda: settled(last), 30, 0.2, '%d replicas after the scale-down' % last)
+    print('  scaled down to %d: pod %s-%d stopped in %.1fs, its hosts taken over in %.1fs'
+          % (last, name, last, stop_s, time.monotonic() - t), flush=True)
+    time.sleep(1.5)
+
+    # And up again: the pod comes back with its own state volume; the hosts
+    # it had are resumed from their newer handed-over state.
+    t = time.monotonic()
+    configmap(replicas, fleet)
+    start(last)
+    harness.wait_for(lambda: settled(replicas), 30, 0.2, '%d replicas after the scale-up' % replicas)
+    print('  scaled up to %d in %.1fs' % (replicas, time.monotonic() - t), flush=True)
+    time.sleep(1)
+    w.stop.set()
+    w.join(10)
+    mon.finish()
+    written = w.written
+    assert written > 1000, written
+
+    def total():
+        return sum(promtext.total(p.metrics(), 'sshtail_lines_total') for p in pods.values())
+    harness.wait_for(lambda: total() >= written, 30, 0.2, '%d lines counted' % written)
+    time.sleep(1)
+    ms = [p.metrics() for p in pods.values()]
+    assert sum(promtext.total(m, 'sshtail_lines_total') for m in ms) == written
+    for k, p in enumerate(files):
+        got = sum(promtext.total(m, 'sshtail_lines_total', file=p) for m in ms)
+        assert got == w.per_file[k], (p, got, w.per_file[k])
+    _, truth = harness.generate(written, 'timed', seed=77)
+    got = {}
+    for m in ms:
+        for dd, v in promtext.select(m, 'nginx_http_requests_total'):
+            key = '%s %s' % (dd['method'], dd['status'])
+            got[key] = got.get(key, 0) + int(v)
+    assert got == truth['by_method_status'], (got, truth['by_method_status'])
+    assert sum(promtext.total(m, 'sshtail_lines_unmatched_total') for m in ms) == 0
+    print('  %d lines written, counted once across the replicas' % written, flush=True)
+    for o, p in pods.items():
+        assert p.stop(timeout=grace) == 0, p.logs()
+
+
 # ------------------------------------------------------------------ systemd
 
 def read_unit(path):
@@ -691,4 +1215,5 @@ def test_demo_runs_and_shows_traffic():
 
 if __name__ == '__main__':
     harness.main([test_example_config_passes_check_config, test_dockerfile_runtime_stage,
-                  test_kubernetes_sidecar, test_systemd_unit, test_demo_runs_and_shows_traffic])
+                  test_kubernetes_sidecar, test_kubernetes_statefulset, test_systemd_unit,
+                  test_demo_runs_and_shows_traffic])

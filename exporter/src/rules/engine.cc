@@ -84,6 +84,8 @@ bool ParsePlain(std::string_view s, double* out) {
     *out = frac > 0 ? v / kPow10[frac] : v;
     return true;
   }
+  // nginx's "-" (no upstream, no value): the common case of a failure.
+  if (s.size() == 1 && s[0] == '-') return false;
   const char* b = s.data();
   const char* e = b + s.size();
   if (*b == '+') ++b;
@@ -358,6 +360,10 @@ struct Evaluator::Impl {
     const CompiledGroup* def;
     Cache cache;
     size_t cache_bytes = 0;
+    // The last line's key and entry: most lines repeat the label values of
+    // the one before (GET 200), and then the key's hash is not needed.
+    std::string last_key;
+    Entry* last = nullptr;
   };
   struct RuleRt {
     const CompiledRule* def;
@@ -521,8 +527,13 @@ struct Evaluator::Impl {
       key.append(t.data(), t.size());
       key.push_back('\0');
     }
+    if (g.last != nullptr && key == g.last_key) return g.last;
     auto it = g.cache.find(std::string_view(key));
-    if (it != g.cache.end()) return it->second.get();
+    if (it != g.cache.end()) {
+      g.last_key = key;
+      g.last = it->second.get();
+      return g.last;
+    }
     if (g.cache.size() >= kMaxCachedKeys || g.cache_bytes >= kMaxCachedBytes) {
       Flush();
       g.cache.clear();
@@ -546,6 +557,8 @@ struct Evaluator::Impl {
     g.cache_bytes += 2 * key.size() + sizeof(Entry) + 64;
     for (const auto& [k, v] : raw->labels) g.cache_bytes += k.size() + v.size();
     g.cache.emplace(key, std::move(e));
+    g.last_key = key;
+    g.last = raw;
     return raw;
   }
 
