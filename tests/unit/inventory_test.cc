@@ -7,23 +7,10 @@
 #include <string>
 
 #include "sshtail/rules.h"
+#include "test_util.h"
 
 namespace sshtail {
 namespace {
-
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/sshtail-inventory-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string Write(const std::string& name, const std::string& text) const {
-    std::string p = path + "/" + name;
-    std::ofstream(p) << text;
-    return p;
-  }
-  std::string path;
-};
 
 std::string ErrorOf(const std::string& file) {
   try {

@@ -1,27 +1,16 @@
 // Which replica follows which host, and the locks that keep a host with one.
 #include "sources/shard.h"
 
-#include <stdlib.h>
-
 #include <catch2/catch.hpp>
-#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "sshtail/rules.h"
+#include "test_util.h"
 
 namespace sshtail {
 namespace {
-
-struct ShardDir {
-  ShardDir() {
-    char tmpl[] = "/tmp/sshtail-shard-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~ShardDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string path;
-};
 
 SourceSpec Ssh(const std::string& host, const std::string& path) {
   return ParseSourceUrl("ssh://" + host + path);
@@ -73,7 +62,7 @@ TEST_CASE("index from a StatefulSet pod's host name", "[shard]") {
 
 TEST_CASE("a host is held by one replica; the next takes it once let go",
           "[shard]") {
-  ShardDir d;
+  TempDir d;
   std::vector<SourceSpec> desired;
   for (int h = 0; h < 40; ++h) {
     std::string host = "web" + std::to_string(h);
@@ -113,7 +102,7 @@ TEST_CASE("a host is held by one replica; the next takes it once let go",
 }
 
 TEST_CASE("an aborted claim gives its locks back", "[shard]") {
-  ShardDir d;
+  TempDir d;
   std::vector<SourceSpec> desired = {Ssh("web1", "/a.log")};
   ShardKeeper a(d.path, 0, 1), b(d.path, 0, 1);
   ShardClaim ca = a.Claim(desired, 1);

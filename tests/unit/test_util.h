@@ -2,8 +2,11 @@
 
 #include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
+#include <stdlib.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,6 +17,24 @@
 #include "sshtail/rules.h"
 
 namespace sshtail {
+
+/// A fresh directory under /tmp, removed with everything in it.
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/sshtail-unit-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  /// Writes `text` to `name` in it; returns the path.
+  std::string Write(const std::string& name, const std::string& text) const {
+    std::string p = path + "/" + name;
+    std::ofstream(p) << text;
+    return p;
+  }
+  std::string path;
+};
 
 /// `lines` (each without '\n') as one batch of `source`.
 inline LineBatch MakeBatch(const std::vector<std::string>& lines,
