@@ -129,6 +129,7 @@ std::vector<SourceSpec> WithInventory(const Options& o,
 }
 
 void CheckConfig(const Options& given) {
+  CheckShardIndex(given);
   Options options = given;
   options.sources = WithInventory(given, given.sources);
   // Compiled as for matching, so what passes here also loads.
@@ -206,8 +207,7 @@ Exporter::Impl::Impl(Options o)
   SavedState handed;
   std::map<std::string, int64_t> handed_at;
   if (shard) {
-    handed = HandedOver(start_claim, saved.sources.empty() ? -1 : saved_at_ns,
-                        &handed_at);
+    handed = HandedOver(start_claim, &saved, saved_at_ns, &handed_at);
     DropSources(&saved, handed);
   }
   std::set<std::string> saved_urls;

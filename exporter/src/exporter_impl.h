@@ -50,6 +50,9 @@ namespace sshtail {
 RuleContext ContextFor(const Options& o);
 /// How often idle series are looked for.
 std::chrono::milliseconds ExpireInterval(const RuleSetDef& defs);
+/// --shard.index must be below --shard.count (at start; a reload that
+/// lowers the count past it leaves the replica with nothing to follow).
+void CheckShardIndex(const Options& o);
 /// Watches the inventory files and the config file (a ConfigMap changes
 /// it in place): a change reloads. Null if there is neither.
 std::unique_ptr<InventoryWatch> Watch(const Options& o);
@@ -78,19 +81,21 @@ struct Exporter::Impl {
   // Sharding (exporter_shard.cc). Before the table is filled: the sources
   // of the hosts this replica holds (--shard.count > 1).
   void ClaimAtStart();
-  // The states other replicas left for `keys` (written after
-  // `newer_than_ns`); `at_ns` gets each source's file time.
+  // The states other replicas left for `keys`: each one written after
+  // `own_at_ns`, or of a host `own` has no source of (own: this replica's
+  // saved state, may be null). `at_ns` gets each source's file time.
   SavedState HandedOver(const std::vector<std::string>& keys,
-                        int64_t newer_than_ns,
+                        const SavedState* own, int64_t own_at_ns,
                         std::map<std::string, int64_t>* at_ns);
   // Removes from `saved` the sources of `by`, with their series.
   static void DropSources(SavedState* saved, const SavedState& by);
-  // Writes the state of `key`'s `slots` for the next replica.
-  void HandOver(const std::string& key, const std::vector<uint32_t>& slots);
-  // Hands over the hosts `keys` a reload lets go (their retired slots
-  // among `gone`); each lock goes once the host's readers have stopped.
-  void LetGo(const std::vector<std::string>& keys,
-             const std::vector<uint32_t>& gone);
+  // Writes the state of each host (its slots) for the next replica, from
+  // one snapshot.
+  void HandOver(const std::map<std::string, std::vector<uint32_t>>& by_key);
+  // Hands over the hosts a reload's claim lets go (their retired slots
+  // among `gone`), forgets those gone from the inventory; each lock goes
+  // once the host's readers have stopped.
+  void LetGo(const ShardClaim& claim, const std::vector<uint32_t>& gone);
   void ReleaseLetGo();
   // At exit, after every reader stopped: the state of every host held.
   void HandOverAll();

@@ -35,6 +35,13 @@ bool Exporter::Impl::Reload(std::string* error) {
     // now, and given back below if the reload fails).
     std::optional<ShardClaim> claim;
     if (shard) {
+      if (shard->index() >= next.shard_count &&
+          shard->count() != next.shard_count) {
+        Log(LogLevel::kWarn, "shard " + std::to_string(shard->index()) +
+                                 " is past --shard.count " +
+                                 std::to_string(next.shard_count) +
+                                 ": it hands every host over and follows none");
+      }
       claim = shard->Claim(desired, next.shard_count);
       desired = claim->sources;
     }
@@ -71,7 +78,8 @@ bool Exporter::Impl::Reload(std::string* error) {
     options.format = next.format;
     options.formats = next.formats;
     expire_every = ExpireInterval(defs.all);
-    if (!plan.empty() || (claim && !claim->lost.empty())) {
+    if (!plan.empty() ||
+        (claim && (!claim->lost.empty() || !claim->dropped.empty()))) {
       ChangeSources(plan, desired.size(), claim ? &*claim : nullptr);
     }
     if (claim) {
@@ -114,14 +122,14 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total,
                                    const ShardClaim* claim) {
   std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
   // Hosts let go: their state is written before their series go.
-  if (claim) LetGo(claim->lost, gone);
+  if (claim) LetGo(*claim, gone);
   std::set<std::string> coming;
   for (const auto& [slot, spec] : plan.add) coming.insert(spec.name);
   std::map<std::string, PositionSet> carried = Forget(gone, coming);
   // Hosts taken: where the last replica left them, values and all.
   SavedState handed;
   if (claim) {
-    handed = HandedOver(claim->gained, -1, nullptr);
+    handed = HandedOver(claim->gained, nullptr, -1, nullptr);
     for (const auto& [url, st] : handed.sources) carried[url] = st.positions;
   }
   for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {

@@ -1,6 +1,7 @@
 // Sharding: which hosts this replica follows, and the state a host carries
 // from one replica to the next (sources/shard.h).
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -40,13 +41,25 @@ void Merge(SavedState* into, SavedState from) {
 }  // namespace
 
 SavedState Exporter::Impl::HandedOver(const std::vector<std::string>& keys,
-                                      int64_t newer_than_ns,
+                                      const SavedState* own, int64_t own_at_ns,
                                       std::map<std::string, int64_t>* at_ns) {
+  // Hosts this replica's own state has sources of.
+  std::set<std::string> own_keys;
+  if (own) {
+    for (const auto& [url, st] : own->sources) {
+      try {
+        own_keys.insert(ShardKeeper::KeyOf(ParseSourceUrl(url)));
+      } catch (const std::invalid_argument&) {
+      }
+    }
+  }
   SavedState out;
   for (const auto& key : keys) {
     std::string path = shard->HandOverPath(key);
     int64_t at = MtimeNs(path);
-    if (at < 0 || at <= newer_than_ns) continue;
+    if (at < 0) continue;
+    // Ours is newer: the host was followed here since it was handed over.
+    if (own_keys.count(key) && at <= own_at_ns) continue;
     std::string problem;
     SavedState st = StateFile(path).Load(&problem);
     if (!problem.empty()) {
@@ -61,8 +74,17 @@ SavedState Exporter::Impl::HandedOver(const std::vector<std::string>& keys,
   return out;
 }
 
+void CheckShardIndex(const Options& o) {
+  if (o.shard_count > 1 && o.shard_index >= o.shard_count) {
+    throw ConfigError("--shard.index " + std::to_string(o.shard_index) +
+                      " is not below --shard.count " +
+                      std::to_string(o.shard_count));
+  }
+}
+
 void Exporter::Impl::ClaimAtStart() {
   if (options.shard_count <= 1 || options.once) return;
+  CheckShardIndex(options);
   shard = std::make_unique<ShardKeeper>(options.shard_dir, options.shard_index,
                                         options.shard_count);
   ShardClaim claim = shard->Claim(options.sources, options.shard_count);
@@ -95,51 +117,93 @@ void Exporter::Impl::DropSources(SavedState* saved, const SavedState& by) {
                 [&](const SavedCounter& c) { return named(c.labels); });
 }
 
-void Exporter::Impl::HandOver(const std::string& key,
-                              const std::vector<uint32_t>& slots) {
-  std::map<std::string, SourceState> sources;
+void Exporter::Impl::HandOver(
+    const std::map<std::string, std::vector<uint32_t>>& by_key) {
+  if (by_key.empty()) return;
+  std::map<std::string, std::map<std::string, SourceState>> sources;
+  std::map<std::string, std::string> key_of_name;
   std::vector<prometheus::MetricFamily> families;
-  // Under the write lock: every batch of these sources is either in the
-  // values and the positions, or in neither (their later batches are
-  // skipped: the slots are retired, or every reader has stopped).
+  // One snapshot for every host (under the write lock: every batch of
+  // these sources is in the values and the positions, or in neither;
+  // their later batches are skipped, or every reader has stopped).
   std::vector<MetricSnapshot> metrics = store.Snapshot([&] {
-    for (uint32_t i : slots) {
-      if (!HasPosition(table.specs[i])) continue;
-      sources[table.specs[i].url] = SourceState{
-          table.specs[i].name, table.status[i]->positions.Committed()};
+    for (const auto& [key, slots] : by_key) {
+      for (uint32_t i : slots) {
+        const SourceSpec& s = table.specs[i];
+        key_of_name[s.name] = key;
+        if (!HasPosition(s)) continue;
+        sources[key][s.url] =
+            SourceState{s.name, table.status[i]->positions.Committed()};
+      }
     }
     for (auto& f : self.registry()->Collect()) {
       if (IsDurableCounter(f.name)) families.push_back(std::move(f));
     }
   });
-  std::vector<SavedCounter> counters;
+  // Split by host once: each series goes to its source's host.
+  auto key_of = [&](const prometheus::Labels& labels) -> const std::string* {
+    auto src = labels.find("source");
+    if (src == labels.end()) return nullptr;
+    auto it = key_of_name.find(src->second);
+    return it == key_of_name.end() ? nullptr : &it->second;
+  };
+  std::map<std::string, std::vector<MetricSnapshot>> metrics_of;
+  for (const auto& m : metrics) {
+    for (const auto& v : m.series) {
+      const std::string* key = key_of(v.labels);
+      if (!key) continue;
+      auto& mine = metrics_of[*key];
+      if (mine.empty() || mine.back().name != m.name) {
+        MetricSnapshot head = m;
+        head.series.clear();
+        mine.push_back(std::move(head));
+      }
+      mine.back().series.push_back(v);
+    }
+  }
+  std::map<std::string, std::vector<SavedCounter>> counters_of;
   for (const auto& f : families) {
     for (const auto& m : f.metric) {
       SavedCounter c{f.name, {}, m.counter.value};
       for (const auto& l : m.label) c.labels[l.name] = l.value;
-      counters.push_back(std::move(c));
+      if (const std::string* key = key_of(c.labels)) {
+        counters_of[*key].push_back(std::move(c));
+      }
     }
   }
-  std::string error;
-  if (!StateFile(shard->HandOverPath(key))
-           .Save(sources, metrics, counters, &error)) {
-    // The next replica resumes from the host's previous state, which is
-    // consistent too: it reads those lines again, and this replica's
-    // counts of them go with its series.
-    Log(LogLevel::kError,
-        "shard: cannot leave the state of " + key + ": " + error);
+  for (const auto& [key, slots] : by_key) {
+    std::string error;
+    if (!StateFile(shard->HandOverPath(key))
+             .Save(sources[key], metrics_of[key], counters_of[key], &error)) {
+      // The next replica resumes from the host's previous state, which is
+      // consistent too: it reads those lines again, and this replica's
+      // counts of them go with its series.
+      Log(LogLevel::kError,
+          "shard: cannot leave the state of " + key + ": " + error);
+    }
   }
 }
 
-void Exporter::Impl::LetGo(const std::vector<std::string>& keys,
+void Exporter::Impl::LetGo(const ShardClaim& claim,
                            const std::vector<uint32_t>& gone) {
-  for (const auto& key : keys) {
-    std::vector<uint32_t> slots;
-    for (uint32_t i : gone) {
-      if (ShardKeeper::KeyOf(table.specs[i]) == key) slots.push_back(i);
-    }
-    HandOver(key, slots);
-    letting_go.push_back({key, slots});
+  std::map<std::string, std::vector<uint32_t>> by_key;
+  for (const auto* keys : {&claim.lost, &claim.dropped}) {
+    for (const auto& key : *keys) by_key[key];
+  }
+  for (uint32_t i : gone) {
+    auto it = by_key.find(ShardKeeper::KeyOf(table.specs[i]));
+    if (it != by_key.end()) it->second.push_back(i);
+  }
+  std::map<std::string, std::vector<uint32_t>> moving;
+  for (const auto& key : claim.lost) moving[key] = by_key[key];
+  HandOver(moving);
+  // A host gone from the inventory is forgotten, as an unsharded source
+  // is: added again later, it starts at --start-at.
+  for (const auto& key : claim.dropped) {
+    ::unlink(shard->HandOverPath(key).c_str());
+  }
+  for (auto& [key, slots] : by_key) {
+    letting_go.push_back({key, std::move(slots)});
   }
   ReleaseLetGo();
 }
@@ -169,7 +233,7 @@ void Exporter::Impl::HandOverAll() {
     std::string key = ShardKeeper::KeyOf(table.specs[i]);
     if (!key.empty() && shard->Holds(key)) by_key[key].push_back(i);
   }
-  for (const auto& [key, slots] : by_key) HandOver(key, slots);
+  HandOver(by_key);
 }
 
 }  // namespace sshtail

@@ -109,13 +109,14 @@ UniqueFd ShardKeeper::TryLock(const std::string& key) const {
 ShardClaim ShardKeeper::Claim(const std::vector<SourceSpec>& desired,
                               int count) {
   ShardClaim claim;
-  std::set<std::string> ours, waiting;
+  std::set<std::string> ours, waiting, present;
   for (const auto& s : desired) {
     std::string key = KeyOf(s);
     if (key.empty()) {
       claim.sources.push_back(s);
       continue;
     }
+    present.insert(key);
     if (OwnerOf(key, count) != index_) continue;
     ours.insert(key);
     bool have = held_.count(key) || taking_.count(key);
@@ -135,7 +136,8 @@ ShardClaim ShardKeeper::Claim(const std::vector<SourceSpec>& desired,
   }
   claim.waiting.assign(waiting.begin(), waiting.end());
   for (const auto& [key, fd] : held_) {
-    if (!ours.count(key)) claim.lost.push_back(key);
+    if (ours.count(key)) continue;
+    (present.count(key) ? claim.lost : claim.dropped).push_back(key);
   }
   return claim;
 }

@@ -16,6 +16,7 @@ struct ShardClaim {
   std::vector<SourceSpec> sources;   ///< unsharded ones, and held hosts'
   std::vector<std::string> gained;   ///< hosts whose lock was just taken
   std::vector<std::string> lost;     ///< held hosts that hash elsewhere now
+  std::vector<std::string> dropped;  ///< held hosts no longer configured
   std::vector<std::string> waiting;  ///< ours, still locked by another
 };
 
