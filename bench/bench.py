@@ -1040,10 +1040,14 @@ def write_results(R, info, out_dir, charts_rel, quick):
             w('**%s**\n\n```sh\n%s\n```\n' % (k, '\n'.join(COMMANDS[k])))
     path = os.path.join(out_dir, 'RESULTS.md')
     text = '\n'.join(o).rstrip() + '\n'
-    # bench/fleet.py's section is its own: carried over as it was.
+    # The sections of bench/fleet.py, link.py and catchup.py are their own:
+    # carried over as they were.
     old = open(path).read() if os.path.exists(path) else ''
-    if FLEET_BEGIN in old and FLEET_END in old:
-        text += '\n' + old[old.index(FLEET_BEGIN):old.index(FLEET_END) + len(FLEET_END)] + '\n'
+    for name in ('fleet', 'link', 'catchup'):
+        begin = '<!-- bench/%s.py: begin -->' % name
+        end = '<!-- bench/%s.py: end -->' % name
+        if begin in old and end in old:
+            text += '\n' + old[old.index(begin):old.index(end) + len(end)] + '\n'
     with open(path, 'w') as f:
         f.write(text)
 

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def run_exporter(h, cfg, k, commands):
     return res
 
 
-def run_peer(h, k, commands):
+def run_peer(h, k, commands, timeout_s):
     n_src, want = len(h.names), len(h.names) * h.truth['lines']
     h.quiet()
     if not commands:
@@ -224,23 +225,37 @@ def run_peer(h, k, commands):
     remote = RemoteCpu(h.sshd.proc.pid, 0.1)
     m0 = machine_ticks()
     t0 = time.monotonic()
+    # The Popen objects stay referenced: a dropped one that still runs is
+    # reaped by subprocess's own clean-up on the next Popen, and its exit
+    # (and CPU) would be lost to wait4.
+    errs = os.path.join(bench.WORK, 'peer-stderr')
+    os.makedirs(errs, exist_ok=True)
     procs = {}
     for a in h.names:
-        procs[subprocess.Popen(h.ssh_argv(a), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE).pid] = a
-    cpu, codes, last = 0.0, {}, None
-    while procs:
-        pid, status, ru = os.wait4(-1, 0)
-        if pid not in procs:
-            continue
-        codes[procs.pop(pid)] = os.waitstatus_to_exitcode(status)
-        cpu += ru.ru_utime + ru.ru_stime
-        last = time.monotonic()
+        with open(os.path.join(errs, a + '.txt'), 'wb') as err:
+            procs[a] = subprocess.Popen(h.ssh_argv(a), stdout=subprocess.DEVNULL, stderr=err)
+    cpu, codes, last, killed = 0.0, {}, None, False
+    while len(codes) < len(procs):
+        if time.monotonic() - t0 > timeout_s and not killed:
+            killed = True
+            for a, p in procs.items():
+                if a not in codes:
+                    os.kill(p.pid, signal.SIGKILL)  # reaped below (not by Popen): a failed run
+        for a, p in procs.items():
+            if a in codes:
+                continue
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid == p.pid:
+                p.returncode = codes[a] = os.waitstatus_to_exitcode(status)
+                cpu += ru.ru_utime + ru.ru_stime
+                last = time.monotonic()
+        time.sleep(0.005)
     wall = last - t0
     m1 = machine_ticks()
     h.quiet()
     remote_s = remote.seconds()
-    bad = {a: c for a, c in codes.items() if c != 0}
+    bad = {a: '%s: %s' % (c, open(os.path.join(errs, a + '.txt'), errors='replace').read().strip()[-200:])
+           for a, c in codes.items() if c != 0}
     res = {'round': k, 'wall_s': wall, 'lines_per_s': want / wall, 'bytes_per_s': n_src * h.size / wall,
            'client_cpu_s': cpu, 'client_cpu_pct': 100.0 * cpu / wall,
            'machine_busy_pct': 200.0 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
@@ -328,9 +343,10 @@ def report(R):
         '%s %%' % fmt(med([p['machine_busy_pct'] for p in ok_p]), '%.0f') if ok_p else '-')
     row('exporter RSS at the end / peak, threads',
         '%s / %s MiB, %s' % (fmt(med([e['rss_mib'] for e in ee])), fmt(med([e['hwm_mib'] for e in ee])),
-                              med([e['threads'] for e in ee])) if ee else '-', '')
+                              fmt(med([e['threads'] for e in ee]), '%.0f')) if ee else '-', '')
     row('sources up / SSH reconnects at the end',
-        '%s / %s' % (med([e['up'] for e in ee]), med([e['reconnects'] for e in ee])) if ee else '-', '')
+        '%s / %s' % (fmt(med([e['up'] for e in ee]), '%.0f'), fmt(med([e['reconnects'] for e in ee]), '%.0f'))
+        if ee else '-', '')
     out += ['', 'Wall time of the exporter: from its start (process launch) to the end of the first '
             'scrape that counts every line (polls every %.1f s, scanning only `sshtail_lines_total`). '
             'CPU: utime+stime from /proc (the exporter) or wait4 (the ssh clients); the sshd side: every '
@@ -396,7 +412,7 @@ def main():
         for k in range(cfg['rounds']):
             log('round %d/%d (load %.2f)' % (k + 1, cfg['rounds'], os.getloadavg()[0]))
             steps = [('exporter', lambda: run_exporter(h, cfg, k, R['commands']['exporter'])),
-                     ('peer', lambda: run_peer(h, k, R['commands']['peer']))]
+                     ('peer', lambda: run_peer(h, k, R['commands']['peer'], cfg['timeout_s']))]
             for name, fn in (steps if k % 2 == 0 else steps[::-1]):
                 R[name].append(fn())
     finally:

@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -166,15 +167,23 @@ def sessions_gone(sshd, timeout=10):
 
 
 class Cmd:
-    def __init__(self, label, argv, kind, link, display):
-        self.label, self.argv, self.kind, self.link = label, argv, kind, link
-        self.display = display  # the command line as shown in RESULTS.md
+    def __init__(self, label, make, kind, link):
+        self.label, self.make, self.kind, self.link = label, make, kind, link
+        self.display = make('RELAYPORT' if link == 'slow' else None)[1]  # as shown in RESULTS.md
         self.runs = []
 
 
-def run_one(cmd, sshd, r, truth, work):
-    """One run of `cmd`: wall, rusage of its process tree, wire bytes, check."""
+def run_one(cmd, sshd, rate_bps, truth, work, timeout_s):
+    """One run of `cmd`: wall, rusage of its process tree, wire bytes, check.
+    Over the slow link, through a relay of its own: relay.py's thread can die
+    when a connection ends (a KeyError, see the report) and must not take the
+    next run with it."""
     sessions_gone(sshd)
+    r = None
+    if cmd.link == 'slow':
+        r = relay.Relay(sshd.port, rate_bps=rate_bps)
+        sshd.trust_port(r.port)
+    argv = cmd.make(r.port if r else None)[0]
     remote = RemoteCpu(sshd.proc.pid)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     down0, up0 = (r.down_bytes, r.up_bytes) if r else (0, 0)
@@ -182,12 +191,19 @@ def run_one(cmd, sshd, r, truth, work):
     sampler = Sampler(r) if r else None
     with open(out_path, 'wb') as out, open(out_path + '.err', 'wb') as err:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd.argv, stdout=out, stderr=err)
+        p = subprocess.Popen(argv, stdout=out, stderr=err)
+        # A hung run is a failed run. os.kill, not p.kill: Popen would reap
+        # the child itself (poll) and leave wait4 without it; unreaped, its
+        # pid cannot have been reused.
+        killer = threading.Timer(timeout_s, os.kill, (p.pid, signal.SIGKILL))
+        killer.start()
         try:
             _, status, ru = os.wait4(p.pid, 0)
         except BaseException:
             p.kill()
             raise
+        finally:
+            killer.cancel()
         wall = time.monotonic() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
     samples = sampler.stop() if sampler else []
@@ -201,7 +217,14 @@ def run_one(cmd, sshd, r, truth, work):
     with open(out_path + '.err', errors='replace') as f:
         errtext = f.read()
     problems = []
-    if p.returncode != 0:
+    relay_died = bool(r) and not r.is_alive()
+    if r:
+        r.stop()
+    if relay_died and p.returncode != 0:
+        problems.append('the relay thread died (relay.py)')
+    if wall >= timeout_s:
+        problems.append('killed after %.0f s' % wall)
+    elif p.returncode != 0:
         problems.append('exit %d: %s' % (p.returncode, errtext.strip()[-300:]))
     elif cmd.kind == 'exporter':
         problems = promtext.check_truth(promtext.parse(text), truth, '127.0.0.1', True)
@@ -217,6 +240,7 @@ def run_one(cmd, sshd, r, truth, work):
            if r else None,
            'down_bytes': down, 'up_bytes': up,
            'steady_Bps': steady_rate(samples, wall) if samples else None,
+           'relay_died_after': relay_died and not problems,
            'ok': not problems, 'problems': problems}
     cmd.runs.append(res)
     log('%-28s %6.2f s  %s%s' % (cmd.label, wall,
@@ -225,12 +249,12 @@ def run_one(cmd, sshd, r, truth, work):
     return res
 
 
-def rounds(cmds, n, sshd, relays, truth, work):
+def rounds(cmds, n, sshd, rate_bps, truth, work, timeout_s):
     for k in range(n):
         order = cmds if k % 2 == 0 else list(reversed(cmds))
         log('round %d/%d (load %.2f)' % (k + 1, n, os.getloadavg()[0]))
         for c in order:
-            run_one(c, sshd, relays.get(c.link), truth, work)
+            run_one(c, sshd, rate_bps, truth, work, timeout_s)
 
 
 def med(runs, key):
@@ -383,9 +407,6 @@ def main():
     failed = False
     try:
         sshd = harness.Sshd(os.path.join(work, 'sshd'))
-        slow = relay.Relay(sshd.port, rate_bps=cfg['rate_bps'])
-        sshd.trust_port(slow.port)
-        relays = {'slow': slow, 'loopback': None}
         tiny = os.path.join(work, 'tiny.log')
         with open(tiny, 'wb') as f:
             f.writelines(bench.read_lines(path, 10))
@@ -395,34 +416,36 @@ def main():
                 % (R['exporter_cipher'], CIPHER))
         R['remote_user'] = bench.remote_user(sshd)
 
-        def exporter(port, compress):
-            return ([binary, '--once', '--format', 'timed'] + (['--ssh.compression'] if compress else [])
-                    + bench.ssh_flags(sshd) + ['ssh://%s@127.0.0.1:%d%s' % (sshd.user, port, path)])
+        def exporter(compress):
+            def make(port):  # port: the relay's; None: sshd's own
+                argv = ([binary, '--once', '--format', 'timed'] +
+                        (['--ssh.compression'] if compress else []) + bench.ssh_flags(sshd) +
+                        ['ssh://%s@127.0.0.1:%s%s' % (sshd.user, port or sshd.port, path)])
+                return argv, sh_join(argv) + ' > OUT.prom'
+            return make
 
-        def openssh(port, compress):
-            ssh = (['ssh', '-F', 'none', '-i', sshd.key, '-o', 'UserKnownHostsFile=' + sshd.known_hosts,
-                    '-o', 'BatchMode=yes', '-c', CIPHER] + (['-C'] if compress else []) +
-                   ['-p', str(port), sshd.user + '@127.0.0.1', 'cat ' + shlex.quote(path)])
-            return ['bash', '-c', sh_join(ssh) + ' | wc -l'], sh_join(ssh) + ' | wc -l'
+        def openssh(compress):
+            def make(port):
+                ssh = (['ssh', '-F', 'none', '-i', sshd.key, '-o', 'UserKnownHostsFile=' + sshd.known_hosts,
+                        '-o', 'BatchMode=yes', '-c', CIPHER] + (['-C'] if compress else []) +
+                       ['-p', str(port or sshd.port), sshd.user + '@127.0.0.1', 'cat ' + shlex.quote(path)])
+                return ['bash', '-c', sh_join(ssh) + ' | wc -l'], sh_join(ssh) + ' | wc -l'
+            return make
 
-        link_cmds = []
-        for label, compress in (('sshtail --ssh.compression', True), ('sshtail', False)):
-            argv = exporter(slow.port, compress)
-            link_cmds.append(Cmd(label, argv, 'exporter', 'slow', sh_join(argv) + ' > OUT.prom'))
-        for label, compress in (('ssh -C cat | wc -l', True), ('ssh cat | wc -l', False)):
-            argv, disp = openssh(slow.port, compress)
-            link_cmds.append(Cmd(label, argv, 'wc', 'slow', disp))
-        loop_cmds = []
-        for label, compress in (('loopback sshtail --ssh.compression', True), ('loopback sshtail', False)):
-            argv = exporter(sshd.port, compress)
-            loop_cmds.append(Cmd(label, argv, 'exporter', 'loopback', sh_join(argv) + ' > OUT.prom'))
+        link_cmds = [Cmd('sshtail --ssh.compression', exporter(True), 'exporter', 'slow'),
+                     Cmd('sshtail', exporter(False), 'exporter', 'slow'),
+                     Cmd('ssh -C cat | wc -l', openssh(True), 'wc', 'slow'),
+                     Cmd('ssh cat | wc -l', openssh(False), 'wc', 'slow')]
+        loop_cmds = [Cmd('loopback sshtail --ssh.compression', exporter(True), 'exporter', 'loopback'),
+                     Cmd('loopback sshtail', exporter(False), 'exporter', 'loopback')]
 
         log('slow link: %d rounds of %d commands' % (cfg['rounds'], len(link_cmds)))
-        rounds(link_cmds, cfg['rounds'], sshd, relays, truth, work)
+        # A run may take 3x what the link needs for the whole file, uncompressed.
+        timeout_s = max(120.0, 3 * size / link_Bps)
+        rounds(link_cmds, cfg['rounds'], sshd, cfg['rate_bps'], truth, work, timeout_s)
         log('loopback: %d rounds of %d commands' % (cfg['loop_rounds'], len(loop_cmds)))
-        rounds(loop_cmds, cfg['loop_rounds'], sshd, relays, truth, work)
-        R['relay_connections'] = slow.connections
-        slow.stop()
+        rounds(loop_cmds, cfg['loop_rounds'], sshd, cfg['rate_bps'], truth, work, timeout_s)
+        R['relay_died_after_runs'] = sum(1 for c in link_cmds for x in c.runs if x['relay_died_after'])
         R['link'] = [summarize(c, lines, raw_lps) for c in link_cmds]
         R['loopback'] = [summarize(c, lines, raw_lps) for c in loop_cmds]
         for s in R['loopback']:
@@ -460,9 +483,12 @@ def main():
            '(`os.wait4`: the exporter; or bash+ssh+wc). sshd-side CPU = the sessions under sshd\'s listener '
            '(monitor, the user\'s sshd that compresses and encrypts, shell, cat/dd): the larger of what '
            'the listener reaped and a 20 ms sampling of each process (OpenSSH\'s monitor leaves its '
-           'child to init when the OpenSSH client hangs up, so reaping alone misses it), a lower bound.' % (
+           'child to init when the OpenSSH client hangs up, so reaping alone misses it), a lower bound. '
+           'Each run has a relay of its own; relay threads that died at the end of a run (a KeyError in '
+           'relay.py when both ends of a connection are ready at once): %d.' % (
                fmt(R['relay_mid_run_Bps'] and R['relay_mid_run_Bps'] / 1e6, '%.3f'), link_Bps / 1e6,
-               fmt(R['relay_cpu_share'] and 100 * R['relay_cpu_share'], '%.0f %%')),
+               fmt(R['relay_cpu_share'] and 100 * R['relay_cpu_share'], '%.0f %%'),
+               R['relay_died_after_runs']),
            '', table(R['loopback'], size, False), '', 'Commands (the exporter is a copy of `%s`):' % a.bin,
            '', '```sh'] + [c.display for c in link_cmds + loop_cmds] + ['```']
     text = '\n'.join(text)

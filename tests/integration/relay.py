@@ -53,6 +53,7 @@ class Relay(threading.Thread):
         sel.register(self.lsock, selectors.EVENT_READ, None)
         pending = {}  # client socket -> bytes from the server not yet sent
         peer = {}
+        paused = set()  # server sockets not read while their link is full
         while not self._halt.is_set():
             wait = 0.005 if any(pending.values()) else 0.2
             for key, _ in sel.select(wait):
@@ -69,9 +70,15 @@ class Relay(threading.Thread):
                     sel.register(u, selectors.EVENT_READ, 'server')
                     self.connections += 1
                     continue
+                if s not in peer:
+                    continue  # closed by an earlier event of this round
                 side = key.data
                 if side == 'server' and len(pending.get(peer[s], b'')) > (1 << 20):
-                    continue  # back-pressure: the slow link is full
+                    # Back-pressure: the slow link is full. Not read (nor
+                    # selected, which would spin) until it drains.
+                    sel.unregister(s)
+                    paused.add(s)
+                    continue
                 try:
                     data = s.recv(65536)
                 except (BlockingIOError, InterruptedError):
@@ -117,6 +124,10 @@ class Relay(threading.Thread):
                         self._tokens += n - sent
                 self.down_bytes += sent
                 pending[c] = buf[sent:]
+                u = peer.get(c)
+                if u in paused and len(pending[c]) < (1 << 19):
+                    paused.discard(u)
+                    sel.register(u, selectors.EVENT_READ, 'server')
                 if not pending[c] and peer.get(c, 0) is None:
                     self._close(sel, c, peer, pending)  # the server had ended
         for s in list(peer):
