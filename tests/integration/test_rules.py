@@ -246,8 +246,9 @@ def test_max_series_caps_memory_with_a_million_paths():
     assert len(promtext.select(m, 'paths_total')) == 1001  # 1000 + overflow
     assert promtext.total(m, 'paths_total') == 1000000
     assert promtext.total(m, 'sshtail_series_overflow_total', metric='paths_total') == 999000
-    # 800k more distinct paths must not grow memory (allow allocator noise).
-    assert rss_1m - rss_200k < 8 * 1024, (rss_200k, rss_1m)
+    # 800k more distinct paths must not grow memory. Uncapped they add ~75 MiB here;
+    # capped, allocator and queue noise is 2-8 MiB (8.2 MiB seen on a loaded CI run).
+    assert rss_1m - rss_200k < 24 * 1024, (rss_200k, rss_1m)
     feeder.stdin.close()
     feeder.terminate()
     feeder.wait(30)
