@@ -102,8 +102,10 @@ void SshConnection::Stderr(Stream& s, Channel& c, const char* p, size_t n) {
 
 size_t SshConnection::ReadAll() {
   size_t total = 0;
+  auto now = Clock::now();
   for (auto& sp : streams_) {
     Stream& s = *sp;
+    size_t stdout_got = 0;
     for (auto it = s.channels.begin(); it != s.channels.end();) {
       Channel& c = *it;
       size_t got = 0;
@@ -117,6 +119,7 @@ size_t SshConnection::ReadAll() {
         }
         if (n <= 0) break;
         got += static_cast<size_t>(n);
+        stdout_got += static_cast<size_t>(n);
         Data(s, c, buf_.get(), static_cast<size_t>(n));
         if (s.builder.full() && !Publish(s)) return total;
       }
@@ -165,9 +168,21 @@ size_t SshConnection::ReadAll() {
         ++it;
       }
     }
+    if (Hold(s, stdout_got, now)) continue;
     if (!Publish(s)) return total;
   }
   return total;
+}
+
+bool SshConnection::Hold(Stream& s, size_t got, Clock::time_point now) {
+  if (got < kHoldRead || s.builder.empty() || s.builder.full()) {
+    s.held_since = {};
+    return false;
+  }
+  if (s.held_since == Clock::time_point{}) s.held_since = now;
+  if (now - s.held_since < kHoldFor) return true;
+  s.held_since = {};
+  return false;
 }
 
 void SshConnection::ChannelEnded(Stream& s, Channel& c) {

@@ -117,6 +117,8 @@ void SshConnection::ConnectionFailed(const Failure& f) {
     last_failure_ = f.reason;
   }
   for (auto& s : streams_) {
+    if (session_) Publish(*s);  // a held batch (Hold) is not kept waiting
+    s->held_since = {};
     Count(*s, f.reason);
     s->ref.status->up.store(false);
     if (po_.once) s->done = true;  // --once does not wait for a host
@@ -330,6 +332,9 @@ int SshConnection::NextTimeout() const {
     }
   }
   for (const auto& s : streams_) {
+    if (s->held_since != Clock::time_point{}) {
+      next = std::min(next, s->held_since + kHoldFor);
+    }
     if (!s->done && !s->HasRole(Channel::Role::kCurrent)) {
       next = std::min(next, s->retry_at);
     }

@@ -120,6 +120,9 @@ class SshConnection : public SshProducer {
   void SaveChannelPosition(Stream& s, Channel& c);
   PositionSet Positions(const Stream& s) const;
   bool Publish(Stream& s);
+  // Whether to keep filling the stream's batch instead of publishing it
+  // now (kHoldRead); `got` is what this round read of its files.
+  bool Hold(Stream& s, size_t got, Clock::time_point now);
   // Handles one control line on a channel's stdout (before the data).
   void Control(Stream& s, Channel& c, const std::string& line);
   // Feeds stdout bytes of a channel.

@@ -40,6 +40,12 @@ constexpr size_t kMaxErrText = 1024;
 // wait in Stream::resume): sshd's MaxSessions (10) bounds the channels of
 // a connection.
 constexpr size_t kMaxDrains = 2;
+// While a backlog streams in (a round brings at least kHoldRead bytes of a
+// file), its lines stay in the batch up to kHoldFor: the remote tail writes a
+// few KiB at a time, and each batch costs a queue hand-over and a consumer
+// wake-up. Live lines at a lower rate are published at once.
+constexpr size_t kHoldRead = 16 * 1024;
+constexpr milliseconds kHoldFor{20};
 
 // One SSH channel running the remote script for one file.
 struct Channel {
@@ -192,6 +198,8 @@ struct Stream {
   milliseconds backoff{0};
   uint64_t pending_raw = 0;
   std::string last_failure;
+  // Set while the batch is held (see kHoldRead): when holding began.
+  Clock::time_point held_since{};
 
   bool HasRole(Channel::Role r) const {
     for (const auto& c : channels) {
