@@ -175,12 +175,16 @@ size_t SshConnection::ReadAll() {
 }
 
 bool SshConnection::Hold(Stream& s, size_t got, Clock::time_point now) {
-  if (got < kHoldRead || s.builder.empty() || s.builder.full()) {
-    s.held_since = {};
-    return false;
+  bool holding = s.held_since != Clock::time_point{};
+  if (!holding && got >= kHoldRead) {
+    s.held_since = now;
+    holding = true;
   }
-  if (s.held_since == Clock::time_point{}) s.held_since = now;
-  if (now - s.held_since < kHoldFor) return true;
+  if (holding && got > 0) s.held_last = now;
+  if (holding && !s.builder.empty() && !s.builder.full() &&
+      now - s.held_since < kHoldFor && now - s.held_last < kHoldQuiet) {
+    return true;
+  }
   s.held_since = {};
   return false;
 }

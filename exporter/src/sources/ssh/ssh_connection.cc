@@ -333,7 +333,8 @@ int SshConnection::NextTimeout() const {
   }
   for (const auto& s : streams_) {
     if (s->held_since != Clock::time_point{}) {
-      next = std::min(next, s->held_since + kHoldFor);
+      next = std::min(
+          next, std::min(s->held_since + kHoldFor, s->held_last + kHoldQuiet));
     }
     if (!s->done && !s->HasRole(Channel::Role::kCurrent)) {
       next = std::min(next, s->retry_at);

@@ -41,10 +41,12 @@ constexpr size_t kMaxErrText = 1024;
 // a connection.
 constexpr size_t kMaxDrains = 2;
 // While a backlog streams in (a round brings at least kHoldRead bytes of a
-// file), its lines stay in the batch up to kHoldFor: the remote tail writes a
-// few KiB at a time, and each batch costs a queue hand-over and a consumer
-// wake-up. Live lines at a lower rate are published at once.
+// file), its lines stay in the batch until the stream pauses for kHoldQuiet,
+// at most kHoldFor: the remote tail writes a few KiB at a time, and each
+// batch costs a queue hand-over and a consumer wake-up. Live lines at a
+// lower rate are published at once.
 constexpr size_t kHoldRead = 16 * 1024;
+constexpr milliseconds kHoldQuiet{5};
 constexpr milliseconds kHoldFor{20};
 
 // One SSH channel running the remote script for one file.
@@ -198,8 +200,10 @@ struct Stream {
   milliseconds backoff{0};
   uint64_t pending_raw = 0;
   std::string last_failure;
-  // Set while the batch is held (see kHoldRead): when holding began.
+  // Set while the batch is held (see kHoldRead): when holding began, and
+  // when data last came.
   Clock::time_point held_since{};
+  Clock::time_point held_last{};
 
   bool HasRole(Channel::Role r) const {
     for (const auto& c : channels) {
