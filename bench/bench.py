@@ -1064,6 +1064,22 @@ FLEET_BEGIN = '<!-- bench/fleet.py: begin -->'
 FLEET_END = '<!-- bench/fleet.py: end -->'
 
 
+def put_section(name, body, path=None):
+    """Puts `body` between bench/NAME.py's markers in RESULTS.md: in place if they are
+    there (every other section untouched), else at the end."""
+    path = path or os.path.join(BENCH, 'RESULTS.md')
+    begin = '<!-- bench/%s.py: begin -->' % name
+    end = '<!-- bench/%s.py: end -->' % name
+    text = open(path).read() if os.path.exists(path) else ''
+    block = '\n'.join([begin, '', body, '', end])
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip('\n') + '\n\n' + block + '\n'
+    with open(path, 'w') as f:
+        f.write(text)
+
+
 def gnuplot(script, name, charts):
     gp = os.path.join(WORK, name + '.gp')
     with open(gp, 'w') as f:
@@ -1163,6 +1179,18 @@ plot %s, 64 with lines dt 2 lc rgb "red" title "64 MB"
 
 
 # ------------------------------------------------------------------- main
+
+def side_bench_work(name, src_bin):
+    """Work dir bench/out/NAME for a side benchmark (catchup.py, link.py), with a copy
+    of the binary (so a rebuild cannot disturb a run); returns (work, binary)."""
+    global WORK, BIN
+    work = os.path.join(BENCH, 'out', name)
+    os.makedirs(work, exist_ok=True)
+    os.chmod(work, 0o755)
+    WORK = work
+    BIN = harness.BIN = copy_binary(src_bin, os.path.join(work, 'bin'))
+    return work, BIN
+
 
 def copy_binary(src, dst_dir):
     """Copies the binary and its shims; retries while a rebuild is linking it."""

@@ -42,8 +42,6 @@ import harness  # noqa: E402
 import promtext  # noqa: E402
 from link import RemoteCpu  # noqa: E402  (CPU of the sshd side, sampled)
 
-BEGIN = '<!-- bench/catchup.py: begin -->'
-END = '<!-- bench/catchup.py: end -->'
 CIPHER = 'aes128-gcm@openssh.com'  # the exporter's first choice (checked)
 
 FULL = dict(sources=50, lines=200_000, rounds=2, timeout_s=900)
@@ -359,18 +357,11 @@ def report(R):
 
 
 def write_results(md, R, argv):
-    path = os.path.join(BENCH, 'RESULTS.md')
-    text = open(path).read() if os.path.exists(path) else ''
-    block = '\n'.join([BEGIN, '', '## 9. Catch-up: %d SSH sources with a %s-line backlog each (`bench/catchup.py`)'
-                       % (R['sources'], '{:,}'.format(R['lines'])), '',
-                       'Written by `python3 bench/catchup.py %s` on %s; see bench/README.md.' % (
-                           argv, time.strftime('%Y-%m-%d')), '', md, '', END])
-    if BEGIN in text and END in text:  # in place: every other section untouched
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip('\n') + '\n\n' + block + '\n'
-    with open(path, 'w') as f:
-        f.write(text)
+    bench.put_section('catchup', '\n'.join([
+        '## 9. Catch-up: %d SSH sources with a %s-line backlog each (`bench/catchup.py`)'
+        % (R['sources'], '{:,}'.format(R['lines'])), '',
+        'Written by `python3 bench/catchup.py %s` on %s; see bench/README.md.' % (
+            argv, time.strftime('%Y-%m-%d')), '', md]))
 
 
 def main():
@@ -388,12 +379,8 @@ def main():
     for k in ('sources', 'lines', 'rounds'):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
-    work = os.path.join(BENCH, 'out', 'catchup-work-quick' if a.quick else 'catchup-work')
-    os.makedirs(work, exist_ok=True)
-    os.chmod(work, 0o755)
-    bench.WORK = work
-    binary = bench.copy_binary(a.bin, os.path.join(work, 'bin'))
-    bench.BIN = harness.BIN = binary
+    work, binary = bench.side_bench_work('catchup-work-quick' if a.quick else 'catchup-work',
+                                         a.bin)
     R = {'config': cfg, 'sources': cfg['sources'], 'lines': cfg['lines'], 'rounds': cfg['rounds'],
          'binary': a.bin, 'loadavg_start': ' '.join('%.2f' % x for x in os.getloadavg()),
          'commands': {'exporter': [], 'peer': []}, 'exporter': [], 'peer': []}

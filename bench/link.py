@@ -50,8 +50,6 @@ import harness  # noqa: E402
 import promtext  # noqa: E402
 import relay  # noqa: E402
 
-BEGIN = '<!-- bench/link.py: begin -->'
-END = '<!-- bench/link.py: end -->'
 CIPHER = 'aes128-gcm@openssh.com'  # what the exporter negotiates (checked)
 TARGET_X = 4.0
 
@@ -353,18 +351,10 @@ def verdicts(R):
 
 
 def write_results(R, body, argv):
-    path = os.path.join(BENCH, 'RESULTS.md')
-    text = open(path).read() if os.path.exists(path) else ''
-    block = '\n'.join([BEGIN, '', '## 8. SSH compression on a 20 Mbit/s link (`bench/link.py`)', '',
-                       'Written by `python3 bench/link.py %s` on %s (load average at the start %s); '
-                       'see bench/README.md.' % (argv, time.strftime('%Y-%m-%d'), R['loadavg_start']),
-                       '', body, '', END])
-    if BEGIN in text and END in text:  # in place: every other section untouched
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip('\n') + '\n\n' + block + '\n'
-    with open(path, 'w') as f:
-        f.write(text)
+    bench.put_section('link', '\n'.join([
+        '## 8. SSH compression on a 20 Mbit/s link (`bench/link.py`)', '',
+        'Written by `python3 bench/link.py %s` on %s (load average at the start %s); '
+        'see bench/README.md.' % (argv, time.strftime('%Y-%m-%d'), R['loadavg_start']), '', body]))
 
 
 def main():
@@ -382,12 +372,7 @@ def main():
     for k in ('lines', 'rounds', 'loop_rounds'):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
-    work = os.path.join(BENCH, 'out', 'link-work-quick' if a.quick else 'link-work')
-    os.makedirs(work, exist_ok=True)
-    os.chmod(work, 0o755)
-    bench.WORK = work
-    binary = bench.copy_binary(a.bin, os.path.join(work, 'bin'))
-    bench.BIN = harness.BIN = binary
+    work, binary = bench.side_bench_work('link-work-quick' if a.quick else 'link-work', a.bin)
     R = {'config': cfg, 'loadavg_start': ' '.join('%.2f' % x for x in os.getloadavg()),
          'binary': a.bin}
     log('binary %s copied to %s; load average %s' % (a.bin, binary, R['loadavg_start']))
