@@ -1086,17 +1086,7 @@ def test_kubernetes_statefulset():
     harness.wait_for(lambda: total() >= written, 30, 0.2, '%d lines counted' % written)
     time.sleep(1)
     ms = [p.metrics() for p in pods.values()]
-    assert sum(promtext.total(m, 'sshtail_lines_total') for m in ms) == written
-    for k, p in enumerate(files):
-        got = sum(promtext.total(m, 'sshtail_lines_total', file=p) for m in ms)
-        assert got == w.per_file[k], (p, got, w.per_file[k])
-    _, truth = harness.generate(written, 'timed', seed=77)
-    got = {}
-    for m in ms:
-        for dd, v in promtext.select(m, 'nginx_http_requests_total'):
-            key = '%s %s' % (dd['method'], dd['status'])
-            got[key] = got.get(key, 0) + int(v)
-    assert got == truth['by_method_status'], (got, truth['by_method_status'])
+    test_shard.assert_union_exact(ms, files, w, seed=77)
     assert sum(promtext.total(m, 'sshtail_lines_unmatched_total') for m in ms) == 0
     print('  %d lines written, counted once across the replicas' % written, flush=True)
     for o, p in pods.items():

@@ -187,6 +187,23 @@ class Shards:
         return sum(promtext.total(e.metrics(), name, **labels) for e in self.replicas.values())
 
 
+def assert_union_exact(ms, files, w, seed):
+    """The replicas' expositions `ms` together count what Writer `w` (seeded `seed`)
+    wrote: in all, per file, and per method and status."""
+    written = w.written
+    assert sum(promtext.total(m, 'sshtail_lines_total') for m in ms) == written
+    for k, p in enumerate(files):
+        got = sum(promtext.total(m, 'sshtail_lines_total', file=p) for m in ms)
+        assert got == w.per_file[k], (p, got, w.per_file[k])
+    _, truth = harness.generate(written, 'timed', seed=seed)
+    got = {}
+    for m in ms:
+        for dd, v in promtext.select(m, 'nginx_http_requests_total'):
+            key = '%s %s' % (dd['method'], dd['status'])
+            got[key] = got.get(key, 0) + int(v)
+    assert got == truth['by_method_status'], (got, truth['by_method_status'])
+
+
 def test_replicas_share_hosts_and_hand_them_over_exactly():
     s = Shards(HOSTS, FILES)
     for i in range(3):
@@ -223,18 +240,7 @@ def test_replicas_share_hosts_and_hand_them_over_exactly():
     harness.wait_for(lambda: s.total('sshtail_lines_total') >= written, 60, 0.5,
                      '%d lines counted across the replicas' % written)
     time.sleep(1)
-    ms = [e.metrics() for e in s.replicas.values()]
-    assert sum(promtext.total(m, 'sshtail_lines_total') for m in ms) == written
-    for k, p in enumerate(s.files):
-        got = sum(promtext.total(m, 'sshtail_lines_total', file=p) for m in ms)
-        assert got == w.per_file[k], (p, got, w.per_file[k])
-    _, truth = harness.generate(written, 'timed', seed=500)
-    got = {}
-    for m in ms:
-        for dd, v in promtext.select(m, 'nginx_http_requests_total'):
-            key = '%s %s' % (dd['method'], dd['status'])
-            got[key] = got.get(key, 0) + int(v)
-    assert got == truth['by_method_status']
+    assert_union_exact([e.metrics() for e in s.replicas.values()], s.files, w, seed=500)
     for i in list(s.replicas):
         s.stop(i)
 
