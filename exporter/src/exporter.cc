@@ -115,8 +115,15 @@ std::unique_ptr<InventoryWatch> Watch(const Options& o) {
 // inventory's SSH targets take --ssh.sudo as configured ones do.
 std::vector<SourceSpec> WithInventory(const Options& o,
                                       std::vector<SourceSpec> sources) {
+  // Every source takes a slot: more than the pool has are refused (exit
+  // 2 at start, the running set kept on a reload), before any is made.
+  if (sources.size() > o.max_slots) {
+    throw ConfigError(std::to_string(sources.size()) +
+                      " sources, more than --sources.max-slots " +
+                      std::to_string(o.max_slots));
+  }
   if (o.sources_files.empty()) return sources;
-  for (auto& s : LoadInventory(o.sources_files)) {
+  for (auto& s : LoadInventory(o.sources_files, o.max_slots - sources.size())) {
     if (s.kind == SourceSpec::Kind::kSsh && o.ssh_sudo) s.sudo = true;
     sources.push_back(std::move(s));
   }
@@ -211,7 +218,9 @@ Exporter::Impl::Impl(Options o)
     DropSources(&saved, handed);
   }
   std::set<std::string> saved_urls;
-  for (const auto& kv : saved.sources) saved_urls.insert(kv.first);
+  for (const auto& kv : saved.sources) {
+    if (!Elsewhere(kv.first, kv.second.positions)) saved_urls.insert(kv.first);
+  }
   for (const auto& kv : handed.sources) saved_urls.insert(kv.first);
   supervisor->ExpandGlobs(saved_urls, saved.sources.empty() ? 0 : saved_at_ns);
   for (size_t i = 0; i < table.size(); ++i) {
@@ -223,6 +232,7 @@ Exporter::Impl::Impl(Options o)
       table.status[i]->positions.Restore(own->second.positions, saved_at_ns);
     }
   }
+  HoldUnclaimed(saved, handed);
   if (keep_values) RestoreValues(saved, options.positions_file);
   if (!handed.sources.empty()) {
     RestoreValues(handed, "the shard directory " + options.shard_dir);

@@ -121,6 +121,18 @@ struct Exporter::Impl {
   void StopAll();
 
   void SavePositions();
+  // At start: saved positions that no source resumed now but a configured
+  // one may take up later (a glob not listed yet, a file renamed away) go
+  // to the ledger.
+  void HoldUnclaimed(const SavedState& saved, const SavedState& handed);
+  // A saved local file that is neither at its path nor among the path's
+  // rotated siblings: renamed away (a glob's retired file), so it waits in
+  // the ledger until it is back instead of taking a slot now.
+  static bool Elsewhere(const std::string& url, const PositionSet& saved);
+  // Positions that no active source saves but that must outlive a crash:
+  // retired slots' (final: their batches are skipped) and the ledger's.
+  // Under table's read lock.
+  std::map<std::string, PositionSet> HeldPositions() const;
 
   // What was last made durable: rule metrics and the sshtail_* counters
   // that continue across restarts, exactly as in the state file.
@@ -150,12 +162,13 @@ struct Exporter::Impl {
 
   // Stops the sources a reload removed and drops their series, then starts
   // the new ones. The rules that know the new sources' formats are in.
-  void ChangeSources(const SourcePlan& plan, size_t total,
+  void ChangeSources(const SourcePlan& plan,
+                     const std::vector<SourceSpec>& desired,
                      const ShardClaim* claim = nullptr);
   // Drops the series, self-metrics and format of retired slots `gone`
   // (`coming`: names of sources about to start, whose overflow series
   // stay). Returns their committed positions by URL.
-  std::map<std::string, PositionSet> Forget(
+  std::map<std::string, SourceState> Forget(
       const std::vector<uint32_t>& gone, const std::set<std::string>& coming);
 
   // Follows new matches of globs; re-reads the inventory when it changed.

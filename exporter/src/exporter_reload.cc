@@ -60,9 +60,15 @@ bool Exporter::Impl::Reload(std::string* error) {
       // The room may come from the sources this change removes: they go
       // now, the new ones come once their slots are free (tried again).
       // Sharded, a host is taken whole or not at all.
+      // Only when the room is there: a change that cannot fit even then
+      // is refused whole, and the running set stays.
       if (claim) throw;
-      plan = supervisor->Plan(supervisor->Running(desired));
-      if (plan.remove.empty()) throw;
+      std::vector<SourceSpec> running = supervisor->Running(desired);
+      plan = supervisor->Plan(running);
+      if (plan.remove.empty() ||
+          supervisor->RoomAfter(plan) < desired.size() - running.size()) {
+        throw;
+      }
       waits = e.what();
     }
     next.sources = supervisor->ConfiguredBySlot(plan);
@@ -80,7 +86,7 @@ bool Exporter::Impl::Reload(std::string* error) {
     expire_every = ExpireInterval(defs.all);
     if (!plan.empty() ||
         (claim && (!claim->lost.empty() || !claim->dropped.empty()))) {
-      ChangeSources(plan, desired.size(), claim ? &*claim : nullptr);
+      ChangeSources(plan, desired, claim ? &*claim : nullptr);
     }
     if (claim) {
       shard->Commit(*claim);
@@ -118,21 +124,23 @@ bool Exporter::Impl::Reload(std::string* error) {
   }
 }
 
-void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total,
+void Exporter::Impl::ChangeSources(const SourcePlan& plan,
+                                   const std::vector<SourceSpec>& desired,
                                    const ShardClaim* claim) {
+  size_t total = desired.size();
   std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
   // Hosts let go: their state is written before their series go.
   if (claim) LetGo(*claim, gone);
   std::set<std::string> coming;
   for (const auto& [slot, spec] : plan.add) coming.insert(spec.name);
-  std::map<std::string, PositionSet> carried = Forget(gone, coming);
+  std::map<std::string, SourceState> carried = Forget(gone, coming);
   // Hosts taken: where the last replica left them, values and all.
   SavedState handed;
   if (claim) {
     handed = HandedOver(claim->gained, nullptr, -1, nullptr);
-    for (const auto& [url, st] : handed.sources) carried[url] = st.positions;
+    for (const auto& [url, st] : handed.sources) carried[url] = st;
   }
-  for (uint32_t slot : supervisor->Add(plan, std::move(carried))) {
+  for (uint32_t slot : supervisor->Add(plan, std::move(carried), &desired)) {
     self.counters(slot);
   }
   if (!handed.sources.empty()) {
@@ -144,7 +152,7 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan, size_t total,
           std::to_string(total - plan.add.size()) + " unchanged");
 }
 
-std::map<std::string, PositionSet> Exporter::Impl::Forget(
+std::map<std::string, SourceState> Exporter::Impl::Forget(
     const std::vector<uint32_t>& gone, const std::set<std::string>& coming) {
   std::set<std::string> names = coming;  // in use: overflow series stay
   for (size_t i = 0; i < table.size(); ++i) {
@@ -161,13 +169,16 @@ std::map<std::string, PositionSet> Exporter::Impl::Forget(
   store.RemoveSources(labels, last);
   // Their committed positions are final now: a file that comes back under
   // another spec (relabelled) resumes there, neither lost nor recounted.
-  std::map<std::string, PositionSet> carried;
+  std::map<std::string, SourceState> carried;
   for (uint32_t slot : gone) {
     self.Remove(slot);
     detector->Forget(slot);
     if (!HasPosition(table.specs[slot]) || table.specs[slot].glob) continue;
     PositionSet p = table.status[slot]->positions.Committed();
-    if (!p.empty()) carried[table.specs[slot].url] = std::move(p);
+    if (!p.empty()) {
+      carried[table.specs[slot].url] =
+          SourceState{table.specs[slot].name, std::move(p)};
+    }
   }
   return carried;
 }

@@ -1,9 +1,13 @@
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <map>
 #include <set>
 #include <string>
 
 #include "exporter_impl.h"
+#include "sources/file/rotated_files.h"
 #include "sshtail/log.h"
 
 namespace sshtail {
@@ -16,7 +20,7 @@ std::string Exporter::Impl::Identity(const std::string& name,
 void Exporter::Impl::RestoreValues(const SavedState& saved,
                                    const std::string& from) {
   std::map<std::string, uint32_t> index;  // Identity -> runtime index
-  std::set<std::string> names;
+  std::map<std::string, std::vector<uint32_t>> by_name;
   for (uint32_t i = 0; i < table.size(); ++i) {
     if (!table.active(i)) continue;
     const SourceSpec& s = table.specs[i];
@@ -24,14 +28,42 @@ void Exporter::Impl::RestoreValues(const SavedState& saved,
     if (HasPosition(s) && it != saved.sources.end() &&
         it->second.name == s.name) {
       index[Identity(s.name, s.file)] = i;
-      names.insert(s.name);
+      by_name[s.name].push_back(i);
     }
   }
   // A rule series carries the source's name and static labels (a glob's
-  // match: its file or fields): all of them must be one of ours.
+  // match: its file or fields): all of them must be those of one of ours
+  // now. A series of a file that went, or with a static label changed,
+  // while the exporter was stopped is gone, as after a live reload.
+  const std::vector<std::string> context = ContextFor(options).reserved_labels;
   auto ours = [&](const prometheus::Labels& labels) {
     auto it = labels.find("source");
-    return it != labels.end() && names.count(it->second) > 0;
+    if (it == labels.end()) return false;
+    auto sources = by_name.find(it->second);
+    if (sources == by_name.end()) return false;
+    auto value = [](const auto& pairs, const std::string& k) {
+      for (const auto& [n, v] : pairs) {
+        if (n == k) return v;
+      }
+      return std::string();
+    };
+    for (uint32_t i : sources->second) {
+      const SourceLabels& sl = table.labels[i];
+      bool same = true;
+      for (const auto& k : context) {
+        if (k == "source") continue;
+        std::string want =
+            k == "file" && !sl.file.empty()
+                ? value(sl.labels, k).empty() ? sl.file : value(sl.labels, k)
+                : value(sl.labels, k);
+        if (value(labels, k) != want) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return true;
+    }
+    return false;
   };
   auto which = [&](const prometheus::Labels& labels) -> const uint32_t* {
     auto src = labels.find("source");
@@ -86,6 +118,58 @@ void Exporter::Impl::RestoreValues(const SavedState& saved,
   }
 }
 
+std::map<std::string, PositionSet> Exporter::Impl::HeldPositions() const {
+  std::map<std::string, PositionSet> out;
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table.state(i) != SourceTable::State::kRetired ||
+        !HasPosition(table.specs[i]) || table.specs[i].glob ||
+        !table.status[i]) {
+      continue;
+    }
+    PositionSet p = table.status[i]->positions.Committed();
+    if (!p.empty()) out.try_emplace(table.specs[i].url, std::move(p));
+  }
+  for (auto& [url, st] : supervisor->ledger().Held()) {
+    out.try_emplace(url, std::move(st.positions));
+  }
+  return out;
+}
+
+void Exporter::Impl::HoldUnclaimed(const SavedState& saved,
+                                   const SavedState& handed) {
+  std::set<std::string> taken;
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table.active(i)) taken.insert(table.specs[i].url);
+  }
+  for (const SavedState* from : {&handed, &saved}) {
+    for (const auto& [url, st] : from->sources) {
+      if (taken.count(url) || !supervisor->Covers(url)) continue;
+      supervisor->ledger().Hold(url, st.name, st.positions);
+      taken.insert(url);
+    }
+  }
+}
+
+bool Exporter::Impl::Elsewhere(const std::string& url,
+                               const PositionSet& saved) {
+  SourceSpec s;
+  try {
+    s = ParseSourceUrl(url);
+  } catch (const std::invalid_argument&) {
+    return false;
+  }
+  if (s.kind != SourceSpec::Kind::kFile || s.glob) return false;
+  struct stat st {};
+  if (::stat(s.path.c_str(), &st) == 0 || errno != ENOENT) return false;
+  std::vector<RotatedFile> rotated = ListRotated(s.path);
+  for (const FilePosition& p : saved) {
+    for (const RotatedFile& r : rotated) {
+      if (r.id == p.file) return false;
+    }
+  }
+  return true;
+}
+
 void Exporter::Impl::SavePositions() {
   if (keep_values) {
     MakeDurable();
@@ -93,11 +177,14 @@ void Exporter::Impl::SavePositions() {
   }
   if (!positions) return;
   std::map<std::string, PositionSet> all;
-  auto table_lock = table.ReadLock();
-  for (size_t i = 0; i < table.size(); ++i) {
-    if (!table.active(i) || !HasPosition(table.specs[i])) continue;
-    PositionSet p = table.status[i]->positions.Committed();
-    if (!p.empty()) all[table.specs[i].url] = std::move(p);
+  {
+    auto table_lock = table.ReadLock();
+    for (size_t i = 0; i < table.size(); ++i) {
+      if (!table.active(i) || !HasPosition(table.specs[i])) continue;
+      PositionSet p = table.status[i]->positions.Committed();
+      if (!p.empty()) all[table.specs[i].url] = std::move(p);
+    }
+    for (auto& [url, p] : HeldPositions()) all.try_emplace(url, std::move(p));
   }
   std::string error;
   if (!positions->Save(all, &error)) {
@@ -128,6 +215,11 @@ std::shared_ptr<const Exporter::Impl::Durable> Exporter::Impl::MakeDurable() {
         sources[table.specs[i].url] =
             SourceState{table.specs[i].name, std::move(p)};
       }
+    }
+    // Positions only (their series went): named "", so that no series is
+    // saved or restored with them.
+    for (auto& [url, p] : HeldPositions()) {
+      sources.try_emplace(url, SourceState{"", std::move(p)});
     }
     for (auto& f : self.registry()->Collect()) {
       if (IsDurableCounter(f.name)) next->counters.push_back(std::move(f));

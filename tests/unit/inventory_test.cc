@@ -52,12 +52,27 @@ TEST_CASE("file_sd YAML, globs in __path__ and in the file list") {
   d.Write("a.yml",
           "- targets: [web1]\n"
           "  labels: {__path__: '/var/log/nginx/{vhost}.access.log'}\n");
-  d.Write("b.yml", "");  // empty: no targets
+  d.Write("b.yml", "[]\n");  // no targets
   auto specs = LoadInventory({d.path + "/*.yml", d.path + "/none-*.json"});
   REQUIRE(specs.size() == 1);
   CHECK(specs[0].glob);
   CHECK(specs[0].name.empty());  // each match is named when found
   CHECK(specs[0].labels.count("file") == 0);
+}
+
+TEST_CASE("an empty file_sd file is refused, not taken as no targets") {
+  // Written with `gen > targets.json`, it is empty for a moment: a reload
+  // then must keep the running sources (issue 23, defect 12).
+  TempDir d;
+  CHECK(ErrorOf(d.Write("e.json", "")) ==
+        d.path +
+            "/e.json:1: the sources file is empty (write [] for no "
+            "targets)");
+  CHECK(ErrorOf(d.Write("w.yml", "  \n\n")) ==
+        d.path +
+            "/w.yml:1: the sources file is empty (write [] for no "
+            "targets)");
+  CHECK(LoadInventory({d.Write("n.json", "[]")}).empty());
 }
 
 TEST_CASE("a bad file_sd file is refused with file:line") {

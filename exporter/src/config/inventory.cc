@@ -98,9 +98,22 @@ SourceSpec Target(const std::string& file, const YAML::Node& target,
   return spec;
 }
 
-void LoadFile(const std::string& file, std::vector<SourceSpec>* out) {
+void LoadFile(const std::string& file, std::vector<SourceSpec>* out,
+              size_t max_targets) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) == 0 &&
+      static_cast<uint64_t>(st.st_size) > kMaxInventoryBytes) {
+    throw ConfigError(file + ":1: a sources file larger than " +
+                      std::to_string(kMaxInventoryBytes) + " bytes");
+  }
   YAML::Node root = LoadYamlFile(file, "sources file");
-  if (!root || root.IsNull()) return;  // empty: no targets
+  // An empty file is one being written (`gen > targets.json`), not an
+  // inventory: taken as "no targets" it would drop every source.
+  if (!root || root.IsNull()) {
+    throw ConfigError(file +
+                      ":1: the sources file is empty (write [] for no "
+                      "targets)");
+  }
   if (!root.IsSequence()) {
     throw ConfigError(file +
                       ":1: a sources file is a list of {targets, labels}");
@@ -144,6 +157,11 @@ void LoadFile(const std::string& file, std::vector<SourceSpec>* out) {
       }
     }
     for (const auto& t : targets) {
+      if (out->size() >= max_targets) {
+        throw ConfigError(Where(file, t) + ": more than " +
+                          std::to_string(max_targets) +
+                          " sources in all (--sources.max-slots)");
+      }
       out->push_back(Target(file, t, labels, labels_node ? labels_node : t));
     }
   }
@@ -151,11 +169,11 @@ void LoadFile(const std::string& file, std::vector<SourceSpec>* out) {
 
 }  // namespace
 
-std::vector<SourceSpec> LoadInventory(
-    const std::vector<std::string>& patterns) {
+std::vector<SourceSpec> LoadInventory(const std::vector<std::string>& patterns,
+                                      size_t max_targets) {
   std::vector<SourceSpec> out;
   for (const auto& p : patterns) {
-    for (const auto& f : Files(p)) LoadFile(f, &out);
+    for (const auto& f : Files(p)) LoadFile(f, &out, max_targets);
   }
   return out;
 }

@@ -15,8 +15,13 @@ namespace sshtail {
 /// the format; other `__*` labels are dropped, the rest become static
 /// labels. A host's source is named by the host and told apart by a `file`
 /// label. `patterns` are paths or globs; a glob that matches nothing gives
-/// no targets. Throws ConfigError (file:line).
-std::vector<SourceSpec> LoadInventory(const std::vector<std::string>& patterns);
+/// no targets. Throws ConfigError (file:line), also past `max_targets`
+/// targets in all (they would not get slots) and for a file over
+/// kMaxInventoryBytes, before it is parsed.
+std::vector<SourceSpec> LoadInventory(const std::vector<std::string>& patterns,
+                                      size_t max_targets = SIZE_MAX);
+/// 64 MiB: about 2.5 million targets.
+inline constexpr size_t kMaxInventoryBytes = size_t{64} << 20;
 
 /// Notices a change of the files `patterns` name (a file added, removed,
 /// replaced or rewritten). Not thread-safe.

@@ -348,9 +348,18 @@ void FormatDetector::Reset() {
 void FormatDetector::Forget(uint32_t i) {
   State& s = *states_[i];
   std::lock_guard lock(s.mutex);
+  // All of it: a slot used again is a new source, detected anew and named
+  // by its first batch (a retired slot's own batches are skipped).
   s.name.clear();
   s.file.clear();
-  s.named.store(true, std::memory_order_release);  // never named again
+  s.shown.clear();
+  s.chosen.store(-1);
+  s.provisional.store(-1);
+  s.run.store(0);
+  s.misses = 0;
+  s.warned = false;
+  s.progress.clear();
+  s.named.store(false, std::memory_order_release);
 }
 
 std::string FormatDetector::Shown(uint32_t i, const FormatRules& rules) const {

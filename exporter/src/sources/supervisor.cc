@@ -75,7 +75,11 @@ std::string SourceSupervisor::SpecKey(const SourceSpec& s) {
 
 SourceSupervisor::SourceSupervisor(const Options& options, SourceTable& table,
                                    BatchQueue& queue)
-    : options_(options), table_(table), queue_(queue) {
+    : options_(options),
+      table_(table),
+      queue_(queue),
+      // Bounded: a file per slot, and as many again that went.
+      ledger_(2 * (table.size() + options.max_slots)) {
   uint32_t configured = static_cast<uint32_t>(table_.size());
   for (uint32_t i = 0; i < configured; ++i) {
     const SourceSpec& s = table_.specs[i];
@@ -162,6 +166,7 @@ bool SourceSupervisor::Assign(Glob& g, const std::string& path, StartAt start,
   start_[i] = start;
   Carry(i);
   table_.Activate(i);
+  ledger_.Erase(table_.specs[i].url);
   *slot = i;
   return true;
 }
@@ -373,18 +378,41 @@ void SourceSupervisor::StartLister(size_t k) {
 }
 
 void SourceSupervisor::Carry(uint32_t slot) {
-  for (auto* from : {&carried_, &kept_}) {
-    auto it = from->find(table_.specs[slot].url);
-    if (it == from->end()) continue;
-    table_.status[slot]->positions.Restore(std::move(it->second));
-    from->erase(it);
-    return;
+  if (auto p = ledger_.Find(table_.specs[slot].url)) {
+    table_.status[slot]->positions.Restore(std::move(*p));
   }
 }
 
 void SourceSupervisor::KeepPositions(
-    std::map<std::string, PositionSet> positions) {
-  for (auto& [url, p] : positions) kept_[url] = std::move(p);
+    std::map<std::string, SourceState> positions) {
+  for (auto& [url, st] : positions) {
+    ledger_.Hold(url, st.name, std::move(st.positions));
+  }
+}
+
+bool SourceSupervisor::Covers(const std::string& url,
+                              const std::vector<SourceSpec>* desired) const {
+  SourceSpec s;
+  try {
+    s = ParseSourceUrl(url);
+  } catch (const std::invalid_argument&) {
+    return false;
+  }
+  if (s.glob) return false;
+  auto covers = [&](const SourceSpec& c) {
+    if (c.kind != s.kind) return false;
+    if (!c.glob) return c.url == url || Key(c) == Key(s);
+    if (s.kind == SourceSpec::Kind::kSsh &&
+        SshConnectionKey(c) != SshConnectionKey(s)) {
+      return false;
+    }
+    return PathGlob(c.path, c.exclude).Matches(s.path, nullptr);
+  };
+  if (desired) {
+    return std::any_of(desired->begin(), desired->end(), covers);
+  }
+  return std::any_of(configured_.begin(), configured_.end(),
+                     [&](uint32_t slot) { return covers(table_.specs[slot]); });
 }
 
 void SourceSupervisor::RetireGone(Glob& g, const std::set<std::string>* present,
@@ -463,6 +491,21 @@ SourcePlan SourceSupervisor::Plan(
   return plan;
 }
 
+size_t SourceSupervisor::RoomAfter(const SourcePlan& removal) const {
+  auto pooled = [&](uint32_t slot) {
+    return slot >= pool_begin_ && slot < pool_end_;
+  };
+  size_t room = free_.size() + (pool_end_ - pool_next_) + draining_.size();
+  for (uint32_t slot : removal.remove) {
+    if (pooled(slot)) ++room;
+    for (const Glob& g : globs_) {
+      if (g.config != slot || g.retired) continue;
+      for (uint32_t f : g.slots) room += pooled(f) && table_.active(f);
+    }
+  }
+  return room;
+}
+
 std::vector<SourceSpec> SourceSupervisor::Running(
     const std::vector<SourceSpec>& desired) const {
   std::set<std::string> now;
@@ -515,6 +558,14 @@ std::vector<uint32_t> SourceSupervisor::Retire(
       out.push_back(slot);
       continue;
     }
+    if (waiting_.erase(slot)) {
+      // Never started: nothing of it to stop, its slot is free at once.
+      table_.Set(slot, SourceTable::State::kRetired);
+      table_.status[slot]->released.store(true);
+      if (slot >= pool_begin_ && slot < pool_end_) draining_.push_back(slot);
+      out.push_back(slot);
+      continue;
+    }
     if (!table_.active(slot)) continue;
     table_.Set(slot, SourceTable::State::kRetired);
     StopReader(slot);
@@ -524,8 +575,11 @@ std::vector<uint32_t> SourceSupervisor::Retire(
 }
 
 std::vector<uint32_t> SourceSupervisor::Add(
-    const SourcePlan& plan, std::map<std::string, PositionSet> carried) {
-  carried_ = std::move(carried);
+    const SourcePlan& plan, std::map<std::string, SourceState> carried,
+    const std::vector<SourceSpec>* desired) {
+  // Merged, never replaced: a position carried by an earlier step (a
+  // reload applied in two, a glob not listed yet) stays until taken.
+  KeepPositions(std::move(carried));
   std::vector<uint32_t> out;
   // Every slot of the plan first: a glob's files take theirs below.
   for (const auto& [slot, spec] : plan.add) {
@@ -556,20 +610,54 @@ std::vector<uint32_t> SourceSupervisor::Add(
       continue;
     }
     if (followed_.count(Key(spec))) {
-      // A glob follows that file already: this entry waits for nothing.
+      // A glob follows that file already: this entry starts once the
+      // glob lets it go (StartWaiting).
       Log(LogLevel::kWarn, "source " + spec.url +
                                " is followed already (by a glob); not "
-                               "following it twice");
+                               "following it twice while it is");
+      waiting_.insert(slot);
       continue;
     }
     followed_.insert(Key(spec));
     if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
     Carry(slot);
     table_.Activate(slot);
+    ledger_.Erase(spec.url);
     StartReader(slot, options_.start_at);
     out.push_back(slot);
   }
+  for (uint32_t slot : StartWaiting()) out.push_back(slot);
+  // What no wanted source could take up again is forgotten: a removed
+  // source added back later is new, as README says.
+  ledger_.Prune([&](const std::string& url) { return Covers(url, desired); });
   StartThreads();
+  return out;
+}
+
+std::vector<uint32_t> SourceSupervisor::StartWaiting() {
+  std::vector<uint32_t> out;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    uint32_t slot = *it;
+    bool configured = std::find(configured_.begin(), configured_.end(), slot) !=
+                      configured_.end();
+    if (configured && followed_.count(Key(table_.specs[slot]))) {
+      ++it;
+      continue;
+    }
+    it = waiting_.erase(it);
+    if (!configured) continue;
+    const SourceSpec& spec = table_.specs[slot];
+    Log(LogLevel::kInfo, "source " + spec.url +
+                             ": no glob follows its file any more; "
+                             "following it");
+    followed_.insert(Key(spec));
+    if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
+    Carry(slot);
+    table_.Activate(slot);
+    ledger_.Erase(spec.url);
+    StartReader(slot, options_.start_at);
+    out.push_back(slot);
+  }
   return out;
 }
 
@@ -640,6 +728,7 @@ std::vector<uint32_t> SourceSupervisor::Scan(std::vector<uint32_t>* retired) {
                                std::to_string(g.used) + " file(s) match");
     }
   }
+  for (uint32_t slot : StartWaiting()) added.push_back(slot);
   StartThreads();
   return added;
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "sources/path_glob.h"
+#include "sources/position_ledger.h"
 #include "sources/source_table.h"
 #include "sshtail/batch_queue.h"
 #include "sshtail/options.h"
@@ -82,7 +83,13 @@ class SourceSupervisor {
   /// Positions of retired glob files: one that comes back under the same
   /// URL resumes there (if it is the same file), neither lost nor
   /// recounted.
-  void KeepPositions(std::map<std::string, PositionSet> positions);
+  void KeepPositions(std::map<std::string, SourceState> positions);
+  /// The positions of files no reader follows now (see PositionLedger).
+  PositionLedger& ledger() { return ledger_; }
+  /// Whether a source of `desired` (or, when null, a configured one) could
+  /// take up `url` again: the same URL, or a glob over it.
+  bool Covers(const std::string& url,
+              const std::vector<SourceSpec>* desired = nullptr) const;
   /// Asks every reader to stop and joins them.
   void Stop();
   /// Pool slots freed for reuse since start.
@@ -100,6 +107,9 @@ class SourceSupervisor {
   /// ResolveNames): a source is kept only if every setting is the same.
   /// Changes nothing. Throws NoSlotError when the pool has no room left.
   SourcePlan Plan(const std::vector<SourceSpec>& desired) const;
+  /// The pool slots free once `removal`'s sources (and their glob files)
+  /// and the sources already retired have let theirs go.
+  size_t RoomAfter(const SourcePlan& removal) const;
   /// Those of `desired` that run now, unchanged.
   std::vector<SourceSpec> Running(const std::vector<SourceSpec>& desired) const;
   /// The configured sources by slot (after `plan`), for their formats: a
@@ -113,11 +123,15 @@ class SourceSupervisor {
   std::vector<uint32_t> Retire(const std::vector<uint32_t>& slots);
   /// Starts the sources `plan` adds (at --start-at; a glob's files when
   /// found). A file whose URL is in `carried` (a source the same reload
-  /// removed: relabelled, say) resumes at that position instead, for as
-  /// long as it is found by a glob's next listing. Returns the slots that
-  /// became active.
+  /// removed: relabelled, say) resumes at that position instead: it goes
+  /// to the ledger, which keeps it, across later reloads and restarts,
+  /// until a source takes it or none of `desired` (the whole set the
+  /// reload wants, some perhaps still waiting for slots) could. Plain
+  /// sources that wait because a glob follows their file start once it
+  /// lets the file go. Returns the slots that became active.
   std::vector<uint32_t> Add(const SourcePlan& plan,
-                            std::map<std::string, PositionSet> carried = {});
+                            std::map<std::string, SourceState> carried = {},
+                            const std::vector<SourceSpec>* desired = nullptr);
 
  private:
   /// A reader's or lister's thread. Reaped (joined, destroyed) by Scan once
@@ -178,6 +192,8 @@ class SourceSupervisor {
   void Carry(uint32_t slot);
   // Stops slot's reader and forgets its file.
   void StopReader(uint32_t slot);
+  // Starts the configured plain sources in waiting_ whose file is free.
+  std::vector<uint32_t> StartWaiting();
   // What names a file whatever the URL's spelling.
   static std::string Key(const SourceSpec& s);
   // Every setting of a configured source.
@@ -191,8 +207,10 @@ class SourceSupervisor {
   std::set<std::string> local_paths_;  ///< followed local paths
   std::map<uint32_t, StartAt> start_;  ///< slots with their own start
   std::vector<uint32_t> configured_;   ///< live configured sources' slots
-  std::map<std::string, PositionSet> carried_;  ///< see Add
-  std::map<std::string, PositionSet> kept_;     ///< see KeepPositions
+  PositionLedger ledger_;
+  /// Configured plain sources whose file a glob follows: each starts once
+  /// no reader has its file (Scan looks).
+  std::set<uint32_t> waiting_;
   /// Glob files' slots whose path was missing, since when.
   std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
   std::chrono::steady_clock::time_point last_local_check_{};
