@@ -114,16 +114,19 @@ std::unique_ptr<InventoryWatch> Watch(const Options& o) {
 // The configured sources and the inventory's targets, named; the
 // inventory's SSH targets take --ssh.sudo as configured ones do.
 std::vector<SourceSpec> WithInventory(const Options& o,
-                                      std::vector<SourceSpec> sources) {
-  // Every source takes a slot: more than the pool has are refused (exit
-  // 2 at start, the running set kept on a reload), before any is made.
-  if (sources.size() > o.max_slots) {
+                                      std::vector<SourceSpec> sources,
+                                      bool at_start) {
+  // At start every source takes a slot: more than --sources.max-slots are
+  // refused (exit 2) before any is made, and reading stops there.
+  // A reload's can never exceed the start's slots and the pool together.
+  size_t limit = at_start ? o.max_slots : 2 * o.max_slots;
+  if (sources.size() > limit) {
     throw ConfigError(std::to_string(sources.size()) +
                       " sources, more than --sources.max-slots " +
                       std::to_string(o.max_slots));
   }
   if (o.sources_files.empty()) return sources;
-  for (auto& s : LoadInventory(o.sources_files, o.max_slots - sources.size())) {
+  for (auto& s : LoadInventory(o.sources_files, limit - sources.size())) {
     if (s.kind == SourceSpec::Kind::kSsh && o.ssh_sudo) s.sudo = true;
     sources.push_back(std::move(s));
   }
@@ -138,7 +141,7 @@ std::vector<SourceSpec> WithInventory(const Options& o,
 void CheckConfig(const Options& given) {
   CheckShardIndex(given);
   Options options = given;
-  options.sources = WithInventory(given, given.sources);
+  options.sources = WithInventory(given, given.sources, !given.once);
   // Compiled as for matching, so what passes here also loads.
   FormatDefs defs = LoadFormatDefs(options, ContextFor(options));
   FormatRules::Build(defs, nullptr);

@@ -19,6 +19,8 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <set>
+#include <shared_mutex>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
@@ -56,16 +58,19 @@ void CheckShardIndex(const Options& o);
 /// Watches the inventory files and the config file (a ConfigMap changes
 /// it in place): a change reloads. Null if there is neither.
 std::unique_ptr<InventoryWatch> Watch(const Options& o);
-/// The configured sources and the inventory's targets, named.
+/// The configured sources and the inventory's targets, named. `at_start`:
+/// more of them than --sources.max-slots is a ConfigError (a reload's
+/// sources take pool slots instead: SourceSupervisor::Plan).
 std::vector<SourceSpec> WithInventory(const Options& o,
-                                      std::vector<SourceSpec> sources);
+                                      std::vector<SourceSpec> sources,
+                                      bool at_start = false);
 
 struct Exporter::Impl {
   explicit Impl(Options o);
 
   // The options with the inventory's targets among the sources.
   static Options Loaded(Options o) {
-    o.sources = WithInventory(o, std::move(o.sources));
+    o.sources = WithInventory(o, std::move(o.sources), !o.once);
     return o;
   }
 
@@ -90,8 +95,17 @@ struct Exporter::Impl {
   // Removes from `saved` the sources of `by`, with their series.
   static void DropSources(SavedState* saved, const SavedState& by);
   // Writes the state of each host (its slots) for the next replica, from
-  // one snapshot.
-  void HandOver(const std::map<std::string, std::vector<uint32_t>>& by_key);
+  // one snapshot. A host whose write fails is kept in `unwritten` (its
+  // state with it) and its lock is not given back: RetryHandOvers.
+  // Returns the hosts written.
+  std::set<std::string> HandOver(
+      const std::map<std::string, std::vector<uint32_t>>& by_key);
+  // Writes the states that failed before; a host written goes on to
+  // letting_go.
+  void RetryHandOvers();
+  // The shard key of a slot: its configured source's (a glob's files
+  // belong to the glob's host, or to its pattern for a local glob).
+  std::string ShardKeyOf(uint32_t slot) const;
   // Hands over the hosts a reload's claim lets go (their retired slots
   // among `gone`), forgets those gone from the inventory; each lock goes
   // once the host's readers have stopped.
@@ -213,6 +227,18 @@ struct Exporter::Impl {
     std::vector<uint32_t> slots;
   };
   std::vector<LettingGo> letting_go;  // guarded by reload_mutex
+  struct Unwritten {
+    std::vector<uint32_t> slots;
+    std::map<std::string, SourceState> sources;
+    std::vector<MetricSnapshot> metrics;
+    std::vector<SavedCounter> counters;
+  };
+  std::map<std::string, Unwritten> unwritten;  // guarded by reload_mutex
+  size_t handover_write_failures = 0;          // guarded by reload_mutex
+  /// Held exclusively while sources are added and their values restored
+  /// (a host taken over), shared by scrapes and saves: no one sees a
+  /// restored series at 0, nor saves it so.
+  std::shared_mutex restore_gate;
   std::chrono::milliseconds expire_every{10000};
   mutable std::atomic<size_t> last_exposition_size{0};
 };

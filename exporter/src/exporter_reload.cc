@@ -140,12 +140,16 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan,
     handed = HandedOver(claim->gained, nullptr, -1, nullptr);
     for (const auto& [url, st] : handed.sources) carried[url] = st;
   }
+  // A host taken over shows its values from its first scrape: never its
+  // counters at 0 first (a reset to Prometheus), nor saved so.
+  std::unique_lock gate(restore_gate);
   for (uint32_t slot : supervisor->Add(plan, std::move(carried), &desired)) {
     self.counters(slot);
   }
   if (!handed.sources.empty()) {
     RestoreValues(handed, "the shard directory " + options.shard_dir);
   }
+  gate.unlock();
   Log(LogLevel::kInfo,
       "sources: " + std::to_string(plan.add.size()) + " added, " +
           std::to_string(plan.remove.size()) + " removed, " +
@@ -194,6 +198,7 @@ void Exporter::Impl::Tick() {
     changed |=
         retry_when_freed_past && supervisor->freed() > *retry_when_freed_past;
     if (shard) {
+      RetryHandOvers();
       ReleaseLetGo();
       changed |= shard->TryWaiting();
       ShowShard();

@@ -117,9 +117,15 @@ void Exporter::Impl::DropSources(SavedState* saved, const SavedState& by) {
                 [&](const SavedCounter& c) { return named(c.labels); });
 }
 
-void Exporter::Impl::HandOver(
+std::string Exporter::Impl::ShardKeyOf(uint32_t slot) const {
+  uint32_t config = table.config_index[slot];
+  return ShardKeeper::KeyOf(table.specs[config < table.size() ? config : slot]);
+}
+
+std::set<std::string> Exporter::Impl::HandOver(
     const std::map<std::string, std::vector<uint32_t>>& by_key) {
-  if (by_key.empty()) return;
+  std::set<std::string> written;
+  if (by_key.empty()) return written;
   std::map<std::string, std::map<std::string, SourceState>> sources;
   std::map<std::string, std::string> key_of_name;
   std::vector<prometheus::MetricFamily> families;
@@ -173,34 +179,70 @@ void Exporter::Impl::HandOver(
   }
   for (const auto& [key, slots] : by_key) {
     std::string error;
-    if (!StateFile(shard->HandOverPath(key))
-             .Save(sources[key], metrics_of[key], counters_of[key], &error)) {
-      // The next replica resumes from the host's previous state, which is
-      // consistent too: it reads those lines again, and this replica's
-      // counts of them go with its series.
-      Log(LogLevel::kError,
-          "shard: cannot leave the state of " + key + ": " + error);
+    if (StateFile(shard->HandOverPath(key))
+            .Save(sources[key], metrics_of[key], counters_of[key], &error)) {
+      written.insert(key);
+      continue;
     }
+    // The lock stays until the state is written (RetryHandOvers): the
+    // next owner must not start the host without it.
+    Log(LogLevel::kError, "shard: cannot leave the state of " + key + ": " +
+                              error + "; the host stays locked, retried");
+    ++handover_write_failures;
+    unwritten[key] =
+        Unwritten{slots, std::move(sources[key]), std::move(metrics_of[key]),
+                  std::move(counters_of[key])};
+  }
+  return written;
+}
+
+void Exporter::Impl::RetryHandOvers() {
+  for (auto it = unwritten.begin(); it != unwritten.end();) {
+    std::string error;
+    Unwritten& u = it->second;
+    if (!StateFile(shard->HandOverPath(it->first))
+             .Save(u.sources, u.metrics, u.counters, &error)) {
+      ++handover_write_failures;
+      ++it;
+      continue;
+    }
+    Log(LogLevel::kInfo, "shard: state of " + it->first + " left at last");
+    letting_go.push_back({it->first, std::move(u.slots)});
+    it = unwritten.erase(it);
   }
 }
 
 void Exporter::Impl::LetGo(const ShardClaim& claim,
                            const std::vector<uint32_t>& gone) {
+  // A host being let go already (its lock not given back yet) is held
+  // still, so each reload's claim finds it lost again: its state was
+  // taken when its readers stopped, and a second, empty one must not
+  // replace it.
+  auto leaving = [&](const std::string& key) {
+    return unwritten.count(key) > 0 ||
+           std::any_of(letting_go.begin(), letting_go.end(),
+                       [&](const LettingGo& l) { return l.key == key; });
+  };
   std::map<std::string, std::vector<uint32_t>> by_key;
   for (const auto* keys : {&claim.lost, &claim.dropped}) {
-    for (const auto& key : *keys) by_key[key];
+    for (const auto& key : *keys) {
+      if (!leaving(key)) by_key[key];
+    }
   }
   for (uint32_t i : gone) {
-    auto it = by_key.find(ShardKeeper::KeyOf(table.specs[i]));
+    auto it = by_key.find(ShardKeyOf(i));
     if (it != by_key.end()) it->second.push_back(i);
   }
   std::map<std::string, std::vector<uint32_t>> moving;
-  for (const auto& key : claim.lost) moving[key] = by_key[key];
+  for (const auto& key : claim.lost) {
+    if (by_key.count(key)) moving[key] = by_key[key];
+  }
   HandOver(moving);
+  for (const auto& [key, u] : unwritten) by_key.erase(key);
   // A host gone from the inventory is forgotten, as an unsharded source
   // is: added again later, it starts at --start-at.
   for (const auto& key : claim.dropped) {
-    ::unlink(shard->HandOverPath(key).c_str());
+    if (by_key.count(key)) ::unlink(shard->HandOverPath(key).c_str());
   }
   for (auto& [key, slots] : by_key) {
     letting_go.push_back({key, std::move(slots)});
@@ -221,8 +263,8 @@ void Exporter::Impl::ReleaseLetGo() {
 }
 
 void Exporter::Impl::ShowShard() {
-  self.SetShard(shard->index(), shard->count(), shard->held(),
-                shard->waiting());
+  self.SetShard(shard->index(), shard->count(), shard->held(), shard->waiting(),
+                unwritten.size(), handover_write_failures);
 }
 
 void Exporter::Impl::HandOverAll() {
@@ -230,10 +272,11 @@ void Exporter::Impl::HandOverAll() {
   std::map<std::string, std::vector<uint32_t>> by_key;
   for (uint32_t i = 0; i < table.size(); ++i) {
     if (!table.active(i)) continue;
-    std::string key = ShardKeeper::KeyOf(table.specs[i]);
+    std::string key = ShardKeyOf(i);
     if (!key.empty() && shard->Holds(key)) by_key[key].push_back(i);
   }
   HandOver(by_key);
+  RetryHandOvers();  // the last chance: the kernel drops the locks at exit
 }
 
 }  // namespace sshtail

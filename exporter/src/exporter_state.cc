@@ -171,6 +171,7 @@ bool Exporter::Impl::Elsewhere(const std::string& url,
 }
 
 void Exporter::Impl::SavePositions() {
+  std::shared_lock gate(restore_gate);
   if (keep_values) {
     MakeDurable();
     return;
@@ -251,6 +252,7 @@ std::shared_ptr<const Exporter::Impl::Durable> Exporter::Impl::MakeDurable() {
 }
 
 std::string Exporter::Impl::Exposition() {
+  std::shared_lock gate(restore_gate);
   std::string out;
   out.reserve(last_exposition_size.load() + 4096);
   std::shared_ptr<const Durable> d;

@@ -158,9 +158,9 @@ void LoadFile(const std::string& file, std::vector<SourceSpec>* out,
     }
     for (const auto& t : targets) {
       if (out->size() >= max_targets) {
-        throw ConfigError(Where(file, t) + ": more than " +
+        throw ConfigError(Where(file, t) + ": more targets than the " +
                           std::to_string(max_targets) +
-                          " sources in all (--sources.max-slots)");
+                          " slots --sources.max-slots leaves for them");
       }
       out->push_back(Target(file, t, labels, labels_node ? labels_node : t));
     }

@@ -107,7 +107,8 @@ const SourceCounters& SelfMetrics::counters(uint32_t source) {
 }
 
 void SelfMetrics::SetShard(int index, int count, size_t followed,
-                           size_t waiting) {
+                           size_t waiting, size_t handing_over,
+                           size_t failed_writes) {
   if (!shard_index_) {
     auto gauge = [&](const char* name, const char* help) {
       return &prometheus::BuildGauge().Name(name).Help(help).Register(
@@ -122,6 +123,21 @@ void SelfMetrics::SetShard(int index, int count, size_t followed,
                         "that another replica still holds.");
     shard_followed_ = &hosts->Add({{"state", "followed"}});
     shard_waiting_ = &hosts->Add({{"state", "waiting"}});
+    shard_handing_over_ = &hosts->Add({{"state", "handing_over"}});
+    shard_failed_writes_ =
+        &prometheus::BuildCounter()
+             .Name("sshtail_shard_handover_write_failures_total")
+             .Help(
+                 "Hand-over states that could not be written to the shard "
+                 "directory (the host stays locked here; retried).")
+             .Register(*registry_)
+             .Add({});
+  }
+  shard_handing_over_->Set(static_cast<double>(handing_over));
+  if (static_cast<double>(failed_writes) > shard_failed_shown_) {
+    shard_failed_writes_->Increment(static_cast<double>(failed_writes) -
+                                    shard_failed_shown_);
+    shard_failed_shown_ = static_cast<double>(failed_writes);
   }
   shard_index_->Set(index);
   shard_count_->Set(count);

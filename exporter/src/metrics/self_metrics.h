@@ -50,7 +50,11 @@ class SelfMetrics : public prometheus::Collectable {
   /// replica's index, the count, the hosts it follows and those it waits
   /// for (hashed here, still held by another replica). One caller at a
   /// time (the exporter's reload mutex).
-  void SetShard(int index, int count, size_t followed, size_t waiting);
+  /// `handing_over`: hosts let go whose state could not be written yet
+  /// (their lock is kept, the write retried); `failed_writes` such writes
+  /// that failed since start.
+  void SetShard(int index, int count, size_t followed, size_t waiting,
+                size_t handing_over = 0, size_t failed_writes = 0);
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
@@ -71,6 +75,9 @@ class SelfMetrics : public prometheus::Collectable {
   prometheus::Gauge* shard_count_ = nullptr;
   prometheus::Gauge* shard_followed_ = nullptr;
   prometheus::Gauge* shard_waiting_ = nullptr;
+  prometheus::Gauge* shard_handing_over_ = nullptr;
+  prometheus::Counter* shard_failed_writes_ = nullptr;
+  double shard_failed_shown_ = 0;
 };
 
 }  // namespace sshtail

@@ -605,6 +605,17 @@ std::vector<uint32_t> SourceSupervisor::Add(
           StartReader(f, options_.start_at);
           out.push_back(f);
         }
+      } else {
+        // Files of it with a position (relabelled, handed over): followed
+        // now, as at start, not when the host first answers, so their
+        // values and positions have a source from the start.
+        for (const auto& path : HeldPaths(g)) {
+          uint32_t f = 0;
+          if (!Assign(g, path, options_.start_at, &f)) continue;
+          StartReader(f, options_.start_at);
+          out.push_back(f);
+        }
+        g.saved = g.saved || !g.slots.empty();
       }
       StartLister(globs_.size() - 1);
       continue;
@@ -631,6 +642,25 @@ std::vector<uint32_t> SourceSupervisor::Add(
   // source added back later is new, as README says.
   ledger_.Prune([&](const std::string& url) { return Covers(url, desired); });
   StartThreads();
+  return out;
+}
+
+std::vector<std::string> SourceSupervisor::HeldPaths(const Glob& g) const {
+  std::vector<std::string> out;
+  const SourceSpec& glob = table_.specs[g.config];
+  for (const auto& [url, st] : ledger_.Held()) {
+    SourceSpec s;
+    try {
+      s = ParseSourceUrl(url);
+    } catch (const std::invalid_argument&) {
+      continue;
+    }
+    if (s.kind == glob.kind && !s.glob &&
+        SshConnectionKey(s) == SshConnectionKey(glob) &&
+        g.pattern->Matches(s.path, nullptr)) {
+      out.push_back(s.path);
+    }
+  }
   return out;
 }
 

@@ -192,6 +192,8 @@ class SourceSupervisor {
   void Carry(uint32_t slot);
   // Stops slot's reader and forgets its file.
   void StopReader(uint32_t slot);
+  // The paths of the ledger's entries that remote glob `g` matches.
+  std::vector<std::string> HeldPaths(const Glob& g) const;
   // Starts the configured plain sources in waiting_ whose file is free.
   std::vector<uint32_t> StartWaiting();
   // What names a file whatever the URL's spelling.
