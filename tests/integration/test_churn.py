@@ -304,6 +304,34 @@ def test_a_relabelled_remote_glob_keeps_its_position_until_listed():
     assert exp.stop() == 0
 
 
+def test_a_retired_file_recreated_is_new_not_lost():
+    """Defect 8: a glob's file deleted (all of it read), retired, then
+    created again: the drained file's position went to the new file, and
+    sshtail_files_lost_total said 1 ("lines after offset N are lost")."""
+    d = harness.tmpdir()
+    logs = os.path.join(d, 'logs')
+    os.makedirs(logs)
+    a = os.path.join(logs, 'a.log')
+    keep = os.path.join(logs, 'keep.log')
+    for p in (a, keep):
+        open(p, 'w').close()
+    exp = harness.Exporter(['--format', 'timed', '--sources.retire-after', '1s',
+                            logs + '/*.log'], d)
+    exp.wait_value('sshtail_source_up', 1, file=a)
+    old, _ = harness.generate(5, 'timed', seed=520)
+    write_lines(a, old)
+    exp.wait_value('sshtail_lines_total', 5, file=a)
+    os.unlink(a)
+    harness.wait_for(lambda: followed(exp) == [keep], 30, what='a.log retired')
+    lines, truth = harness.generate(3, 'timed', seed=521)
+    write_lines(a, lines, 'w')
+    exp.wait_value('sshtail_lines_total', 3, file=a)
+    m = exp.metrics()
+    assert promtext.total(m, 'nginx_http_requests_total', file=a) == 3
+    assert promtext.total(m, 'sshtail_files_lost_total') == 0
+    assert exp.stop() == 0
+
+
 if __name__ == '__main__':
     harness.main([test_a_file_of_a_glob_and_a_plain_source_is_followed_when_the_glob_goes,
                   test_a_relabel_applied_in_two_steps_resumes_where_the_old_source_was,
@@ -312,4 +340,5 @@ if __name__ == '__main__':
                   test_an_empty_inventory_keeps_the_running_sources,
                   test_more_sources_than_slots_are_refused_whole,
                   test_series_of_sources_gone_while_stopped_are_not_restored,
-                  test_a_relabelled_remote_glob_keeps_its_position_until_listed])
+                  test_a_relabelled_remote_glob_keeps_its_position_until_listed,
+                  test_a_retired_file_recreated_is_new_not_lost])

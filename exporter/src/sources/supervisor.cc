@@ -57,6 +57,27 @@ bool PlausiblePath(const std::string& p) {
   return true;
 }
 
+// Whether one of `saved`'s files is at `path` or among its rotated
+// siblings.
+bool LocallyThere(const std::string& path, const PositionSet& saved) {
+  struct stat st {};
+  FileId at;
+  if (::stat(path.c_str(), &st) == 0) {
+    at = FileId{static_cast<uint64_t>(st.st_dev),
+                static_cast<uint64_t>(st.st_ino)};
+  } else if (errno != ENOENT) {
+    return true;  // cannot tell: the reader decides
+  }
+  std::vector<RotatedFile> rotated = ListRotated(path);
+  for (const FilePosition& p : saved) {
+    if (at.valid() && p.file == at) return true;
+    for (const RotatedFile& r : rotated) {
+      if (r.id == p.file) return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string SourceSupervisor::Key(const SourceSpec& s) {
@@ -378,9 +399,18 @@ void SourceSupervisor::StartLister(size_t k) {
 }
 
 void SourceSupervisor::Carry(uint32_t slot) {
-  if (auto p = ledger_.Find(table_.specs[slot].url)) {
-    table_.status[slot]->positions.Restore(std::move(*p));
+  const SourceSpec& s = table_.specs[slot];
+  auto p = ledger_.Find(s.url);
+  if (!p) return;
+  // A local file none of whose saved files is at its path or among its
+  // rotated siblings any more was read to its end (a glob retires a file
+  // only once its path is gone and its reader drained it): the file there
+  // now is another one, new, not the rest of a lost one.
+  if (s.kind == SourceSpec::Kind::kFile && !LocallyThere(s.path, *p)) {
+    ledger_.Erase(s.url);
+    return;
   }
+  table_.status[slot]->positions.Restore(std::move(*p));
 }
 
 void SourceSupervisor::KeepPositions(
