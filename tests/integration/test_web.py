@@ -704,6 +704,13 @@ def _refused_tls_configs(d):
         'unknown max_version': write('maxver2.yml', tls + '  max_version: SSL3\n', 4),
         'unknown curve': write('curve.yml', tls + '  curve_preferences: [CurveP999]\n', 4),
         'inline cert': write('inline.yml', 'tls_server_config:\n  cert: "-----BEGIN"\n', 2),
+        # exporter-toolkit: "client CA's have been configured without a
+        # Client Auth Policy". It was accepted and mTLS was off.
+        'client_ca_file without client_auth_type': write(
+            'ca_noauth.yml', tls + '  client_ca_file: %s\n' % yaml_str(cert), 4),
+        'client_ca_file with client_auth_type NoClientCert': write(
+            'ca_nocert.yml', tls + '  client_auth_type: NoClientCert\n  client_ca_file: %s\n'
+            % yaml_str(cert), 5),
         'TLS settings without a certificate (TLS off)': write(
             'nocert_sans.yml', 'tls_server_config:\n  max_version: TLS12\n', 2),
         'a response header exporter-toolkit does not allow': write(
@@ -711,6 +718,78 @@ def _refused_tls_configs(d):
         'a bad X-Frame-Options': write(
             'xfo.yml', 'http_server_config:\n  headers:\n    X-Frame-Options: allow\n', 3),
     }
+
+
+def make_self_signed_client_cert(d, name, san):
+    key, cert = os.path.join(d, name + '.key'), os.path.join(d, name + '.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=' + name,
+                    '-addext', 'subjectAltName=' + san, '-addext', 'extendedKeyUsage=clientAuth',
+                    '-keyout', key, '-out', cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_client_auth_type_decides_whether_the_chain_is_verified():
+    """As Go's crypto/tls (exporter-toolkit): RequestClientCert and
+    RequireAnyClientCert take any client certificate, self-signed too, and
+    need no client_ca_file; VerifyClientCertIfGiven and
+    RequireAndVerifyClientCert verify it against client_ca_file. Every
+    policy verified the chain (a self-signed certificate got unknown_ca, and
+    without client_ca_file nobody could connect)."""
+    d = harness.tmpdir()
+    cert, key = make_cert(d)
+    ca, ca_key = make_ca(d)
+    signed = make_client_cert(d, 'signed', 'DNS:prometheus.example', ca, ca_key)
+    selfs = make_self_signed_client_cert(d, 'self', 'DNS:prometheus.example')
+    other = make_self_signed_client_cert(d, 'other', 'DNS:other.example')
+    clients = {'no certificate': [], 'self-signed': ['--cert', selfs[0], '--key', selfs[1]],
+               'CA-signed': ['--cert', signed[0], '--key', signed[1]],
+               'self-signed, other SAN': ['--cert', other[0], '--key', other[1]]}
+    # (client_auth_type, client_ca_file?, allowed SANs, {client: accepted?})
+    cases = [
+        ('RequestClientCert', False, None,
+         {'no certificate': True, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', False, None,
+         {'no certificate': False, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', True, None,
+         {'no certificate': False, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', False, ['prometheus.example'],
+         {'self-signed': True, 'self-signed, other SAN': False, 'no certificate': False}),
+        ('VerifyClientCertIfGiven', True, None,
+         {'no certificate': True, 'self-signed': False, 'CA-signed': True}),
+        ('RequireAndVerifyClientCert', True, None,
+         {'no certificate': False, 'self-signed': False, 'CA-signed': True}),
+    ]
+    problems = []
+    for i, (policy, with_ca, sans, want) in enumerate(cases):
+        lines = ['tls_server_config:', '  cert_file: ' + yaml_str(cert),
+                 '  key_file: ' + yaml_str(key), '  client_auth_type: ' + policy]
+        if with_ca:
+            lines.append('  client_ca_file: ' + yaml_str(ca))
+        if sans:
+            lines.append('  client_allowed_sans: [%s]' % ', '.join(sans))
+        cfg = harness.write_file(d, 'web%d.yml' % i, '\n'.join(lines) + '\n')
+        exp = harness.Exporter(['--web.config.file', cfg, source_file(d, 'a%d.log' % i)], d,
+                               name='e%d' % i)
+        for client, accepted in want.items():
+            rc, code, _, body = curl('https://%s/metrics' % exp.address, cacert=cert,
+                                     extra=clients[client])
+            got = (rc, code) == (0, 200)
+            if got != accepted:
+                problems.append('%s%s%s, %s: curl rc %d, HTTP %d (want %s)' % (
+                    policy, ' + client_ca_file' if with_ca else '',
+                    ' + client_allowed_sans' if sans else '', client, rc, code,
+                    'accepted' if accepted else 'refused'))
+            elif got:
+                assert_metrics_body(body)
+        # And with openssl s_client: the self-signed certificate gets an
+        # unknown_ca alert only where the policy verifies.
+        ok, out = s_client(exp.address, ['-CAfile', cert, '-cert', selfs[0], '-key', selfs[1]])
+        if 'self-signed' in want and want['self-signed'] and 'unknown ca' in out.lower():
+            problems.append('%s: s_client with a self-signed certificate: %s' % (policy, out[-300:]))
+        assert exp.proc.poll() is None, exp.logs()
+        assert exp.stop() == 0
+    assert not problems, '\n'.join(problems)
 
 
 def test_unenforceable_tls_settings_are_refused():
@@ -787,5 +866,7 @@ if __name__ == '__main__':
                   test_reload_needs_enable_lifecycle,
                   test_idle_and_slowloris_connections_do_not_starve_scrapes,
                   test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
-                  test_tls_restrictions_are_enforced, test_unenforceable_tls_settings_are_refused,
+                  test_tls_restrictions_are_enforced,
+                  test_client_auth_type_decides_whether_the_chain_is_verified,
+                  test_unenforceable_tls_settings_are_refused,
                   test_metrics_are_gzipped_when_asked])

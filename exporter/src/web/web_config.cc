@@ -258,7 +258,7 @@ WebConfig WebConfig::Load(const std::string& path) {
     return (fs::path(base) / p).lexically_normal().string();
   };
   // Where settings checked after the loop were written.
-  std::string sans_at, max_at, tls_setting_at, tls_setting;
+  std::string sans_at, max_at, ca_at, tls_setting_at, tls_setting;
   std::string min_name = "TLS12";
   for (const auto& kv : root) {
     std::string key = kv.first.Scalar();
@@ -281,7 +281,10 @@ WebConfig WebConfig::Load(const std::string& path) {
           s.key_file = resolve(v);
         } else if (k == "client_ca_file") {
           s.client_ca_file = resolve(v);
+          ca_at = Where(path, tkv.first);
         } else if (k == "client_auth_type") {
+          // exporter-toolkit keeps RequireClientCert as an old name.
+          if (v == "RequireClientCert") v = "RequireAnyClientCert";
           if (v != "NoClientCert" && v != "RequestClientCert" &&
               v != "RequireAnyClientCert" && v != "VerifyClientCertIfGiven" &&
               v != "RequireAndVerifyClientCert") {
@@ -371,6 +374,13 @@ WebConfig WebConfig::Load(const std::string& path) {
               Where(path, u.second) + ": password of '" + user +
               "' must be a bcrypt hash ($2y$..., e.g. from htpasswd -nBC 10)");
         }
+        int cost = (hash[4] - '0') * 10 + (hash[5] - '0');
+        if (cost < 4 || cost > 31) {
+          // crypt(3) refuses it: a user who could never log in.
+          throw std::invalid_argument(Where(path, u.second) +
+                                      ": password of '" + user +
+                                      "': bcrypt cost must be 04 to 31");
+        }
         s.users[user] = hash;
       }
     } else if (key == "http_server_config") {
@@ -405,6 +415,15 @@ WebConfig WebConfig::Load(const std::string& path) {
     throw std::invalid_argument(
         max_at + ": max_version is below min_version (" + min_name + ")");
   }
+  if (!s.client_ca_file.empty() && s.client_auth == "NoClientCert") {
+    // No client certificate would be asked for: the CA would restrict
+    // nothing (exporter-toolkit refuses this too).
+    throw std::invalid_argument(
+        ca_at +
+        ": client_ca_file without client_auth_type (client certificates "
+        "would not be checked); set client_auth_type, e.g. "
+        "RequireAndVerifyClientCert");
+  }
   if (!s.allowed_sans.empty() && s.client_auth != "RequireAnyClientCert" &&
       s.client_auth != "RequireAndVerifyClientCert") {
     // Any other type lets a client in without a certificate, so without a
@@ -421,13 +440,18 @@ WebConfig WebConfig::Load(const std::string& path) {
                                 "be off)");
   }
   // bcrypt work for unknown users at the highest cost configured, so
-  // timing does not tell them apart.
-  std::string cost = "10";
+  // timing does not tell them apart, but at most kMaxDecoyCost: a user
+  // with an expensive hash must not make every unknown name cost that
+  // much (2^(cost-10) times a cost-10 check, ~50 ms here).
+  int cost = 4;
   for (const auto& [user, hash] : s.users) {
-    if (hash.substr(4, 2) > cost) cost = hash.substr(4, 2);
+    cost = std::max(cost, std::stoi(hash.substr(4, 2)));
   }
-  s.dummy_hash =
-      "$2y$" + cost + "$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+  cost = std::min(cost, kMaxDecoyCost);
+  char digits[3] = {static_cast<char>('0' + cost / 10),
+                    static_cast<char>('0' + cost % 10), '\0'};
+  s.dummy_hash = std::string("$2y$") + digits +
+                 "$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
   if (c.tls_enabled()) {
     for (const auto& f : {s.cert_file, s.key_file}) {
       if (::access(f.c_str(), R_OK) != 0) {
@@ -503,6 +527,7 @@ AuthResult WebConfig::CheckAuthorization(const std::string& header) const {
 WebConfig::AuthStats WebConfig::auth_stats() const {
   std::lock_guard lock(mutex_);
   AuthStats out = stats_;
+  out.decoy_cost = std::stoi(s_.dummy_hash.substr(4, 2));
   out.ok_cached = ok_.size();
   out.denied_cached = denied_.size();
   return out;
@@ -541,18 +566,23 @@ bool WebConfig::SanAllowed(X509* cert) const {
   return allowed;
 }
 
-int WebConfig::VerifyPeer(int preverify_ok, X509_STORE_CTX* store) {
-  if (preverify_ok != 1) return 0;
-  if (X509_STORE_CTX_get_error_depth(store) != 0) return 1;
-  auto* ssl = static_cast<SSL*>(
-      X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  const auto* self = ssl == nullptr
-                         ? nullptr
-                         : static_cast<const WebConfig*>(
-                               SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+bool WebConfig::VerifiesChain() const {
+  return s_.client_auth == "VerifyClientCertIfGiven" ||
+         s_.client_auth == "RequireAndVerifyClientCert";
+}
+
+// Replaces OpenSSL's chain verification (SSL_CTX_set_cert_verify_callback),
+// as Go's crypto/tls does per ClientAuthType: RequestClientCert and
+// RequireAnyClientCert take any certificate, VerifyClientCertIfGiven and
+// RequireAndVerifyClientCert verify it against client_ca_file. Then
+// client_allowed_sans is checked on the client's own certificate.
+int WebConfig::VerifyPeer(X509_STORE_CTX* store, void* arg) {
+  const auto* self = static_cast<const WebConfig*>(arg);
   if (self == nullptr) return 0;
-  if (self->s_.allowed_sans.empty()) return 1;
-  if (self->SanAllowed(X509_STORE_CTX_get_current_cert(store))) return 1;
+  if (self->VerifiesChain() && X509_verify_cert(store) != 1) return 0;
+  X509* leaf = X509_STORE_CTX_get0_cert(store);
+  if (leaf == nullptr) return 0;
+  if (self->s_.allowed_sans.empty() || self->SanAllowed(leaf)) return 1;
   X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
   Log(LogLevel::kDebug,
       "web: client certificate refused: no SAN in client_allowed_sans");
@@ -607,12 +637,21 @@ SSL_CTX* WebConfig::NewSslCtx() const {
                                       nullptr) != 1) {
       return fail();
     }
+    if (!s_.client_ca_file.empty()) {
+      // The CA names go into the CertificateRequest, as Go sends them.
+      STACK_OF(X509_NAME)* names =
+          SSL_load_client_CA_file(s_.client_ca_file.c_str());
+      if (names == nullptr) return fail();
+      SSL_CTX_set_client_CA_list(ctx, names);
+    }
     int mode = SSL_VERIFY_PEER;
     if (s_.client_auth == "RequireAndVerifyClientCert" ||
         s_.client_auth == "RequireAnyClientCert") {
       mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     }
-    SSL_CTX_set_verify(ctx, mode, &WebConfig::VerifyPeer);
+    SSL_CTX_set_verify(ctx, mode, nullptr);
+    SSL_CTX_set_cert_verify_callback(ctx, &WebConfig::VerifyPeer,
+                                     const_cast<WebConfig*>(this));
   }
   return ctx;
 }

@@ -53,6 +53,8 @@ class WebConfig {
   static constexpr std::chrono::milliseconds kMaxBcryptWait{1000};
   static constexpr size_t kOkCacheSize = 64;
   static constexpr size_t kDeniedCacheSize = 4096;
+  /// Most bcrypt cost an unknown user's decoy check takes.
+  static constexpr int kMaxDecoyCost = 10;
 
   /// Throws std::invalid_argument ("file:line: ...") on a bad file.
   static WebConfig Load(const std::string& path);
@@ -73,7 +75,8 @@ class WebConfig {
   /// so failures never evict a working credential). A miss costs one bcrypt
   /// run, at most kMaxParallelBcrypt at a time; a check that would wait
   /// longer than kMaxBcryptWait, or behind kMaxBcryptWaiters others, is
-  /// kBusy. Unknown users cost the same bcrypt work as known ones.
+  /// kBusy. Unknown users cost the same bcrypt work as known ones, up to
+  /// cost kMaxDecoyCost.
   AuthResult CheckAuthorization(const std::string& header) const;
 
   /// "Name: value\r\n" lines from http_server_config.headers.
@@ -86,6 +89,7 @@ class WebConfig {
     long busy = 0;
     size_t ok_cached = 0;
     size_t denied_cached = 0;
+    int decoy_cost = 0;  ///< bcrypt cost of an unknown user's check
   };
   AuthStats auth_stats() const;
 
@@ -108,11 +112,12 @@ class WebConfig {
     std::vector<std::string> allowed_sans;
     std::string extra_headers;
     std::map<std::string, std::string> users;  // user -> bcrypt hash
-    std::string dummy_hash;                    // same cost as the users' hashes
+    std::string dummy_hash;  // the users' highest cost, <= kMaxDecoyCost
   };
 
   static int ExternalSslCtx(void** ssl_ctx, void* user_data);
-  static int VerifyPeer(int preverify_ok, x509_store_ctx_st* store);
+  static int VerifyPeer(x509_store_ctx_st* store, void* arg);
+  bool VerifiesChain() const;
   /// A server context with every TLS setting applied, or nullptr
   /// (OpenSSL's error queue says why).
   ssl_ctx_st* NewSslCtx() const;
