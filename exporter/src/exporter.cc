@@ -254,6 +254,13 @@ void Exporter::Impl::BindSyslogSources() {
                                 options.sources[syslog[0]].url +
                                 "': a socket has no end");
   }
+  // Sender hostnames may not take a configured source's name.
+  std::vector<std::string> configured;
+  for (const auto& spec : options.sources) configured.push_back(spec.name);
+  for (uint32_t i = 0; i < table.size(); ++i) {
+    if (table.active(i)) configured.push_back(table.labels[i].name);
+  }
+  auto names = std::make_shared<SyslogNames>(configured);
   std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
   for (size_t k = 0; k < syslog.size(); ++k) {
     for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
@@ -273,7 +280,7 @@ void Exporter::Impl::BindSyslogSources() {
     po.max_line_bytes = options.max_line_bytes;
     supervisor->Adopt(MakeSyslogProducer(options.sources[i], i,
                                          *table.status[i], std::move(slots[k]),
-                                         queue, po));
+                                         names, queue, po));
   }
 }
 

@@ -326,6 +326,57 @@ def test_malformed_oversized_and_many_hostnames():
     exp.stop()
 
 
+def test_sender_hostname_cannot_take_a_configured_source_name():
+    """The config refuses two sources with one name; a datagram must not do
+    what the config may not. A sender hostname that is the name of a
+    configured source (file or syslog), or of another socket's sender, gets
+    no slot: its lines count under the socket's own name and in
+    sshtail_syslog_hostname_conflicts_total. (One datagram with hostname
+    web1 added to nginx_http_requests_total{source="web1"} of the file.)"""
+    d = harness.tmpdir()
+    log = harness.write_file(d, 'w.log', '')
+    u1, u2 = harness.free_port(), harness.free_port()
+    sock1, sock2 = '127.0.0.1:%d' % u1, '127.0.0.1:%d' % u2
+    cfg = harness.write_file(d, 'config.yml', '\n'.join([
+        'sources:',
+        '  - {url: %s, name: web1}' % log,
+        '  - syslog+udp://' + sock1,
+        '  - {url: "syslog+udp://%s", name: edge}' % sock2,
+        '']))
+    exp = harness.Exporter(['--config', cfg], d)
+    hdr = '<190>Dec  2 07:12:59 %s nginx: '
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = {sock1: 0, sock2: 0}
+
+    def send(to, host, n=1):
+        for _ in range(n):
+            c.sendto((hdr % host + LINE).encode(), ('127.0.0.1', int(to.rsplit(':', 1)[1])))
+        sent[to] += n
+    send(sock1, 'web1', 3)    # the file's name
+    send(sock1, 'edge', 2)    # the other socket's name
+    send(sock1, sock1, 1)     # its own name
+    send(sock1, 'web2', 4)    # free: its own source
+    # (the first socket has taken web2 before the second sees it)
+    exp.wait_value('nginx_http_requests_total', 4, timeout=20, source='web2')
+    send(sock2, 'web2', 5)    # taken by the first socket's sender
+    send(sock2, 'web3', 6)    # free
+    total = sum(sent.values())
+    exp.wait_value('nginx_http_requests_total', total, timeout=20)
+    m = exp.metrics()
+    got = {name: rule_requests(m, source=name)
+           for name in ('web1', 'edge', sock1, 'web2', 'web3')}
+    assert got == {'web1': 0, 'edge': 5, sock1: 6, 'web2': 4, 'web3': 6}, got
+    conflicts = {name: promtext.total(m, 'sshtail_syslog_hostname_conflicts_total', source=name)
+                 for name in (sock1, 'edge')}
+    assert conflicts == {sock1: 6, 'edge': 5}, conflicts
+    assert promtext.total(m, 'sshtail_lines_total', source='web1') == 0
+    # The file source's own lines still count as web1.
+    with open(log, 'a') as f:
+        f.write(LINE + '\n')
+    exp.wait_value('nginx_http_requests_total', 1, source='web1')
+    assert exp.stop() == 0
+
+
 def test_refusals():
     d = harness.tmpdir()
     not_sock = harness.write_file(d, 'file', 'data\n')
@@ -384,5 +435,6 @@ if __name__ == '__main__':
     if sys.argv[1:] == ['unix-512']:
         harness.main([unix_socket_run])
     harness.main([test_refusals, test_malformed_oversized_and_many_hostnames,
+                  test_sender_hostname_cannot_take_a_configured_source_name,
                   test_nohostname_counts_under_the_socket,
                   test_unix_socket_exact_at_10k_per_second, test_udp_exact_at_10k_per_second])
