@@ -128,7 +128,7 @@ std::vector<SourceSpec> WithInventory(const Options& o,
   return sources;
 }
 
-void CheckConfig(const Options& given) {
+size_t CheckConfig(const Options& given) {
   CheckShardIndex(given);
   Options options = given;
   options.sources = WithInventory(given, given.sources);
@@ -139,6 +139,7 @@ void CheckConfig(const Options& given) {
   if (options.output == "openmetrics") FormatRules::Build(defs, nullptr, true);
   if (!options.web_config_file.empty())
     WebConfig::Load(options.web_config_file);
+  return options.sources.size();
 }
 
 Exporter::Impl::Impl(Options o)
@@ -590,13 +591,14 @@ int Main(int argc, const char* const argv[]) {
   ParseLogLevel(options.log_level, &level);
   SetLogLevel(level);
   if (options.check_config) {
+    size_t sources = 0;
     try {
-      CheckConfig(options);
+      sources = CheckConfig(options);  // with the inventory's targets
     } catch (const std::invalid_argument& e) {
       std::fprintf(stderr, "%s\n", e.what());
       return 2;
     }
-    std::printf("config OK: %zu source(s)\n", options.sources.size());
+    std::printf("config OK: %zu source(s)\n", sources);
     return 0;
   }
   std::unique_ptr<Exporter> exporter;
