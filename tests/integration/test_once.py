@@ -1,5 +1,6 @@
 """--once on local files and stdin: exact counts, exposition format, errors."""
 import os
+import shutil
 import subprocess
 
 import harness
@@ -183,13 +184,19 @@ def test_a_pids_limit_never_ends_the_process():
     uid = next(u for u in range(64100, 64200)
                if subprocess.run(['pgrep', '-U', str(u)], capture_output=True).returncode == 1)
 
+    # That uid may not be able to enter the directory of the build (a clone
+    # under /root or a home directory): run a copy from the temp dir (0755).
+    binary = os.path.join(d, 'sshtail_exporter')
+    shutil.copy2(harness.BIN, binary)
+    os.chmod(binary, 0o755)
+
     def limited():
         os.setgid(uid)
         os.setuid(uid)
         # The main thread and 2 more: some readers cannot get a thread.
         resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
 
-    r = subprocess.run([harness.BIN, '--once', '--format', 'timed', '--consumers', '2'] + paths,
+    r = subprocess.run([binary, '--once', '--format', 'timed', '--consumers', '2'] + paths,
                        capture_output=True, text=True, timeout=120, preexec_fn=limited)
     assert r.returncode == 0, (r.returncode, r.stderr)
     m = promtext.parse(r.stdout)
