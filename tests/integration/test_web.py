@@ -806,6 +806,96 @@ def test_unenforceable_tls_settings_are_refused():
     assert not problems, '\n'.join(problems)
 
 
+# ---------------------------------------------------------- config reload
+
+def replace_file(path, text=None, src=None):
+    """Replaces `path` atomically (rename), with `text` or a copy of `src`."""
+    tmp = path + '.tmp'
+    if src is not None:
+        shutil.copyfile(src, tmp)
+    else:
+        with open(tmp, 'w') as f:
+            f.write(text)
+    os.rename(tmp, path)
+
+
+def test_web_config_is_reread_on_change():
+    """exporter-toolkit re-reads the web config for every new connection, so
+    a renewed certificate or a changed password applies without a restart;
+    it was read once at start. Now a change of the file or of the files it
+    names is seen within a second; a file that does not load (or would turn
+    TLS off) keeps the previous config, with
+    sshtail_web_config_last_reload_successful 0."""
+    d = harness.tmpdir()
+    one, two = os.path.join(d, 'one'), os.path.join(d, 'two')
+    os.makedirs(one)
+    os.makedirs(two)
+    cert1, key1 = make_cert(one)
+    cert2, key2 = make_cert(two)
+    cert, key = os.path.join(d, 'tls.crt'), os.path.join(d, 'tls.key')
+    shutil.copyfile(cert1, cert)
+    shutil.copyfile(key1, key)
+    old_hash, new_hash = bcrypt(PASSWORD), bcrypt('new password')
+    cfg = os.path.join(d, 'web.yml')
+
+    def config(password_hash, extra_tls=''):
+        return ('tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n' + extra_tls +
+                'basic_auth_users:\n  alice: %s\n' % yaml_str(password_hash))
+    replace_file(cfg, config(old_hash))
+    exp = harness.Exporter(['--web.config.file', cfg, source_file(d)], d)
+    url = 'https://%s/metrics' % exp.address
+    creds = {'now': 'alice:' + PASSWORD, 'cacert': cert1}
+
+    def status(user=None, cacert=None, extra=()):
+        rc, code, _, body = curl(url, user=user or creds['now'],
+                                 cacert=cacert or creds['cacert'], extra=extra)
+        return (rc, code), body
+
+    def metric(name, **labels):
+        got, body = status()
+        assert got == (0, 200), got
+        return promtext.total(promtext.parse(body), name, **labels)
+
+    assert status()[0] == (0, 200)
+    assert metric('sshtail_web_config_last_reload_successful') == 1
+    # 1. A renewed certificate (cert and key replaced): the next handshake.
+    replace_file(key, src=key2)
+    replace_file(cert, src=cert2)
+    harness.wait_for(lambda: status(cacert=cert2)[0] == (0, 200), 15, 0.1,
+                     'the new certificate to be served')
+    creds['cacert'] = cert2
+    assert status(cacert=cert1)[0][0] != 0  # the old one is gone
+    # 2. A changed password: the next request.
+    replace_file(cfg, config(new_hash))
+    harness.wait_for(lambda: status(user='alice:new password')[0] == (0, 200), 15, 0.1,
+                     'the new password to work')
+    creds['now'] = 'alice:new password'
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    assert metric('sshtail_web_config_reloads_total', result='success') == 2
+    # 3. A broken file keeps the previous config.
+    replace_file(cfg, 'basic_auth_users: {alice: [\n')
+    harness.wait_for(lambda: metric('sshtail_web_config_last_reload_successful') == 0, 15, 0.1,
+                     'the failed reload to show')
+    assert status()[0] == (0, 200)
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    # 4. So does one that would turn TLS off (that needs a restart).
+    replace_file(cfg, 'basic_auth_users:\n  alice: %s\n' % yaml_str(old_hash))
+    harness.wait_for(lambda: metric('sshtail_web_config_reloads_total', result='failure') == 2,
+                     15, 0.1, 'the TLS-off reload to be refused')
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    assert status()[0] == (0, 200)
+    # 5. A good file again, with a TLS setting: min_version applies to the
+    # next handshake too.
+    replace_file(cfg, config(new_hash, '  min_version: TLS13\n'))
+    harness.wait_for(lambda: metric('sshtail_web_config_last_reload_successful') == 1, 15, 0.1,
+                     'the good file to load')
+    assert status(extra=['--tls-max', '1.2'])[0][0] != 0, 'TLS 1.2 after min_version: TLS13'
+    assert status(extra=['--tlsv1.3'])[0] == (0, 200)
+    assert metric('sshtail_web_config_reloads_total', result='success') == 3
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
+
+
 # -------------------------------------------------------------- lifecycle
 
 def test_reload_needs_enable_lifecycle():
@@ -868,5 +958,5 @@ if __name__ == '__main__':
                   test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
                   test_tls_restrictions_are_enforced,
                   test_client_auth_type_decides_whether_the_chain_is_verified,
-                  test_unenforceable_tls_settings_are_refused,
+                  test_unenforceable_tls_settings_are_refused, test_web_config_is_reread_on_change,
                   test_metrics_are_gzipped_when_asked])
