@@ -892,6 +892,14 @@ def test_web_config_is_reread_on_change():
     assert status(extra=['--tls-max', '1.2'])[0][0] != 0, 'TLS 1.2 after min_version: TLS13'
     assert status(extra=['--tlsv1.3'])[0] == (0, 200)
     assert metric('sshtail_web_config_reloads_total', result='success') == 3
+    # 6. Client certificates required from now on: the next handshake
+    # without one is refused, one with a (self-signed) certificate passes.
+    client = make_self_signed_client_cert(d, 'client', 'DNS:prometheus.example')
+    with_cert = ['--cert', client[0], '--key', client[1]]
+    replace_file(cfg, config(new_hash, '  client_auth_type: RequireAnyClientCert\n'))
+    harness.wait_for(lambda: status()[0][0] != 0, 15, 0.1,
+                     'a client without a certificate to be refused')
+    assert status(extra=with_cert)[0] == (0, 200)
     assert exp.proc.poll() is None, exp.logs()
     assert exp.stop() == 0
 
