@@ -3,7 +3,9 @@ toolkit format), checked with real curl/openssl clients; bad web configs;
 /-/ready and /-/reload."""
 import gzip
 import os
+import resource
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -473,6 +475,162 @@ def test_idle_and_slowloris_connections_do_not_starve_scrapes():
         slow.close()
         for s in idle:
             s.close()
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
+
+
+class Flood(threading.Thread):
+    """`idle` silent and `slow` trickling connections from 127.0.0.1, kept
+    open or opening (non-blocking connects) and re-opened whenever the
+    server closes one, as an attacker's loop would."""
+
+    def __init__(self, port, idle, slow):
+        super().__init__(daemon=True)
+        self.port = port
+        self.sel = selectors.DefaultSelector()
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.kinds = {}
+        self.connected = set()
+        for _ in range(idle):
+            self.open('idle')
+        for _ in range(slow):
+            self.open('slow')
+
+    def open(self, kind):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(('127.0.0.1', self.port))
+        self.kinds[s] = kind
+        self.sel.register(s, selectors.EVENT_WRITE)
+
+    def drop(self, s):
+        kind = self.kinds.pop(s)
+        self.connected.discard(s)
+        self.sel.unregister(s)
+        s.close()
+        self.closed_by_server += 1
+        if not self.stop.is_set():
+            self.open(kind)
+
+    def run(self):
+        next_byte = time.monotonic() + 1.0
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(0.05):
+                s = key.fileobj
+                if s not in self.connected:
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                        self.drop(s)
+                        continue
+                    self.connected.add(s)
+                    self.sel.modify(s, selectors.EVENT_READ)
+                    if self.kinds[s] == 'slow':
+                        try:
+                            s.send(b'GET /metrics HTTP/1.1\r\nHost: x\r\n')
+                        except OSError:
+                            self.drop(s)
+                    continue
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b''
+                if data == b'':
+                    self.drop(s)
+            if time.monotonic() >= next_byte:
+                next_byte += 1.0
+                for s in list(self.connected):
+                    if self.kinds[s] == 'slow':
+                        try:
+                            s.send(b'X')
+                        except OSError:
+                            pass
+
+    def close(self):
+        self.stop.set()
+        self.join(10)
+        for s in list(self.kinds):
+            s.close()
+
+
+def scrape_from(source_ip, port, timeout):
+    """(seconds, body) of GET /metrics on a new connection from source_ip;
+    body None if not answered (200) within timeout."""
+    start = time.monotonic()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.bind((source_ip, 0))
+            s.connect(('127.0.0.1', port))
+            s.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            data = b''
+            while time.monotonic() - start < timeout:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return time.monotonic() - start, None
+    head, _, body = data.partition(b'\r\n\r\n')
+    if not head.startswith(b'HTTP/1.1 200'):
+        return time.monotonic() - start, None
+    return time.monotonic() - start, body.decode(errors='replace')
+
+
+def proc_threads_and_rss(pid):
+    out = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            k, _, v = line.partition(':')
+            if k == 'Threads':
+                out['threads'] = int(v)
+            elif k == 'VmRSS':
+                out['rss_kb'] = int(v.split()[0])
+    return out
+
+
+def test_one_address_with_thousands_of_connections_does_not_block_others():
+    """Issue 24 G: 2,000 idle connections from one client (CivetWeb: one
+    thread each, 256, 5 s header deadline; its listen backlog full, other
+    clients' SYNs dropped) held every scrape for seconds (p50 4 s, some
+    > 20 s: bench/web_flood.py). Now the exporter's own accept loop holds
+    connections without a thread until they send something and relays at
+    most an eighth of the threads per address: with 2,000 idle and 200
+    slow-header connections from 127.0.0.1, every scrape from 127.0.0.2
+    is answered, and no thread or unbounded memory is added."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    d = harness.tmpdir()
+    exp = harness.Exporter([source_file(d)], d)
+    port = int(exp.address.rsplit(':', 1)[1])
+    assert scrape_from('127.0.0.2', port, 5)[1] is not None
+    before = proc_threads_and_rss(exp.proc.pid)
+    flood = Flood(port, 2000, 200)
+    flood.start()
+    try:
+        harness.wait_for(lambda: len(flood.connected) >= 2000, 30, 0.1,
+                         'the flood to connect (the exporter accepts at once)')
+        times = []
+        for _ in range(20):
+            took, body = scrape_from('127.0.0.2', port, 5)
+            assert body is not None, 'scrape not answered in 5 s (%d flood connections ' \
+                'open)' % len(flood.connected)
+            assert_metrics_body(body)
+            times.append(took)
+        # Idle ones are closed by the server (and re-opened by the flood).
+        harness.wait_for(lambda: flood.closed_by_server >= 2000, 30, 0.1,
+                         'the server to close the idle connections')
+        after = proc_threads_and_rss(exp.proc.pid)
+    finally:
+        flood.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    times.sort()
+    print('  2,000 idle + 200 slow from one address: 20 scrapes from another, '
+          'median %.3fs, max %.3fs; %d flood connections closed by the server; '
+          'threads %d -> %d, RSS %d -> %d kB' % (
+              times[10], times[-1], flood.closed_by_server, before['threads'],
+              after['threads'], before['rss_kb'], after['rss_kb']))
+    assert after['threads'] == before['threads'], (before, after)
+    assert after['rss_kb'] < before['rss_kb'] + 64 * 1024, (before, after)
     assert exp.proc.poll() is None, exp.logs()
     assert exp.stop() == 0
 
@@ -963,6 +1121,7 @@ if __name__ == '__main__':
                   test_check_config_rejects_bad_web_config, test_ready_and_reload,
                   test_reload_needs_enable_lifecycle,
                   test_idle_and_slowloris_connections_do_not_starve_scrapes,
+                  test_one_address_with_thousands_of_connections_does_not_block_others,
                   test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
                   test_tls_restrictions_are_enforced,
                   test_client_auth_type_decides_whether_the_chain_is_verified,

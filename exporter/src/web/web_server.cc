@@ -1,7 +1,9 @@
 #include "sshtail/web_server.h"
 
 #include <civetweb.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "sshtail/log.h"
+#include "web/conn_gate.h"
 #include "web/http_gzip.h"
 #include "web/web_config.h"
 
@@ -29,6 +32,7 @@ struct WebServer::Impl {
   WebSettings settings;
   std::unique_ptr<WebConfigSource> web;  // re-read on change
   struct mg_context* ctx = nullptr;
+  ConnGate gate;  // the public socket; CivetWeb listens on loopback
   std::string bound;
 
   void Send(struct mg_connection* conn, const WebConfig& config, int status,
@@ -167,13 +171,24 @@ bool WebServer::Start(std::string* error) {
     return false;
   }
   const bool tls = impl_->web->tls_enabled();
-  // ":9923" -> "9923" (all IPv4 addresses); "[::1]:9923" stays as is.
-  std::string ports = impl_->listen_address;
-  if (!ports.empty() && ports[0] == ':') ports = ports.substr(1);
-  if (ports.empty()) {
+  if (impl_->listen_address.empty()) {
     *error = "--web.listen-address: empty";
     return false;
   }
+  // Many held connections need descriptors: the soft limit goes up to the
+  // hard one (what Go programs do at start).
+  struct rlimit nofile {};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+      nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  if (!impl_->gate.Listen(impl_->listen_address, error)) return false;
+  // CivetWeb serves on a loopback port of its own; ConnGate accepts on the
+  // public one and relays a connection once the client has sent something
+  // (see conn_gate.h), at most max_connections at once and an eighth of
+  // them per client address.
+  std::string ports = "127.0.0.1:0";
   if (tls) ports += "s";
   // CivetWeb 1.15 gives each connection a thread for its whole life, so
   // the thread count is the connection bound. request_timeout_ms is a total
@@ -209,24 +224,31 @@ bool WebServer::Start(std::string* error) {
   mg_init_library(tls ? MG_FEATURES_TLS : 0);
   impl_->ctx = mg_start(&callbacks, impl_->web.get(), options.data());
   if (impl_->ctx == nullptr) {
-    *error = "cannot listen on " + impl_->listen_address +
-             " (address in use, or not a valid [host]:port)";
+    *error = "web: CivetWeb cannot listen on a loopback port";
     return false;
   }
   mg_set_request_handler(impl_->ctx, "/", &Impl::Handle, impl_.get());
   struct mg_server_port sp[4];
   int n = mg_get_server_ports(impl_->ctx, 4, sp);
-  if (n > 0) {
-    std::string host = impl_->listen_address;
-    size_t colon = host.rfind(':');
-    host = colon == std::string::npos ? "" : host.substr(0, colon);
-    if (host.empty()) host = "0.0.0.0";
-    impl_->bound = host + ":" + std::to_string(sp[0].port);
+  if (n <= 0) {
+    *error = "web: CivetWeb did not listen";
+    Stop();
+    return false;
   }
+  ConnGate::Limits limits;
+  limits.total = static_cast<size_t>(impl_->settings.max_connections);
+  limits.per_ip = std::max<size_t>(1, limits.total / 8);
+  limits.wait = kHeaderDeadline;
+  if (!impl_->gate.Start(sp[0].port, limits, error)) {
+    Stop();
+    return false;
+  }
+  impl_->bound = impl_->gate.bound();
   return true;
 }
 
 void WebServer::Stop() {
+  if (impl_) impl_->gate.Stop();
   if (impl_ && impl_->ctx) {
     mg_stop(impl_->ctx);
     impl_->ctx = nullptr;
