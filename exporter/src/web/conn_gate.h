@@ -20,7 +20,8 @@ namespace sshtail {
 /// been relayed within `wait` is closed. So silent connections never reach
 /// a thread, and one address's trickling ones hold at most per_ip threads.
 /// Memory: at most `max_waiting` held connections (a small struct each) and
-/// two 16 KiB buffers per relayed one. Start/Stop from one thread.
+/// 16 + 64 KiB of buffers per relayed one (at most `total`). Start/Stop from
+/// one thread.
 class ConnGate {
  public:
   struct Limits {
