@@ -603,6 +603,19 @@ def test_one_address_with_thousands_of_connections_does_not_block_others():
     exp = harness.Exporter([source_file(d)], d)
     port = int(exp.address.rsplit(':', 1)[1])
     assert scrape_from('127.0.0.2', port, 5)[1] is not None
+    # A request followed by a half-close (nc -N) is still answered; corked,
+    # so request and FIN arrive in one segment (the gate sees both at once).
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        s.sendall(b'GET /-/healthy HTTP/1.0\r\n\r\n')
+        s.shutdown(socket.SHUT_WR)
+        data = b''
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b'HTTP/1.1 200') and data.endswith(b'Healthy.\n'), data
     before = proc_threads_and_rss(exp.proc.pid)
     flood = Flood(port, 2000, 200)
     flood.start()

@@ -190,18 +190,26 @@ struct ConnGate::Loop {
     }
   }
 
-  // The client sent its first bytes (or closed).
+  // The client sent its first bytes, or closed (or, once eligible, reset).
   void BecameReadable(Conn* c, uint32_t events) {
-    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-      // Closed before it was relayed (a request and a close, unrelayed,
-      // would get no answer anyway: CivetWeb answers only open ones).
+    if (c->eligible || (events & (EPOLLHUP | EPOLLERR))) {
       Close(c);
       return;
+    }
+    if (events & EPOLLRDHUP) {
+      // A request and then a half-close (printf ... | nc -N) is still a
+      // request; a close without a byte is not.
+      char b;
+      if (::recv(c->client.get(), &b, 1, MSG_PEEK) <= 0) {
+        Close(c);
+        return;
+      }
     }
     c->eligible = true;
     Peer* p = c->peer;
     c->in_queue = p->eligible.insert(p->eligible.end(), c);
-    Watch(c->client.get(), EPOLLRDHUP, Tag(c, false), false);
+    // Nothing more to learn until it is relayed (errors still arrive).
+    Watch(c->client.get(), 0, Tag(c, false), false);
     if (!p->in_ring) {
       p->in_ring = true;
       ring_.push_back(p);
