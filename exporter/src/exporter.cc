@@ -138,7 +138,7 @@ std::vector<SourceSpec> WithInventory(const Options& o,
   return sources;
 }
 
-void CheckConfig(const Options& given) {
+size_t CheckConfig(const Options& given) {
   CheckShardIndex(given);
   Options options = given;
   options.sources = WithInventory(given, given.sources, !given.once);
@@ -149,6 +149,7 @@ void CheckConfig(const Options& given) {
   if (options.output == "openmetrics") FormatRules::Build(defs, nullptr, true);
   if (!options.web_config_file.empty())
     WebConfig::Load(options.web_config_file);
+  return options.sources.size();
 }
 
 Exporter::Impl::Impl(Options o)
@@ -267,6 +268,13 @@ void Exporter::Impl::BindSyslogSources() {
                                 options.sources[syslog[0]].url +
                                 "': a socket has no end");
   }
+  // Sender hostnames may not take a configured source's name.
+  std::vector<std::string> configured;
+  for (const auto& spec : options.sources) configured.push_back(spec.name);
+  for (uint32_t i = 0; i < table.size(); ++i) {
+    if (table.active(i)) configured.push_back(table.labels[i].name);
+  }
+  auto names = std::make_shared<SyslogNames>(configured);
   std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
   for (size_t k = 0; k < syslog.size(); ++k) {
     for (size_t h = 0; h < kSyslogMaxHosts; ++h) {
@@ -286,7 +294,7 @@ void Exporter::Impl::BindSyslogSources() {
     po.max_line_bytes = options.max_line_bytes;
     supervisor->Adopt(MakeSyslogProducer(options.sources[i], i,
                                          *table.status[i], std::move(slots[k]),
-                                         queue, po));
+                                         names, queue, po));
   }
 }
 
@@ -596,13 +604,14 @@ int Main(int argc, const char* const argv[]) {
   ParseLogLevel(options.log_level, &level);
   SetLogLevel(level);
   if (options.check_config) {
+    size_t sources = 0;
     try {
-      CheckConfig(options);
+      sources = CheckConfig(options);  // with the inventory's targets
     } catch (const std::invalid_argument& e) {
       std::fprintf(stderr, "%s\n", e.what());
       return 2;
     }
-    std::printf("config OK: %zu source(s)\n", options.sources.size());
+    std::printf("config OK: %zu source(s)\n", sources);
     return 0;
   }
   std::unique_ptr<Exporter> exporter;

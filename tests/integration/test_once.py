@@ -1,5 +1,6 @@
 """--once on local files and stdin: exact counts, exposition format, errors."""
 import os
+import shutil
 import subprocess
 
 import harness
@@ -131,6 +132,35 @@ def test_bad_flags_and_config_exit_2_with_one_line():
     assert (bad_rules + ':3: bad regex') in r.stderr, r.stderr
 
 
+def test_check_config_reads_the_sources_file():
+    """--check-config with --sources.file printed "0 source(s)" whatever the
+    inventory held; it counts the inventory's targets, and a bad inventory is
+    exit 2 with one line naming file:line."""
+    d = harness.tmpdir()
+    log = harness.write_file(d, 'a.log', '')
+    good = harness.write_file(d, 'good.yml', '\n'.join([
+        '- targets: [web1, web2]',
+        '  labels: {__path__: /var/log/nginx/access.log}',
+        '- targets: [%s]' % log,
+        '']))
+    r = subprocess.run([harness.BIN, '--check-config', '--sources.file', good],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (0, 'config OK: 3 source(s)'), r
+    r = subprocess.run([harness.BIN, '--check-config', '--sources.file', good, log + '2'],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (0, 'config OK: 4 source(s)'), r
+    bad = harness.write_file(d, 'bad.yml', '\n'.join([
+        '- targets: [web1]',
+        '  labels: {__path__: /var/log/nginx/access.log}',
+        '- targets: [web3]',
+        '  labels: {}',
+        '']))
+    r = subprocess.run([harness.BIN, '--check-config', '--sources.file', bad],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r
+    assert (bad + ':3:') in r.stderr, r.stderr
+
+
 def test_help_and_version():
     for flag in ('--help', '--version'):
         r = subprocess.run([harness.BIN, flag], capture_output=True, text=True)
@@ -154,13 +184,19 @@ def test_a_pids_limit_never_ends_the_process():
     uid = next(u for u in range(64100, 64200)
                if subprocess.run(['pgrep', '-U', str(u)], capture_output=True).returncode == 1)
 
+    # That uid may not be able to enter the directory of the build (a clone
+    # under /root or a home directory): run a copy from the temp dir (0755).
+    binary = os.path.join(d, 'sshtail_exporter')
+    shutil.copy2(harness.BIN, binary)
+    os.chmod(binary, 0o755)
+
     def limited():
         os.setgid(uid)
         os.setuid(uid)
         # The main thread and 2 more: some readers cannot get a thread.
         resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
 
-    r = subprocess.run([harness.BIN, '--once', '--format', 'timed', '--consumers', '2'] + paths,
+    r = subprocess.run([binary, '--once', '--format', 'timed', '--consumers', '2'] + paths,
                        capture_output=True, text=True, timeout=120, preexec_fn=limited)
     assert r.returncode == 0, (r.returncode, r.stderr)
     m = promtext.parse(r.stdout)
@@ -172,5 +208,6 @@ if __name__ == '__main__':
     harness.main([test_once_200k_timed_matches_truth, test_once_combined_and_stdin,
                   test_once_custom_format_string, test_hostile_lines_are_counted_never_fatal,
                   test_label_values_from_hostile_bytes_stay_valid,
-                  test_bad_flags_and_config_exit_2_with_one_line, test_help_and_version,
+                  test_bad_flags_and_config_exit_2_with_one_line,
+                  test_check_config_reads_the_sources_file, test_help_and_version,
                   test_a_pids_limit_never_ends_the_process])

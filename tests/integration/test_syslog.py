@@ -85,7 +85,7 @@ class SyslogNginx:
     def syslog_send_failures(self):
         """nginx logs each datagram it could not send (EAGAIN: the socket's
         queue was full) and drops it."""
-        return len(re.findall(r'send\(\) to syslog', self.errors()))
+        return len(re.findall(r'send\(\) to syslog failed', self.errors()))
 
     def stub_requests(self):
         """nginx's own request counter (includes this very request)."""
@@ -141,30 +141,41 @@ def max_dgram_qlen():
 def check_exact(exp, nginx, sent, rate, what, allow_drops=False):
     """Counts on /metrics == nginx's stub_status counter == what curl sent.
     With allow_drops: == what nginx managed to send (stub_status minus the
-    datagrams it reported as dropped), i.e. the exporter loses nothing."""
+    datagrams it reported as dropped: `send() to syslog failed`, logged at
+    warn, which the test's error_log keeps), i.e. the exporter loses
+    nothing. Returns nginx's send failures."""
     # The stub request counts itself and is not logged.
-    want = nginx.stub_requests() - 1
-    assert want == sent, 'stub_status says %d requests, curl sent %d' % (want, sent)
-    failures = nginx.syslog_send_failures()
-    stub = want
-    if allow_drops:
-        want -= failures
+    stub = nginx.stub_requests() - 1
+    assert stub == sent, 'stub_status says %d requests, curl sent %d' % (stub, sent)
+    last = {}
+
+    def done():
+        # Both only grow: re-read each round, so a failure logged after the
+        # first look is still subtracted.
+        last['failures'] = nginx.syslog_send_failures() if allow_drops else 0
+        last['got'] = exp.value('nginx_http_requests_total', source=HOSTNAME)
+        return last['got'] == stub - last['failures']
     try:
-        exp.wait_value('nginx_http_requests_total', want, timeout=60, source=HOSTNAME)
+        harness.wait_for(done, 60, 0.05, 'exporter count == stub_status - nginx send failures')
     finally:
         m = exp.metrics()
-        got = rule_requests(m, source=HOSTNAME)
+        failures = nginx.syslog_send_failures()
         print('%s: %d requests at %.0f req/s; stub_status %d; nginx send failures '
-              '(drops) %d; exporter %d (want %d); sshtail_syslog_datagrams_dropped_total %s'
-              % (what, sent, rate, stub, failures, got, want,
-                 promtext.total(m, 'sshtail_syslog_datagrams_dropped_total')), flush=True)
-    m = exp.metrics()
+              '(drops) %d (%.3f %%); exporter %s (want %d); '
+              'sshtail_syslog_datagrams_dropped_total %s'
+              % (what, sent, rate, stub, failures, 100.0 * failures / sent, last.get('got'),
+                 stub - failures, promtext.total(m, 'sshtail_syslog_datagrams_dropped_total')),
+              flush=True)
     assert allow_drops or failures == 0, nginx.errors()[-2000:]
+    want = stub - failures
+    m = exp.metrics()
+    assert rule_requests(m, source=HOSTNAME) == want
     assert promtext.total(m, 'sshtail_lines_total', source=HOSTNAME) == want
     assert promtext.total(m, 'sshtail_lines_unmatched_total') == 0
     assert promtext.total(m, 'sshtail_syslog_datagrams_malformed_total') == 0
     assert promtext.total(m, 'sshtail_lines_too_long_total') == 0
     assert rule_requests(m, source=HOSTNAME, status='200', method='GET') == want
+    return failures
 
 
 def socket_dir(d):
@@ -183,12 +194,15 @@ def socket_dir(d):
 
 def test_unix_socket_exact_at_10k_per_second():
     """At this machine's net.unix.max_dgram_qlen: the exporter counts every
-    datagram nginx sent (nginx reports the ones the kernel refused). Exact
-    against stub_status where the queue is systemd's 512: as root, that part
-    runs again in a network namespace of its own with the sysctl raised."""
+    datagram nginx sent, i.e. stub_status minus the datagrams nginx reports
+    it could not send (the queue was full). The exact claim holds at any
+    queue length; how many nginx drops depends on scheduling (a few in
+    100,000 even at systemd's 512 on a busy machine: see bench/, section
+    "syslog loss"), so that is measured, not asserted. As root, it runs
+    again in a network namespace of its own with the sysctl at 512."""
     qlen = max_dgram_qlen()
     print('net.unix.max_dgram_qlen = %d' % qlen, flush=True)
-    unix_socket_run(allow_drops=qlen < 512)
+    unix_socket_run()
     if qlen < 512 and os.geteuid() == 0 and shutil.which('unshare'):
         r = subprocess.run(
             ['unshare', '-n', 'sh', '-c',
@@ -198,7 +212,7 @@ def test_unix_socket_exact_at_10k_per_second():
         assert r.returncode == 0, 'unix socket with max_dgram_qlen 512 failed'
 
 
-def unix_socket_run(allow_drops=False):
+def unix_socket_run():
     d = harness.tmpdir()
     sd, gid = socket_dir(d)
     sock = os.path.join(sd, 'nginx.sock')
@@ -210,7 +224,7 @@ def unix_socket_run(allow_drops=False):
     nginx = SyslogNginx(d, 'unix:' + sock)
     rate = send_load(nginx.port, REQUESTS)
     check_exact(exp, nginx, REQUESTS, rate,
-                'unix socket, max_dgram_qlen %d' % max_dgram_qlen(), allow_drops)
+                'unix socket, max_dgram_qlen %d' % max_dgram_qlen(), allow_drops=True)
     assert exp.value('sshtail_source_up', source=sock) == 1
     assert exp.value('sshtail_source_last_line_timestamp_seconds', source=sock) > 0
     assert exp.get('/-/ready')[0] == 200
@@ -326,6 +340,57 @@ def test_malformed_oversized_and_many_hostnames():
     exp.stop()
 
 
+def test_sender_hostname_cannot_take_a_configured_source_name():
+    """The config refuses two sources with one name; a datagram must not do
+    what the config may not. A sender hostname that is the name of a
+    configured source (file or syslog), or of another socket's sender, gets
+    no slot: its lines count under the socket's own name and in
+    sshtail_syslog_hostname_conflicts_total. (One datagram with hostname
+    web1 added to nginx_http_requests_total{source="web1"} of the file.)"""
+    d = harness.tmpdir()
+    log = harness.write_file(d, 'w.log', '')
+    u1, u2 = harness.free_port(), harness.free_port()
+    sock1, sock2 = '127.0.0.1:%d' % u1, '127.0.0.1:%d' % u2
+    cfg = harness.write_file(d, 'config.yml', '\n'.join([
+        'sources:',
+        '  - {url: %s, name: web1}' % log,
+        '  - syslog+udp://' + sock1,
+        '  - {url: "syslog+udp://%s", name: edge}' % sock2,
+        '']))
+    exp = harness.Exporter(['--config', cfg], d)
+    hdr = '<190>Dec  2 07:12:59 %s nginx: '
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = {sock1: 0, sock2: 0}
+
+    def send(to, host, n=1):
+        for _ in range(n):
+            c.sendto((hdr % host + LINE).encode(), ('127.0.0.1', int(to.rsplit(':', 1)[1])))
+        sent[to] += n
+    send(sock1, 'web1', 3)    # the file's name
+    send(sock1, 'edge', 2)    # the other socket's name
+    send(sock1, sock1, 1)     # its own name
+    send(sock1, 'web2', 4)    # free: its own source
+    # (the first socket has taken web2 before the second sees it)
+    exp.wait_value('nginx_http_requests_total', 4, timeout=20, source='web2')
+    send(sock2, 'web2', 5)    # taken by the first socket's sender
+    send(sock2, 'web3', 6)    # free
+    total = sum(sent.values())
+    exp.wait_value('nginx_http_requests_total', total, timeout=20)
+    m = exp.metrics()
+    got = {name: rule_requests(m, source=name)
+           for name in ('web1', 'edge', sock1, 'web2', 'web3')}
+    assert got == {'web1': 0, 'edge': 5, sock1: 6, 'web2': 4, 'web3': 6}, got
+    conflicts = {name: promtext.total(m, 'sshtail_syslog_hostname_conflicts_total', source=name)
+                 for name in (sock1, 'edge')}
+    assert conflicts == {sock1: 6, 'edge': 5}, conflicts
+    assert promtext.total(m, 'sshtail_lines_total', source='web1') == 0
+    # The file source's own lines still count as web1.
+    with open(log, 'a') as f:
+        f.write(LINE + '\n')
+    exp.wait_value('nginx_http_requests_total', 1, source='web1')
+    assert exp.stop() == 0
+
+
 def test_refusals():
     d = harness.tmpdir()
     not_sock = harness.write_file(d, 'file', 'data\n')
@@ -384,5 +449,6 @@ if __name__ == '__main__':
     if sys.argv[1:] == ['unix-512']:
         harness.main([unix_socket_run])
     harness.main([test_refusals, test_malformed_oversized_and_many_hostnames,
+                  test_sender_hostname_cannot_take_a_configured_source_name,
                   test_nohostname_counts_under_the_socket,
                   test_unix_socket_exact_at_10k_per_second, test_udp_exact_at_10k_per_second])

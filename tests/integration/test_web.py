@@ -3,7 +3,9 @@ toolkit format), checked with real curl/openssl clients; bad web configs;
 /-/ready and /-/reload."""
 import gzip
 import os
+import resource
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -477,6 +479,175 @@ def test_idle_and_slowloris_connections_do_not_starve_scrapes():
     assert exp.stop() == 0
 
 
+class Flood(threading.Thread):
+    """`idle` silent and `slow` trickling connections from 127.0.0.1, kept
+    open or opening (non-blocking connects) and re-opened whenever the
+    server closes one, as an attacker's loop would."""
+
+    def __init__(self, port, idle, slow):
+        super().__init__(daemon=True)
+        self.port = port
+        self.sel = selectors.DefaultSelector()
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.kinds = {}
+        self.connected = set()
+        for _ in range(idle):
+            self.open('idle')
+        for _ in range(slow):
+            self.open('slow')
+
+    def open(self, kind):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(('127.0.0.1', self.port))
+        self.kinds[s] = kind
+        self.sel.register(s, selectors.EVENT_WRITE)
+
+    def drop(self, s):
+        kind = self.kinds.pop(s)
+        self.connected.discard(s)
+        self.sel.unregister(s)
+        s.close()
+        self.closed_by_server += 1
+        if not self.stop.is_set():
+            self.open(kind)
+
+    def run(self):
+        next_byte = time.monotonic() + 1.0
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(0.05):
+                s = key.fileobj
+                if s not in self.connected:
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                        self.drop(s)
+                        continue
+                    self.connected.add(s)
+                    self.sel.modify(s, selectors.EVENT_READ)
+                    if self.kinds[s] == 'slow':
+                        try:
+                            s.send(b'GET /metrics HTTP/1.1\r\nHost: x\r\n')
+                        except OSError:
+                            self.drop(s)
+                    continue
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b''
+                if data == b'':
+                    self.drop(s)
+            if time.monotonic() >= next_byte:
+                next_byte += 1.0
+                for s in list(self.connected):
+                    if self.kinds[s] == 'slow':
+                        try:
+                            s.send(b'X')
+                        except OSError:
+                            pass
+
+    def close(self):
+        self.stop.set()
+        self.join(10)
+        for s in list(self.kinds):
+            s.close()
+
+
+def scrape_from(source_ip, port, timeout):
+    """(seconds, body) of GET /metrics on a new connection from source_ip;
+    body None if not answered (200) within timeout."""
+    start = time.monotonic()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.bind((source_ip, 0))
+            s.connect(('127.0.0.1', port))
+            s.sendall(b'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+            data = b''
+            while time.monotonic() - start < timeout:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return time.monotonic() - start, None
+    head, _, body = data.partition(b'\r\n\r\n')
+    if not head.startswith(b'HTTP/1.1 200'):
+        return time.monotonic() - start, None
+    return time.monotonic() - start, body.decode(errors='replace')
+
+
+def proc_threads_and_rss(pid):
+    out = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            k, _, v = line.partition(':')
+            if k == 'Threads':
+                out['threads'] = int(v)
+            elif k == 'VmRSS':
+                out['rss_kb'] = int(v.split()[0])
+    return out
+
+
+def test_one_address_with_thousands_of_connections_does_not_block_others():
+    """Issue 24 G: 2,000 idle connections from one client (CivetWeb: one
+    thread each, 256, 5 s header deadline; its listen backlog full, other
+    clients' SYNs dropped) held every scrape for seconds (p50 4 s, some
+    > 20 s: bench/web_flood.py). Now the exporter's own accept loop holds
+    connections without a thread until they send something and relays at
+    most an eighth of the threads per address: with 2,000 idle and 200
+    slow-header connections from 127.0.0.1, every scrape from 127.0.0.2
+    is answered, and no thread or unbounded memory is added."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    d = harness.tmpdir()
+    exp = harness.Exporter([source_file(d)], d)
+    port = int(exp.address.rsplit(':', 1)[1])
+    assert scrape_from('127.0.0.2', port, 5)[1] is not None
+    # A request followed by a half-close (nc -N) is still answered; corked,
+    # so request and FIN arrive in one segment (the gate sees both at once).
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        s.sendall(b'GET /-/healthy HTTP/1.0\r\n\r\n')
+        s.shutdown(socket.SHUT_WR)
+        data = b''
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b'HTTP/1.1 200') and data.endswith(b'Healthy.\n'), data
+    before = proc_threads_and_rss(exp.proc.pid)
+    flood = Flood(port, 2000, 200)
+    flood.start()
+    try:
+        harness.wait_for(lambda: len(flood.connected) >= 2000, 30, 0.1,
+                         'the flood to connect (the exporter accepts at once)')
+        times = []
+        for _ in range(20):
+            took, body = scrape_from('127.0.0.2', port, 5)
+            assert body is not None, 'scrape not answered in 5 s (%d flood connections ' \
+                'open)' % len(flood.connected)
+            assert_metrics_body(body)
+            times.append(took)
+        # Idle ones are closed by the server (and re-opened by the flood).
+        harness.wait_for(lambda: flood.closed_by_server >= 2000, 30, 0.1,
+                         'the server to close the idle connections')
+        after = proc_threads_and_rss(exp.proc.pid)
+    finally:
+        flood.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    times.sort()
+    print('  2,000 idle + 200 slow from one address: 20 scrapes from another, '
+          'median %.3fs, max %.3fs; %d flood connections closed by the server; '
+          'threads %d -> %d, RSS %d -> %d kB' % (
+              times[10], times[-1], flood.closed_by_server, before['threads'],
+              after['threads'], before['rss_kb'], after['rss_kb']))
+    assert after['threads'] == before['threads'], (before, after)
+    assert after['rss_kb'] < before['rss_kb'] + 64 * 1024, (before, after)
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
+
+
 def test_max_connections_bound_is_graceful():
     """--web.max-connections N: just under N hostile connections, a scrape
     still answers at once; past N it waits in the accept queue until the
@@ -704,6 +875,13 @@ def _refused_tls_configs(d):
         'unknown max_version': write('maxver2.yml', tls + '  max_version: SSL3\n', 4),
         'unknown curve': write('curve.yml', tls + '  curve_preferences: [CurveP999]\n', 4),
         'inline cert': write('inline.yml', 'tls_server_config:\n  cert: "-----BEGIN"\n', 2),
+        # exporter-toolkit: "client CA's have been configured without a
+        # Client Auth Policy". It was accepted and mTLS was off.
+        'client_ca_file without client_auth_type': write(
+            'ca_noauth.yml', tls + '  client_ca_file: %s\n' % yaml_str(cert), 4),
+        'client_ca_file with client_auth_type NoClientCert': write(
+            'ca_nocert.yml', tls + '  client_auth_type: NoClientCert\n  client_ca_file: %s\n'
+            % yaml_str(cert), 5),
         'TLS settings without a certificate (TLS off)': write(
             'nocert_sans.yml', 'tls_server_config:\n  max_version: TLS12\n', 2),
         'a response header exporter-toolkit does not allow': write(
@@ -711,6 +889,78 @@ def _refused_tls_configs(d):
         'a bad X-Frame-Options': write(
             'xfo.yml', 'http_server_config:\n  headers:\n    X-Frame-Options: allow\n', 3),
     }
+
+
+def make_self_signed_client_cert(d, name, san):
+    key, cert = os.path.join(d, name + '.key'), os.path.join(d, name + '.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=' + name,
+                    '-addext', 'subjectAltName=' + san, '-addext', 'extendedKeyUsage=clientAuth',
+                    '-keyout', key, '-out', cert], check=True, capture_output=True)
+    return cert, key
+
+
+def test_client_auth_type_decides_whether_the_chain_is_verified():
+    """As Go's crypto/tls (exporter-toolkit): RequestClientCert and
+    RequireAnyClientCert take any client certificate, self-signed too, and
+    need no client_ca_file; VerifyClientCertIfGiven and
+    RequireAndVerifyClientCert verify it against client_ca_file. Every
+    policy verified the chain (a self-signed certificate got unknown_ca, and
+    without client_ca_file nobody could connect)."""
+    d = harness.tmpdir()
+    cert, key = make_cert(d)
+    ca, ca_key = make_ca(d)
+    signed = make_client_cert(d, 'signed', 'DNS:prometheus.example', ca, ca_key)
+    selfs = make_self_signed_client_cert(d, 'self', 'DNS:prometheus.example')
+    other = make_self_signed_client_cert(d, 'other', 'DNS:other.example')
+    clients = {'no certificate': [], 'self-signed': ['--cert', selfs[0], '--key', selfs[1]],
+               'CA-signed': ['--cert', signed[0], '--key', signed[1]],
+               'self-signed, other SAN': ['--cert', other[0], '--key', other[1]]}
+    # (client_auth_type, client_ca_file?, allowed SANs, {client: accepted?})
+    cases = [
+        ('RequestClientCert', False, None,
+         {'no certificate': True, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', False, None,
+         {'no certificate': False, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', True, None,
+         {'no certificate': False, 'self-signed': True, 'CA-signed': True}),
+        ('RequireAnyClientCert', False, ['prometheus.example'],
+         {'self-signed': True, 'self-signed, other SAN': False, 'no certificate': False}),
+        ('VerifyClientCertIfGiven', True, None,
+         {'no certificate': True, 'self-signed': False, 'CA-signed': True}),
+        ('RequireAndVerifyClientCert', True, None,
+         {'no certificate': False, 'self-signed': False, 'CA-signed': True}),
+    ]
+    problems = []
+    for i, (policy, with_ca, sans, want) in enumerate(cases):
+        lines = ['tls_server_config:', '  cert_file: ' + yaml_str(cert),
+                 '  key_file: ' + yaml_str(key), '  client_auth_type: ' + policy]
+        if with_ca:
+            lines.append('  client_ca_file: ' + yaml_str(ca))
+        if sans:
+            lines.append('  client_allowed_sans: [%s]' % ', '.join(sans))
+        cfg = harness.write_file(d, 'web%d.yml' % i, '\n'.join(lines) + '\n')
+        exp = harness.Exporter(['--web.config.file', cfg, source_file(d, 'a%d.log' % i)], d,
+                               name='e%d' % i)
+        for client, accepted in want.items():
+            rc, code, _, body = curl('https://%s/metrics' % exp.address, cacert=cert,
+                                     extra=clients[client])
+            got = (rc, code) == (0, 200)
+            if got != accepted:
+                problems.append('%s%s%s, %s: curl rc %d, HTTP %d (want %s)' % (
+                    policy, ' + client_ca_file' if with_ca else '',
+                    ' + client_allowed_sans' if sans else '', client, rc, code,
+                    'accepted' if accepted else 'refused'))
+            elif got:
+                assert_metrics_body(body)
+        # And with openssl s_client: the self-signed certificate gets an
+        # unknown_ca alert only where the policy verifies.
+        ok, out = s_client(exp.address, ['-CAfile', cert, '-cert', selfs[0], '-key', selfs[1]])
+        if 'self-signed' in want and want['self-signed'] and 'unknown ca' in out.lower():
+            problems.append('%s: s_client with a self-signed certificate: %s' % (policy, out[-300:]))
+        assert exp.proc.poll() is None, exp.logs()
+        assert exp.stop() == 0
+    assert not problems, '\n'.join(problems)
 
 
 def test_unenforceable_tls_settings_are_refused():
@@ -725,6 +975,104 @@ def test_unenforceable_tls_settings_are_refused():
             problems.append('%s: exit %d, stderr %r (want exit 2, one line naming %s)'
                             % (what, r.returncode, r.stderr, want))
     assert not problems, '\n'.join(problems)
+
+
+# ---------------------------------------------------------- config reload
+
+def replace_file(path, text=None, src=None):
+    """Replaces `path` atomically (rename), with `text` or a copy of `src`."""
+    tmp = path + '.tmp'
+    if src is not None:
+        shutil.copyfile(src, tmp)
+    else:
+        with open(tmp, 'w') as f:
+            f.write(text)
+    os.rename(tmp, path)
+
+
+def test_web_config_is_reread_on_change():
+    """exporter-toolkit re-reads the web config for every new connection, so
+    a renewed certificate or a changed password applies without a restart;
+    it was read once at start. Now a change of the file or of the files it
+    names is seen within a second; a file that does not load (or would turn
+    TLS off) keeps the previous config, with
+    sshtail_web_config_last_reload_successful 0."""
+    d = harness.tmpdir()
+    one, two = os.path.join(d, 'one'), os.path.join(d, 'two')
+    os.makedirs(one)
+    os.makedirs(two)
+    cert1, key1 = make_cert(one)
+    cert2, key2 = make_cert(two)
+    cert, key = os.path.join(d, 'tls.crt'), os.path.join(d, 'tls.key')
+    shutil.copyfile(cert1, cert)
+    shutil.copyfile(key1, key)
+    old_hash, new_hash = bcrypt(PASSWORD), bcrypt('new password')
+    cfg = os.path.join(d, 'web.yml')
+
+    def config(password_hash, extra_tls=''):
+        return ('tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n' + extra_tls +
+                'basic_auth_users:\n  alice: %s\n' % yaml_str(password_hash))
+    replace_file(cfg, config(old_hash))
+    exp = harness.Exporter(['--web.config.file', cfg, source_file(d)], d)
+    url = 'https://%s/metrics' % exp.address
+    creds = {'now': 'alice:' + PASSWORD, 'cacert': cert1}
+
+    def status(user=None, cacert=None, extra=()):
+        rc, code, _, body = curl(url, user=user or creds['now'],
+                                 cacert=cacert or creds['cacert'], extra=extra)
+        return (rc, code), body
+
+    def metric(name, **labels):
+        got, body = status()
+        assert got == (0, 200), got
+        return promtext.total(promtext.parse(body), name, **labels)
+
+    assert status()[0] == (0, 200)
+    assert metric('sshtail_web_config_last_reload_successful') == 1
+    # 1. A renewed certificate (cert and key replaced): the next handshake.
+    replace_file(key, src=key2)
+    replace_file(cert, src=cert2)
+    harness.wait_for(lambda: status(cacert=cert2)[0] == (0, 200), 15, 0.1,
+                     'the new certificate to be served')
+    creds['cacert'] = cert2
+    assert status(cacert=cert1)[0][0] != 0  # the old one is gone
+    # 2. A changed password: the next request.
+    replace_file(cfg, config(new_hash))
+    harness.wait_for(lambda: status(user='alice:new password')[0] == (0, 200), 15, 0.1,
+                     'the new password to work')
+    creds['now'] = 'alice:new password'
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    assert metric('sshtail_web_config_reloads_total', result='success') == 2
+    # 3. A broken file keeps the previous config.
+    replace_file(cfg, 'basic_auth_users: {alice: [\n')
+    harness.wait_for(lambda: metric('sshtail_web_config_last_reload_successful') == 0, 15, 0.1,
+                     'the failed reload to show')
+    assert status()[0] == (0, 200)
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    # 4. So does one that would turn TLS off (that needs a restart).
+    replace_file(cfg, 'basic_auth_users:\n  alice: %s\n' % yaml_str(old_hash))
+    harness.wait_for(lambda: metric('sshtail_web_config_reloads_total', result='failure') == 2,
+                     15, 0.1, 'the TLS-off reload to be refused')
+    assert status(user='alice:' + PASSWORD)[0] == (0, 401)
+    assert status()[0] == (0, 200)
+    # 5. A good file again, with a TLS setting: min_version applies to the
+    # next handshake too.
+    replace_file(cfg, config(new_hash, '  min_version: TLS13\n'))
+    harness.wait_for(lambda: metric('sshtail_web_config_last_reload_successful') == 1, 15, 0.1,
+                     'the good file to load')
+    assert status(extra=['--tls-max', '1.2'])[0][0] != 0, 'TLS 1.2 after min_version: TLS13'
+    assert status(extra=['--tlsv1.3'])[0] == (0, 200)
+    assert metric('sshtail_web_config_reloads_total', result='success') == 3
+    # 6. Client certificates required from now on: the next handshake
+    # without one is refused, one with a (self-signed) certificate passes.
+    client = make_self_signed_client_cert(d, 'client', 'DNS:prometheus.example')
+    with_cert = ['--cert', client[0], '--key', client[1]]
+    replace_file(cfg, config(new_hash, '  client_auth_type: RequireAnyClientCert\n'))
+    harness.wait_for(lambda: status()[0][0] != 0, 15, 0.1,
+                     'a client without a certificate to be refused')
+    assert status(extra=with_cert)[0] == (0, 200)
+    assert exp.proc.poll() is None, exp.logs()
+    assert exp.stop() == 0
 
 
 # -------------------------------------------------------------- lifecycle
@@ -786,6 +1134,9 @@ if __name__ == '__main__':
                   test_check_config_rejects_bad_web_config, test_ready_and_reload,
                   test_reload_needs_enable_lifecycle,
                   test_idle_and_slowloris_connections_do_not_starve_scrapes,
+                  test_one_address_with_thousands_of_connections_does_not_block_others,
                   test_max_connections_bound_is_graceful, test_wrong_password_flood_is_bounded,
-                  test_tls_restrictions_are_enforced, test_unenforceable_tls_settings_are_refused,
+                  test_tls_restrictions_are_enforced,
+                  test_client_auth_type_decides_whether_the_chain_is_verified,
+                  test_unenforceable_tls_settings_are_refused, test_web_config_is_reread_on_change,
                   test_metrics_are_gzipped_when_asked])

@@ -45,6 +45,65 @@ WebConfig Load(int cost) {
   return c;
 }
 
+// A web config file holding `text`, loaded (throws what Load throws).
+WebConfig LoadText(const std::string& text) {
+  char path[] = "/tmp/web_config_test_XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  {
+    std::ofstream f(path);
+    f << text;
+  }
+  try {
+    WebConfig c = WebConfig::Load(path);
+    unlink(path);
+    return c;
+  } catch (...) {
+    unlink(path);
+    throw;
+  }
+}
+
+TEST_CASE("basic auth: an unknown user's decoy check has a bounded cost") {
+  // Cost 12 is 4x a cost-10 check; unknown names ran the decoy at the
+  // highest configured cost (here 12), so a name-guessing flood cost as
+  // much as the most expensive user. Now: that cost, at most 10.
+  const std::string cost12 =
+      "$2b$12$HV7GAVxRTPZgmpAcoc/GBOQAqJlDYpORWMuCCNBN1ZdLHk6t9wllO";
+  const std::string cost6 =
+      "$2b$06$O5VH3Fq.mo1JqyElO6JoSuZ052s3X/F.4fD1eMRgzvsLh/vsEiDKG";
+  CHECK(LoadText("basic_auth_users:\n  a: '" + cost12 + "'\n  b: '" + cost6 +
+                 "'\n")
+            .auth_stats()
+            .decoy_cost == WebConfig::kMaxDecoyCost);
+  // Below the bound, unknown and known users cost the same.
+  WebConfig c = LoadText("basic_auth_users:\n  b: '" + cost6 + "'\n");
+  CHECK(c.auth_stats().decoy_cost == 6);
+  CHECK(c.CheckAuthorization(Basic("nobody", "right")) == AuthResult::kDenied);
+  CHECK(c.CheckAuthorization(Basic("b", "right")) == AuthResult::kOk);
+  CHECK(c.auth_stats().bcrypt_runs == 2);
+  // A cost crypt(3) refuses is a config error, not a user who can never
+  // log in.
+  CHECK_THROWS_WITH(
+      LoadText("basic_auth_users:\n  a: '$2b$99" + cost6.substr(6) + "'\n"),
+      Catch::Contains(":2: password of 'a': bcrypt cost must be 04 to 31"));
+}
+
+TEST_CASE("web config: client_ca_file needs a client_auth_type") {
+  // Accepted and ignored before: mTLS was off, a client without a
+  // certificate got 200 (exporter-toolkit refuses this).
+  const std::string tls =
+      "tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n";
+  CHECK_THROWS_WITH(LoadText(tls + "  client_ca_file: ca.pem\n"),
+                    Catch::Contains(":4: client_ca_file without "
+                                    "client_auth_type"));
+  CHECK_THROWS_WITH(
+      LoadText(tls + "  client_auth_type: NoClientCert\n"
+                     "  client_ca_file: ca.pem\n"),
+      Catch::Contains(":5: client_ca_file without client_auth_type"));
+}
+
 TEST_CASE("LruSet drops the least recently used entry") {
   LruSet s(3);
   s.Insert("a");

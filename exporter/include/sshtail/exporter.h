@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <memory>
 #include <mutex>
 #include <ostream>
@@ -47,9 +48,10 @@ class Exporter {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Loads the rules for `options` and checks them: what --check-config does.
-/// Throws ConfigError.
-void CheckConfig(const Options& options);
+/// Loads the rules for `options` and checks them, with the targets of
+/// --sources.file and the web config: what --check-config does. Returns the
+/// number of sources (configured and inventory). Throws ConfigError.
+size_t CheckConfig(const Options& options);
 
 /// The program: parses flags, runs, returns the exit code.
 int Main(int argc, const char* const argv[]);

@@ -88,6 +88,9 @@ struct SourceStatus {
   /// syslog+udp: datagrams the kernel dropped because the receive buffer was
   /// full (SO_RXQ_OVFL).
   std::atomic<uint64_t> syslog_dropped{0};
+  /// syslog: datagrams whose sender hostname is a configured source's name
+  /// (or another socket's sender): counted under the socket's name instead.
+  std::atomic<uint64_t> syslog_name_conflicts{0};
 
   /// Counts a failure of `reason` (e.g. "refused", "auth").
   void CountFailure(const std::string& reason);

@@ -3,8 +3,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "sshtail/source.h"
@@ -46,17 +48,38 @@ struct SyslogHostSlot {
   std::string* name = nullptr;     ///< the `source` label, set on first use
 };
 
+/// The `source` names sender hostnames may not take: every configured
+/// source's name (a datagram must not be able to write into a configured
+/// source's series, which the config itself refuses: two sources with one
+/// name), and a hostname already taken by another syslog socket. Shared by
+/// the syslog producers; thread-safe.
+class SyslogNames {
+ public:
+  explicit SyslogNames(const std::vector<std::string>& configured);
+  /// Takes `name` for `owner` (a producer) and returns true if it is free
+  /// or already `owner`'s; false if configured or another owner's.
+  bool Claim(const std::string& name, const void* owner);
+  /// True if `name` is configured or another owner's (claims nothing).
+  bool TakenByOther(const std::string& name, const void* owner) const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, const void*> owner_;  // nullptr: configured
+};
+
 /// Receives nginx's access log as syslog datagrams on a unix datagram socket
 /// (kSyslogUnix, created here) or a UDP socket (kSyslogUdp) and pushes each
 /// message as one line. The socket is created by this call, so a bad path or
 /// address fails at start: throws std::invalid_argument with a one-line
 /// message. A unix socket is created mode 0660 (group from a setgid parent
 /// directory); an existing socket at the path is replaced only if no process
-/// is bound to it; any other file there is refused. Not copyable; Run() on
-/// one thread, RequestStop() from any.
+/// is bound to it; any other file there is refused. A sender hostname that
+/// `names` refuses is not given a slot: its lines count under the socket's
+/// own name and in status.syslog_name_conflicts. Not copyable; Run() on one
+/// thread, RequestStop() from any.
 std::unique_ptr<Producer> MakeSyslogProducer(
     const SourceSpec& spec, uint32_t index, SourceStatus& status,
-    std::vector<SyslogHostSlot> host_slots, BatchQueue& queue,
-    const ProducerOptions& options);
+    std::vector<SyslogHostSlot> host_slots, std::shared_ptr<SyslogNames> names,
+    BatchQueue& queue, const ProducerOptions& options);
 
 }  // namespace sshtail

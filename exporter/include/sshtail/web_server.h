@@ -20,9 +20,11 @@ struct WebSettings {
   /// POST/PUT /-/reload works only with --web.enable-lifecycle (403
   /// otherwise, as in Prometheus); SIGHUP always reloads.
   bool enable_lifecycle = false;
-  /// Connections served at once, one web thread each. More wait in the
-  /// accept queue until one frees; none can hold a thread without sending
-  /// a complete request for longer than the header deadline.
+  /// Connections served at once, one web thread each, an eighth of them
+  /// per client address. More wait, without a thread, in the exporter's
+  /// accept loop (ConnGate) until one frees; a connection that sends
+  /// nothing is never given one, and none can hold one without sending a
+  /// complete request for longer than the header deadline.
   int max_connections = 256;
 };
 

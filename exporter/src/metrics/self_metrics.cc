@@ -229,6 +229,11 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
                         "syslog+udp datagrams the kernel dropped because the "
                         "socket's receive buffer was full.",
                         MetricType::Counter);
+  auto conflicts =
+      Family("sshtail_syslog_hostname_conflicts_total",
+             "syslog datagrams whose sender hostname is another source's name; "
+             "counted under the socket's own source label instead.",
+             MetricType::Counter);
   for (size_t i = 0; i < table_.size(); ++i) {
     if (!table_.active(i)) continue;  // before its spec: see SourceTable
     auto kind = table_.specs[i].kind;
@@ -241,12 +246,15 @@ std::vector<prometheus::MetricFamily> SelfMetrics::Collect() const {
         {"source", table_.specs[i].name}};
     malformed.metric.push_back(
         Counter(l, static_cast<double>(s.syslog_malformed.load())));
+    conflicts.metric.push_back(
+        Counter(l, static_cast<double>(s.syslog_name_conflicts.load())));
     if (kind == SourceSpec::Kind::kSyslogUdp) {
       dropped.metric.push_back(
           Counter(l, static_cast<double>(s.syslog_dropped.load())));
     }
   }
   if (!malformed.metric.empty()) out.push_back(std::move(malformed));
+  if (!conflicts.metric.empty()) out.push_back(std::move(conflicts));
   if (!dropped.metric.empty()) out.push_back(std::move(dropped));
   out.push_back(std::move(up));
   out.push_back(std::move(offset));

@@ -9,11 +9,13 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -217,6 +219,74 @@ std::string ParseHeaders(const std::string& path, const YAML::Node& n) {
   return out;
 }
 
+// OpenSSL 3.0's default supported groups (ssl/t1_lib.c), for a connection
+// that switches to a context without curve_preferences.
+constexpr const char* kDefaultGroups =
+    "X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:"
+    "ffdhe8192";
+
+// What a TLS context's callbacks need, owned by the context (ex_data), so
+// a connection can outlive the WebConfig that built its context.
+struct TlsRules {
+  bool verify_chain = false;
+  std::vector<std::string> allowed_sans;
+  // To apply to a connection that switches to this context (see
+  // WebConfigSource::ClientHello): SSL_new() copied these from the context
+  // the connection was created with.
+  std::string cipher_list;
+  std::string ciphersuites;
+  std::string groups;
+};
+
+void FreeTlsRules(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<TlsRules*>(ptr);
+}
+
+int TlsRulesIndex() {
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, &FreeTlsRules);
+  return index;
+}
+
+const TlsRules* RulesOf(const SSL_CTX* ctx) {
+  return ctx == nullptr ? nullptr
+                        : static_cast<const TlsRules*>(
+                              SSL_CTX_get_ex_data(ctx, TlsRulesIndex()));
+}
+
+bool SanAllowed(X509* cert, const std::vector<std::string>& allowed_sans) {
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (names == nullptr) return false;
+  bool allowed = false;
+  for (int i = 0; !allowed && i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
+    std::string text;
+    if (n->type == GEN_DNS || n->type == GEN_EMAIL || n->type == GEN_URI) {
+      const ASN1_IA5STRING* s = n->d.ia5;
+      text.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                  static_cast<size_t>(ASN1_STRING_length(s)));
+    } else if (n->type == GEN_IPADD) {
+      const ASN1_OCTET_STRING* ip = n->d.iPAddress;
+      char buf[INET6_ADDRSTRLEN] = "";
+      int len = ASN1_STRING_length(ip);
+      if (len == 4 || len == 16) {
+        ::inet_ntop(len == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(ip),
+                    buf, sizeof buf);
+      }
+      text = buf;
+    } else {
+      continue;
+    }
+    // Exact match, as exporter-toolkit does; a NUL inside never matches.
+    for (const auto& want : allowed_sans) {
+      if (text == want) allowed = true;
+    }
+  }
+  GENERAL_NAMES_free(names);
+  return allowed;
+}
+
 }  // namespace
 
 bool LruSet::Touch(const std::string& key) {
@@ -258,7 +328,7 @@ WebConfig WebConfig::Load(const std::string& path) {
     return (fs::path(base) / p).lexically_normal().string();
   };
   // Where settings checked after the loop were written.
-  std::string sans_at, max_at, tls_setting_at, tls_setting;
+  std::string sans_at, max_at, ca_at, tls_setting_at, tls_setting;
   std::string min_name = "TLS12";
   for (const auto& kv : root) {
     std::string key = kv.first.Scalar();
@@ -281,7 +351,10 @@ WebConfig WebConfig::Load(const std::string& path) {
           s.key_file = resolve(v);
         } else if (k == "client_ca_file") {
           s.client_ca_file = resolve(v);
+          ca_at = Where(path, tkv.first);
         } else if (k == "client_auth_type") {
+          // exporter-toolkit keeps RequireClientCert as an old name.
+          if (v == "RequireClientCert") v = "RequireAnyClientCert";
           if (v != "NoClientCert" && v != "RequestClientCert" &&
               v != "RequireAnyClientCert" && v != "VerifyClientCertIfGiven" &&
               v != "RequireAndVerifyClientCert") {
@@ -371,6 +444,13 @@ WebConfig WebConfig::Load(const std::string& path) {
               Where(path, u.second) + ": password of '" + user +
               "' must be a bcrypt hash ($2y$..., e.g. from htpasswd -nBC 10)");
         }
+        int cost = (hash[4] - '0') * 10 + (hash[5] - '0');
+        if (cost < 4 || cost > 31) {
+          // crypt(3) refuses it: a user who could never log in.
+          throw std::invalid_argument(Where(path, u.second) +
+                                      ": password of '" + user +
+                                      "': bcrypt cost must be 04 to 31");
+        }
         s.users[user] = hash;
       }
     } else if (key == "http_server_config") {
@@ -405,6 +485,15 @@ WebConfig WebConfig::Load(const std::string& path) {
     throw std::invalid_argument(
         max_at + ": max_version is below min_version (" + min_name + ")");
   }
+  if (!s.client_ca_file.empty() && s.client_auth == "NoClientCert") {
+    // No client certificate would be asked for: the CA would restrict
+    // nothing (exporter-toolkit refuses this too).
+    throw std::invalid_argument(
+        ca_at +
+        ": client_ca_file without client_auth_type (client certificates "
+        "would not be checked); set client_auth_type, e.g. "
+        "RequireAndVerifyClientCert");
+  }
   if (!s.allowed_sans.empty() && s.client_auth != "RequireAnyClientCert" &&
       s.client_auth != "RequireAndVerifyClientCert") {
     // Any other type lets a client in without a certificate, so without a
@@ -421,13 +510,18 @@ WebConfig WebConfig::Load(const std::string& path) {
                                 "be off)");
   }
   // bcrypt work for unknown users at the highest cost configured, so
-  // timing does not tell them apart.
-  std::string cost = "10";
+  // timing does not tell them apart, but at most kMaxDecoyCost: a user
+  // with an expensive hash must not make every unknown name cost that
+  // much (2^(cost-10) times a cost-10 check, ~50 ms here).
+  int cost = 4;
   for (const auto& [user, hash] : s.users) {
-    if (hash.substr(4, 2) > cost) cost = hash.substr(4, 2);
+    cost = std::max(cost, std::stoi(hash.substr(4, 2)));
   }
-  s.dummy_hash =
-      "$2y$" + cost + "$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
+  cost = std::min(cost, kMaxDecoyCost);
+  char digits[3] = {static_cast<char>('0' + cost / 10),
+                    static_cast<char>('0' + cost % 10), '\0'};
+  s.dummy_hash = std::string("$2y$") + digits +
+                 "$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
   if (c.tls_enabled()) {
     for (const auto& f : {s.cert_file, s.key_file}) {
       if (::access(f.c_str(), R_OK) != 0) {
@@ -446,7 +540,7 @@ WebConfig WebConfig::Load(const std::string& path) {
           path + ": cannot use tls_server_config (" + s.cert_file + ", " +
           s.key_file + ")" + (reason[0] ? std::string(": ") + reason : ""));
     }
-    SSL_CTX_free(ctx);
+    c.ctx_.reset(ctx, &SSL_CTX_free);
   }
   return c;
 }
@@ -503,56 +597,29 @@ AuthResult WebConfig::CheckAuthorization(const std::string& header) const {
 WebConfig::AuthStats WebConfig::auth_stats() const {
   std::lock_guard lock(mutex_);
   AuthStats out = stats_;
+  out.decoy_cost = std::stoi(s_.dummy_hash.substr(4, 2));
   out.ok_cached = ok_.size();
   out.denied_cached = denied_.size();
   return out;
 }
 
-bool WebConfig::SanAllowed(X509* cert) const {
-  auto* names = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
-  if (names == nullptr) return false;
-  bool allowed = false;
-  for (int i = 0; !allowed && i < sk_GENERAL_NAME_num(names); ++i) {
-    const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
-    std::string text;
-    if (n->type == GEN_DNS || n->type == GEN_EMAIL || n->type == GEN_URI) {
-      const ASN1_IA5STRING* s = n->d.ia5;
-      text.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                  static_cast<size_t>(ASN1_STRING_length(s)));
-    } else if (n->type == GEN_IPADD) {
-      const ASN1_OCTET_STRING* ip = n->d.iPAddress;
-      char buf[INET6_ADDRSTRLEN] = "";
-      int len = ASN1_STRING_length(ip);
-      if (len == 4 || len == 16) {
-        ::inet_ntop(len == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(ip),
-                    buf, sizeof buf);
-      }
-      text = buf;
-    } else {
-      continue;
-    }
-    // Exact match, as exporter-toolkit does; a NUL inside never matches.
-    for (const auto& want : s_.allowed_sans) {
-      if (text == want) allowed = true;
-    }
-  }
-  GENERAL_NAMES_free(names);
-  return allowed;
-}
-
-int WebConfig::VerifyPeer(int preverify_ok, X509_STORE_CTX* store) {
-  if (preverify_ok != 1) return 0;
-  if (X509_STORE_CTX_get_error_depth(store) != 0) return 1;
+// Replaces OpenSSL's chain verification (SSL_CTX_set_cert_verify_callback),
+// as Go's crypto/tls does per ClientAuthType: RequestClientCert and
+// RequireAnyClientCert take any certificate, VerifyClientCertIfGiven and
+// RequireAndVerifyClientCert verify it against client_ca_file. Then
+// client_allowed_sans is checked on the client's own certificate.
+int WebConfig::VerifyPeer(X509_STORE_CTX* store, void*) {
   auto* ssl = static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  const auto* self = ssl == nullptr
-                         ? nullptr
-                         : static_cast<const WebConfig*>(
-                               SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
-  if (self == nullptr) return 0;
-  if (self->s_.allowed_sans.empty()) return 1;
-  if (self->SanAllowed(X509_STORE_CTX_get_current_cert(store))) return 1;
+  const TlsRules* rules =
+      ssl == nullptr ? nullptr : RulesOf(SSL_get_SSL_CTX(ssl));
+  if (rules == nullptr) return 0;
+  if (rules->verify_chain && X509_verify_cert(store) != 1) return 0;
+  X509* leaf = X509_STORE_CTX_get0_cert(store);
+  if (leaf == nullptr) return 0;
+  if (rules->allowed_sans.empty() || SanAllowed(leaf, rules->allowed_sans)) {
+    return 1;
+  }
   X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
   Log(LogLevel::kDebug,
       "web: client certificate refused: no SAN in client_allowed_sans");
@@ -566,7 +633,17 @@ SSL_CTX* WebConfig::NewSslCtx() const {
     SSL_CTX_free(ctx);
     return nullptr;
   };
-  SSL_CTX_set_app_data(ctx, const_cast<WebConfig*>(this));
+  auto* rules = new TlsRules;
+  rules->verify_chain = s_.client_auth == "VerifyClientCertIfGiven" ||
+                        s_.client_auth == "RequireAndVerifyClientCert";
+  rules->allowed_sans = s_.allowed_sans;
+  rules->cipher_list = s_.cipher_list;
+  rules->ciphersuites = s_.ciphersuites;
+  rules->groups = s_.groups;
+  if (SSL_CTX_set_ex_data(ctx, TlsRulesIndex(), rules) != 1) {
+    delete rules;
+    return fail();
+  }
   int min = s_.min_version ? s_.min_version : TLS1_2_VERSION;
   if (SSL_CTX_set_min_proto_version(ctx, min) != 1) return fail();
   if (s_.max_version != 0 &&
@@ -607,36 +684,220 @@ SSL_CTX* WebConfig::NewSslCtx() const {
                                       nullptr) != 1) {
       return fail();
     }
+    if (!s_.client_ca_file.empty()) {
+      // The CA names go into the CertificateRequest, as Go sends them.
+      STACK_OF(X509_NAME)* names =
+          SSL_load_client_CA_file(s_.client_ca_file.c_str());
+      if (names == nullptr) return fail();
+      SSL_CTX_set_client_CA_list(ctx, names);
+    }
     int mode = SSL_VERIFY_PEER;
     if (s_.client_auth == "RequireAndVerifyClientCert" ||
         s_.client_auth == "RequireAnyClientCert") {
       mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     }
-    SSL_CTX_set_verify(ctx, mode, &WebConfig::VerifyPeer);
+    SSL_CTX_set_verify(ctx, mode, nullptr);
+    SSL_CTX_set_cert_verify_callback(ctx, &WebConfig::VerifyPeer, nullptr);
   }
   return ctx;
 }
 
-int WebConfig::ExternalSslCtx(void** ssl_ctx, void* user_data) {
-  auto* c = static_cast<WebConfig*>(user_data);
+std::vector<std::string> WebConfig::files() const {
+  std::vector<std::string> out;
+  for (const auto* f :
+       {&s_.path, &s_.cert_file, &s_.key_file, &s_.client_ca_file}) {
+    if (!f->empty()) out.push_back(*f);
+  }
+  return out;
+}
+
+WebConfigSource::WebConfigSource(std::string path) : path_(std::move(path)) {
+  if (path_.empty()) {
+    current_ = std::make_shared<const WebConfig>();
+    return;
+  }
+  auto first = std::make_shared<const WebConfig>(WebConfig::Load(path_));
+  signature_ = Signature(first->files());
+  tls_ = first->tls_enabled();
+  current_ = std::move(first);
+  last_success_.store(std::chrono::duration<double>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count());
+  next_check_ = std::chrono::steady_clock::now() + kRecheck;
+}
+
+std::string WebConfigSource::Signature(const std::vector<std::string>& files) {
+  std::string sig;
+  for (const auto& f : files) {
+    struct stat st {};
+    char buf[256];
+    if (::stat(f.c_str(), &st) != 0) {
+      std::snprintf(buf, sizeof buf, "-;");
+    } else {
+      std::snprintf(
+          buf, sizeof buf, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld;",
+          static_cast<unsigned long long>(st.st_dev),
+          static_cast<unsigned long long>(st.st_ino),
+          static_cast<long long>(st.st_size),
+          static_cast<long long>(st.st_mtim.tv_sec), st.st_mtim.tv_nsec,
+          static_cast<long long>(st.st_ctim.tv_sec), st.st_ctim.tv_nsec);
+    }
+    sig += f + "=" + buf;
+  }
+  return sig;
+}
+
+std::shared_ptr<const WebConfig> WebConfigSource::Current() {
+  std::shared_ptr<const WebConfig> cur;
+  {
+    std::lock_guard lock(mutex_);
+    auto now = std::chrono::steady_clock::now();
+    // One thread checks; the others go on with the current config.
+    if (path_.empty() || checking_ || now < next_check_) return current_;
+    checking_ = true;
+    next_check_ = now + kRecheck;
+    cur = current_;
+  }
+  std::vector<std::string> files = cur->files();
+  std::string before = Signature(files);
+  std::shared_ptr<const WebConfig> fresh;
+  std::string fresh_signature;
+  std::string error;
+  if (before != signature_) {
+    try {
+      fresh = std::make_shared<const WebConfig>(WebConfig::Load(path_));
+      if (fresh->tls_enabled() != tls_) {
+        fresh.reset();
+        error = path_ + ": turning TLS " + (tls_ ? "off" : "on") +
+                " needs a restart";
+      } else {
+        // Stat'ed before the files were read: a write during the load is
+        // seen at the next check. Other files: their state now.
+        fresh_signature =
+            fresh->files() == files ? before : Signature(fresh->files());
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    if (fresh) {
+      ok_.store(true);
+      reloads_.fetch_add(1);
+      last_success_.store(
+          std::chrono::duration<double>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count());
+      Log(LogLevel::kInfo, "web config " + path_ + " reloaded");
+    } else {
+      ok_.store(false);
+      failures_.fetch_add(1);
+      Log(LogLevel::kError,
+          "web config not reloaded, keeping the previous "
+          "one: " +
+              error);
+    }
+  }
+  std::lock_guard lock(mutex_);
+  if (fresh) {
+    current_ = std::move(fresh);
+    signature_ = std::move(fresh_signature);
+  } else if (before != signature_) {
+    signature_ = std::move(before);  // tried: wait for the next change
+  }
+  checking_ = false;
+  return current_;
+}
+
+std::string WebConfigSource::Metrics() const {
+  if (path_.empty()) return {};
+  char buf[1024];
+  std::snprintf(
+      buf, sizeof buf,
+      "# HELP sshtail_web_config_last_reload_successful Whether the last "
+      "re-read of --web.config.file (on a change of it or of the files it "
+      "names) worked; 0: the previous config is still in use.\n"
+      "# TYPE sshtail_web_config_last_reload_successful gauge\n"
+      "sshtail_web_config_last_reload_successful %d\n"
+      "# HELP sshtail_web_config_last_reload_success_timestamp_seconds When "
+      "--web.config.file was last loaded.\n"
+      "# TYPE sshtail_web_config_last_reload_success_timestamp_seconds gauge\n"
+      "sshtail_web_config_last_reload_success_timestamp_seconds %.3f\n"
+      "# HELP sshtail_web_config_reloads_total Re-reads of --web.config.file "
+      "by result.\n"
+      "# TYPE sshtail_web_config_reloads_total counter\n"
+      "sshtail_web_config_reloads_total{result=\"success\"} %ld\n"
+      "sshtail_web_config_reloads_total{result=\"failure\"} %ld\n",
+      ok_.load() ? 1 : 0, last_success_.load(), reloads_.load(),
+      failures_.load());
+  return buf;
+}
+
+// Runs before the version, cipher and certificate are chosen: the
+// connection takes the newest config's context. SSL_set_SSL_CTX() brings
+// the certificate, key, security level, verify store and callbacks; what
+// SSL_new() copied from the first context is set here from the new one.
+int WebConfigSource::ClientHello(SSL* ssl, int* alert, void* arg) {
+  auto* self = static_cast<WebConfigSource*>(arg);
+  std::shared_ptr<const WebConfig> cfg = self->Current();
+  SSL_CTX* ctx = cfg->ssl_ctx();
+  if (ctx == nullptr || ctx == SSL_get_SSL_CTX(ssl)) {
+    return SSL_CLIENT_HELLO_SUCCESS;
+  }
+  const TlsRules* rules = RulesOf(ctx);
+  bool ok = rules != nullptr && SSL_set_SSL_CTX(ssl, ctx) == ctx;
+  if (ok) {
+    SSL_clear_options(ssl, SSL_get_options(ssl));
+    SSL_set_options(ssl, SSL_CTX_get_options(ctx));
+    ok =
+        SSL_set_min_proto_version(ssl, SSL_CTX_get_min_proto_version(ctx)) ==
+            1 &&
+        SSL_set_max_proto_version(ssl, SSL_CTX_get_max_proto_version(ctx)) == 1;
+  }
+  if (ok) {
+    SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), nullptr);
+    STACK_OF(X509_NAME)* names = SSL_CTX_get_client_CA_list(ctx);
+    SSL_set_client_CA_list(ssl, names ? SSL_dup_CA_list(names) : nullptr);
+    ok = SSL_set_cipher_list(ssl, rules->cipher_list.empty()
+                                      ? OSSL_default_cipher_list()
+                                      : rules->cipher_list.c_str()) == 1 &&
+         SSL_set_ciphersuites(ssl, rules->ciphersuites.empty()
+                                       ? OSSL_default_ciphersuites()
+                                       : rules->ciphersuites.c_str()) == 1 &&
+         SSL_set1_groups_list(ssl, rules->groups.empty()
+                                       ? kDefaultGroups
+                                       : rules->groups.c_str()) == 1;
+  }
+  if (!ok) {
+    // Half of the new settings applied: refuse the handshake.
+    ERR_clear_error();
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+int WebConfigSource::ExternalSslCtx(void** ssl_ctx, void* user_data) {
+  auto* self = static_cast<WebConfigSource*>(user_data);
   if (*ssl_ctx != nullptr) {  // shutdown
     SSL_CTX_free(static_cast<SSL_CTX*>(*ssl_ctx));
     *ssl_ctx = nullptr;
     return 1;
   }
-  SSL_CTX* ctx = c->NewSslCtx();
-  if (ctx == nullptr) {
-    Log(LogLevel::kError, c->s_.path + ": cannot use " + c->s_.cert_file +
-                              " with " + c->s_.key_file);
+  SSL_CTX* ctx = self->Current()->ssl_ctx();
+  if (ctx == nullptr || SSL_CTX_up_ref(ctx) != 1) {
+    Log(LogLevel::kError, self->path_ + ": no TLS context");
     return -1;
   }
+  // Connections are created from this context; each switches to the
+  // current config's in the ClientHello callback.
+  SSL_CTX_set_client_hello_cb(ctx, &WebConfigSource::ClientHello, self);
   *ssl_ctx = ctx;
   return 1;
 }
 
-bool WebConfig::PrepareTls(struct mg_callbacks* callbacks, std::string* error) {
+bool WebConfigSource::PrepareTls(struct mg_callbacks* callbacks,
+                                 std::string* error) {
   if (!LoadShims(error)) return false;
-  callbacks->external_ssl_ctx = &WebConfig::ExternalSslCtx;
+  callbacks->external_ssl_ctx = &WebConfigSource::ExternalSslCtx;
   return true;
 }
 

@@ -1,10 +1,12 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <list>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -13,6 +15,7 @@
 
 struct mg_callbacks;
 struct ssl_ctx_st;
+struct ssl_st;
 struct x509_st;
 struct x509_store_ctx_st;
 
@@ -42,9 +45,9 @@ class LruSet {
 };
 
 /// The exporter-toolkit web config (`--web.config.file`): TLS and basic
-/// auth with bcrypt hashes, and response headers. Load() once;
-/// CheckAuthorization() is thread-safe. Every setting is either enforced or
-/// refused at load time: none is accepted and ignored.
+/// auth with bcrypt hashes, and response headers. CheckAuthorization() is
+/// thread-safe. Every setting is either enforced or refused at load time:
+/// none is accepted and ignored. WebConfigSource re-reads it on change.
 class WebConfig {
  public:
   /// Bounds on bcrypt work (see CheckAuthorization).
@@ -53,15 +56,21 @@ class WebConfig {
   static constexpr std::chrono::milliseconds kMaxBcryptWait{1000};
   static constexpr size_t kOkCacheSize = 64;
   static constexpr size_t kDeniedCacheSize = 4096;
+  /// Most bcrypt cost an unknown user's decoy check takes.
+  static constexpr int kMaxDecoyCost = 10;
 
   /// Throws std::invalid_argument ("file:line: ...") on a bad file.
   static WebConfig Load(const std::string& path);
 
   WebConfig() = default;
-  // Copies the settings; caches and counters start empty.
-  WebConfig(const WebConfig& o) : s_(o.s_) {}
+  // Copies the settings (and shares the TLS context); caches and counters
+  // start empty.
+  WebConfig(const WebConfig& o) : s_(o.s_), ctx_(o.ctx_) {}
   WebConfig& operator=(const WebConfig& o) {
-    if (this != &o) s_ = o.s_;
+    if (this != &o) {
+      s_ = o.s_;
+      ctx_ = o.ctx_;
+    }
     return *this;
   }
 
@@ -73,7 +82,8 @@ class WebConfig {
   /// so failures never evict a working credential). A miss costs one bcrypt
   /// run, at most kMaxParallelBcrypt at a time; a check that would wait
   /// longer than kMaxBcryptWait, or behind kMaxBcryptWaiters others, is
-  /// kBusy. Unknown users cost the same bcrypt work as known ones.
+  /// kBusy. Unknown users cost the same bcrypt work as known ones, up to
+  /// cost kMaxDecoyCost.
   AuthResult CheckAuthorization(const std::string& header) const;
 
   /// "Name: value\r\n" lines from http_server_config.headers.
@@ -86,11 +96,16 @@ class WebConfig {
     long busy = 0;
     size_t ok_cached = 0;
     size_t denied_cached = 0;
+    int decoy_cost = 0;  ///< bcrypt cost of an unknown user's check
   };
   AuthStats auth_stats() const;
 
-  /// Loads CivetWeb's OpenSSL shims and hooks our SSL_CTX into callbacks.
-  bool PrepareTls(struct mg_callbacks* callbacks, std::string* error);
+  /// The server TLS context with every setting applied, built by Load()
+  /// (nullptr without TLS). It owns what its verify callback needs, so a
+  /// connection may outlive this WebConfig.
+  ssl_ctx_st* ssl_ctx() const { return ctx_.get(); }
+  /// The files this config was read from: itself, cert, key, client CA.
+  std::vector<std::string> files() const;
 
  private:
   struct Settings {
@@ -108,17 +123,16 @@ class WebConfig {
     std::vector<std::string> allowed_sans;
     std::string extra_headers;
     std::map<std::string, std::string> users;  // user -> bcrypt hash
-    std::string dummy_hash;                    // same cost as the users' hashes
+    std::string dummy_hash;  // the users' highest cost, <= kMaxDecoyCost
   };
 
-  static int ExternalSslCtx(void** ssl_ctx, void* user_data);
-  static int VerifyPeer(int preverify_ok, x509_store_ctx_st* store);
+  static int VerifyPeer(x509_store_ctx_st* store, void* arg);
   /// A server context with every TLS setting applied, or nullptr
   /// (OpenSSL's error queue says why).
   ssl_ctx_st* NewSslCtx() const;
-  bool SanAllowed(x509_st* cert) const;
 
   Settings s_;
+  std::shared_ptr<ssl_ctx_st> ctx_;
 
   mutable std::mutex mutex_;
   mutable std::condition_variable slot_free_;
@@ -127,6 +141,52 @@ class WebConfig {
   mutable AuthStats stats_;
   mutable LruSet ok_{kOkCacheSize};
   mutable LruSet denied_{kDeniedCacheSize};
+};
+
+/// --web.config.file, re-read when it changes, as exporter-toolkit does for
+/// every new connection: Current() stats the file and the cert, key and CA
+/// files it names at most once a second (inode, size, mtime, ctime) and
+/// loads it again when any changed. A file that does not load (or that
+/// would turn TLS on or off, which needs a restart) keeps the previous
+/// config; last_reload_successful() says so, and it is logged once per
+/// change. TLS connections take the current config's SSL_CTX in the
+/// ClientHello callback (before version, cipher and certificate choice), so
+/// a renewed certificate or any changed TLS setting applies to the next
+/// handshake. Thread-safe.
+class WebConfigSource {
+ public:
+  static constexpr std::chrono::milliseconds kRecheck{1000};
+
+  /// Loads `path` (empty: no web config, nothing to re-read). Throws like
+  /// WebConfig::Load.
+  explicit WebConfigSource(std::string path);
+
+  std::shared_ptr<const WebConfig> Current();
+  bool tls_enabled() const { return tls_; }
+  bool last_reload_successful() const { return ok_.load(); }
+  /// sshtail_web_config_* in the text exposition format ("" without a file).
+  std::string Metrics() const;
+
+  /// Loads CivetWeb's OpenSSL shims and hooks the SSL_CTX into callbacks
+  /// (mg_start's user_data must be this).
+  bool PrepareTls(struct mg_callbacks* callbacks, std::string* error);
+
+ private:
+  static int ExternalSslCtx(void** ssl_ctx, void* user_data);
+  static int ClientHello(ssl_st* ssl, int* alert, void* arg);
+  static std::string Signature(const std::vector<std::string>& files);
+
+  const std::string path_;
+  bool tls_ = false;
+  mutable std::mutex mutex_;
+  std::shared_ptr<const WebConfig> current_;
+  std::string signature_;  // of current_'s files, or of the last failure
+  std::chrono::steady_clock::time_point next_check_{};
+  bool checking_ = false;
+  std::atomic<bool> ok_{true};
+  std::atomic<double> last_success_{0};
+  std::atomic<long> reloads_{0};
+  std::atomic<long> failures_{0};
 };
 
 }  // namespace sshtail

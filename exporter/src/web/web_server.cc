@@ -1,7 +1,9 @@
 #include "sshtail/web_server.h"
 
 #include <civetweb.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "sshtail/log.h"
+#include "web/conn_gate.h"
 #include "web/http_gzip.h"
 #include "web/web_config.h"
 
@@ -27,12 +30,14 @@ struct WebServer::Impl {
   std::string web_config_file;
   WebHandlers handlers;
   WebSettings settings;
-  WebConfig config;
+  std::unique_ptr<WebConfigSource> web;  // re-read on change
   struct mg_context* ctx = nullptr;
+  ConnGate gate;  // the public socket; CivetWeb listens on loopback
   std::string bound;
 
-  void Send(struct mg_connection* conn, int status, const char* content_type,
-            const std::string& body, const char* extra_headers = "") const {
+  void Send(struct mg_connection* conn, const WebConfig& config, int status,
+            const char* content_type, const std::string& body,
+            const char* extra_headers = "") const {
     const char* reason = mg_get_response_code_text(conn, status);
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -46,7 +51,7 @@ struct WebServer::Impl {
   }
 
   // Basic auth from the web config; true if the request may proceed.
-  bool Authorized(struct mg_connection* conn) {
+  bool Authorized(struct mg_connection* conn, const WebConfig& config) {
     if (!config.auth_enabled()) return true;
     const char* header = mg_get_header(conn, "Authorization");
     AuthResult r = header == nullptr ? AuthResult::kDenied
@@ -55,12 +60,12 @@ struct WebServer::Impl {
     if (r == AuthResult::kBusy) {
       // Too many password checks at once (a guessing flood): answer at
       // once instead of queueing bcrypt work.
-      Send(conn, 429, "text/plain; charset=utf-8",
+      Send(conn, config, 429, "text/plain; charset=utf-8",
            "Too many authentication attempts; retry later.\n",
            "Retry-After: 1\r\n");
       return false;
     }
-    Send(conn, 401, "text/plain; charset=utf-8", "Unauthorized\n",
+    Send(conn, config, 401, "text/plain; charset=utf-8", "Unauthorized\n",
          "WWW-Authenticate: Basic realm=\"sshtail_exporter\"\r\n");
     return false;
   }
@@ -70,41 +75,45 @@ struct WebServer::Impl {
     const auto* info = mg_get_request_info(conn);
     std::string uri = info->local_uri ? info->local_uri : "/";
     std::string method = info->request_method;
-    if (!self->Authorized(conn)) return 401;
+    // The newest web config (a changed password applies to the next
+    // request; the certificate to the next handshake).
+    std::shared_ptr<const WebConfig> config = self->web->Current();
+    if (!self->Authorized(conn, *config)) return 401;
     auto method_not_allowed = [&](const char* allow) {
       std::string extra = std::string("Allow: ") + allow + "\r\n";
-      self->Send(conn, 405, "text/plain; charset=utf-8",
+      self->Send(conn, *config, 405, "text/plain; charset=utf-8",
                  "Method not allowed.\n", extra.c_str());
       return 405;
     };
     bool get = method == "GET" || method == "HEAD";
     if (uri == self->telemetry_path) {
       if (!get) return method_not_allowed("GET, HEAD");
-      std::string body = self->handlers.metrics();
+      std::string body = self->handlers.metrics() + self->web->Metrics();
       const char* accept = mg_get_header(conn, "Accept-Encoding");
       if (accept != nullptr && AcceptsGzip(accept)) {
         // Prometheus asks for gzip; a large exposition shrinks ~10x.
         std::string gz = GzipCompress(body);
         if (!gz.empty()) {
-          self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", gz,
+          self->Send(conn, *config, 200,
+                     "text/plain; version=0.0.4; charset=utf-8", gz,
                      "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n");
           return 200;
         }
       }
-      self->Send(conn, 200, "text/plain; version=0.0.4; charset=utf-8", body,
-                 "Vary: Accept-Encoding\r\n");
+      self->Send(conn, *config, 200, "text/plain; version=0.0.4; charset=utf-8",
+                 body, "Vary: Accept-Encoding\r\n");
       return 200;
     }
     if (uri == "/-/healthy") {
       if (!get) return method_not_allowed("GET, HEAD");
-      self->Send(conn, 200, "text/plain; charset=utf-8", "Healthy.\n");
+      self->Send(conn, *config, 200, "text/plain; charset=utf-8", "Healthy.\n");
       return 200;
     }
     if (uri == "/-/ready") {
       if (!get) return method_not_allowed("GET, HEAD");
       bool ready = self->handlers.ready();
       self->Send(
-          conn, ready ? 200 : 503, "text/plain; charset=utf-8",
+          conn, *config, ready ? 200 : 503, "text/plain; charset=utf-8",
           ready ? "Ready.\n" : "Not ready: a source has not connected yet.\n");
       return ready ? 200 : 503;
     }
@@ -113,23 +122,23 @@ struct WebServer::Impl {
         return method_not_allowed("POST, PUT");
       }
       if (!self->settings.enable_lifecycle) {
-        self->Send(conn, 403, "text/plain; charset=utf-8",
+        self->Send(conn, *config, 403, "text/plain; charset=utf-8",
                    "Lifecycle API is not enabled.\n");
         return 403;
       }
       std::string error;
       bool ok = self->handlers.reload(&error);
-      self->Send(conn, ok ? 200 : 500, "text/plain; charset=utf-8",
+      self->Send(conn, *config, ok ? 200 : 500, "text/plain; charset=utf-8",
                  ok ? "Reloaded.\n" : "Reload failed: " + error + "\n");
       return ok ? 200 : 500;
     }
     if (uri == "/") {
       if (!get) return method_not_allowed("GET, HEAD");
-      self->Send(conn, 200, "text/html; charset=utf-8",
+      self->Send(conn, *config, 200, "text/html; charset=utf-8",
                  self->handlers.landing_page());
       return 200;
     }
-    self->Send(conn, 404, "text/plain; charset=utf-8", "Not found.\n");
+    self->Send(conn, *config, 404, "text/plain; charset=utf-8", "Not found.\n");
     return 404;
   }
 
@@ -155,22 +164,32 @@ WebServer::WebServer(std::string listen_address, std::string telemetry_path,
 WebServer::~WebServer() { Stop(); }
 
 bool WebServer::Start(std::string* error) {
-  if (!impl_->web_config_file.empty()) {
-    try {
-      impl_->config = WebConfig::Load(impl_->web_config_file);
-    } catch (const std::exception& e) {
-      *error = e.what();
-      return false;
-    }
+  try {
+    impl_->web = std::make_unique<WebConfigSource>(impl_->web_config_file);
+  } catch (const std::exception& e) {
+    *error = e.what();
+    return false;
   }
-  // ":9923" -> "9923" (all IPv4 addresses); "[::1]:9923" stays as is.
-  std::string ports = impl_->listen_address;
-  if (!ports.empty() && ports[0] == ':') ports = ports.substr(1);
-  if (ports.empty()) {
+  const bool tls = impl_->web->tls_enabled();
+  if (impl_->listen_address.empty()) {
     *error = "--web.listen-address: empty";
     return false;
   }
-  if (impl_->config.tls_enabled()) ports += "s";
+  // Many held connections need descriptors: the soft limit goes up to the
+  // hard one (what Go programs do at start).
+  struct rlimit nofile {};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+      nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  if (!impl_->gate.Listen(impl_->listen_address, error)) return false;
+  // CivetWeb serves on a loopback port of its own; ConnGate accepts on the
+  // public one and relays a connection once the client has sent something
+  // (see conn_gate.h), at most max_connections at once and an eighth of
+  // them per client address.
+  std::string ports = "127.0.0.1:0";
+  if (tls) ports += "s";
   // CivetWeb 1.15 gives each connection a thread for its whole life, so
   // the thread count is the connection bound. request_timeout_ms is a total
   // deadline for the request headers (read_message() compares against the
@@ -201,30 +220,35 @@ bool WebServer::Start(std::string* error) {
                                       nullptr};
   struct mg_callbacks callbacks {};
   callbacks.log_message = &Impl::LogMessage;
-  if (impl_->config.tls_enabled()) {
-    if (!impl_->config.PrepareTls(&callbacks, error)) return false;
-  }
-  mg_init_library(impl_->config.tls_enabled() ? MG_FEATURES_TLS : 0);
-  impl_->ctx = mg_start(&callbacks, &impl_->config, options.data());
+  if (tls && !impl_->web->PrepareTls(&callbacks, error)) return false;
+  mg_init_library(tls ? MG_FEATURES_TLS : 0);
+  impl_->ctx = mg_start(&callbacks, impl_->web.get(), options.data());
   if (impl_->ctx == nullptr) {
-    *error = "cannot listen on " + impl_->listen_address +
-             " (address in use, or not a valid [host]:port)";
+    *error = "web: CivetWeb cannot listen on a loopback port";
     return false;
   }
   mg_set_request_handler(impl_->ctx, "/", &Impl::Handle, impl_.get());
   struct mg_server_port sp[4];
   int n = mg_get_server_ports(impl_->ctx, 4, sp);
-  if (n > 0) {
-    std::string host = impl_->listen_address;
-    size_t colon = host.rfind(':');
-    host = colon == std::string::npos ? "" : host.substr(0, colon);
-    if (host.empty()) host = "0.0.0.0";
-    impl_->bound = host + ":" + std::to_string(sp[0].port);
+  if (n <= 0) {
+    *error = "web: CivetWeb did not listen";
+    Stop();
+    return false;
   }
+  ConnGate::Limits limits;
+  limits.total = static_cast<size_t>(impl_->settings.max_connections);
+  limits.per_ip = std::max<size_t>(1, limits.total / 8);
+  limits.wait = kHeaderDeadline;
+  if (!impl_->gate.Start(sp[0].port, limits, error)) {
+    Stop();
+    return false;
+  }
+  impl_->bound = impl_->gate.bound();
   return true;
 }
 
 void WebServer::Stop() {
+  if (impl_) impl_->gate.Stop();
   if (impl_ && impl_->ctx) {
     mg_stop(impl_->ctx);
     impl_->ctx = nullptr;

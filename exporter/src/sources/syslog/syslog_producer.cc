@@ -159,9 +159,11 @@ UniqueFd BindUdp(const SourceSpec& spec) {
 class SyslogProducer : public Producer {
  public:
   SyslogProducer(const SourceSpec& spec, uint32_t index, SourceStatus& status,
-                 std::vector<SyslogHostSlot> host_slots, BatchQueue& queue,
+                 std::vector<SyslogHostSlot> host_slots,
+                 std::shared_ptr<SyslogNames> names, BatchQueue& queue,
                  const ProducerOptions& options)
       : spec_(spec),
+        names_(std::move(names)),
         status_(status),
         max_line_(options.max_line_bytes),
         buf_(options.max_line_bytes + kSyslogHeaderRoom + 2) {
@@ -316,11 +318,32 @@ class SyslogProducer : public Producer {
     return ok;
   }
 
+  // A hostname that names a configured source (or another socket's sender)
+  // would write into that source's series: its lines count under the
+  // socket's own name, and as a conflict.
+  Slot& Conflict(std::string_view hostname) {
+    status_.syslog_name_conflicts.fetch_add(1, std::memory_order_relaxed);
+    if (!warned_conflict_) {
+      warned_conflict_ = true;
+      Log(LogLevel::kWarn,
+          "source " + spec_.name + ": sender hostname '" +
+              text::ValidUtf8(hostname) +
+              "' is the name of another source; its lines are counted as " +
+              spec_.name +
+              " (sshtail_syslog_hostname_conflicts_total; logged once)");
+    }
+    return slots_[0];
+  }
+
   Slot& SlotFor(std::string_view hostname) {
     if (hostname.empty()) return slots_[0];
     auto it = host_slot_.find(std::string(hostname));
     if (it != host_slot_.end()) return slots_[it->second];
+    const std::string name = text::ValidUtf8(hostname);
     if (free_names_.empty()) {
+      if (names_ && names_->TakenByOther(name, this)) {
+        return Conflict(hostname);
+      }
       if (!warned_hosts_) {
         warned_hosts_ = true;
         Log(LogLevel::kWarn,
@@ -331,8 +354,9 @@ class SyslogProducer : public Producer {
       }
       return slots_[0];  // not remembered: the map stays bounded too
     }
+    if (names_ && !names_->Claim(name, this)) return Conflict(hostname);
     // Written before this slot's first batch is pushed (see SyslogHostSlot).
-    *free_names_.back() = text::ValidUtf8(hostname);
+    *free_names_.back() = name;
     free_names_.pop_back();
     size_t slot = slots_.size() - free_names_.size() - 1;
     host_slot_.emplace(std::string(hostname), slot);
@@ -360,6 +384,7 @@ class SyslogProducer : public Producer {
   }
 
   const SourceSpec spec_;
+  const std::shared_ptr<SyslogNames> names_;
   SourceStatus& status_;
   const size_t max_line_;
   std::vector<char> buf_;
@@ -373,9 +398,27 @@ class SyslogProducer : public Producer {
   std::atomic<bool> stop_{false};
   bool warned_malformed_ = false;
   bool warned_hosts_ = false;
+  bool warned_conflict_ = false;
 };
 
 }  // namespace
+
+SyslogNames::SyslogNames(const std::vector<std::string>& configured) {
+  for (const auto& n : configured) owner_.emplace(n, nullptr);
+}
+
+bool SyslogNames::Claim(const std::string& name, const void* owner) {
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = owner_.emplace(name, owner);
+  return inserted || it->second == owner;
+}
+
+bool SyslogNames::TakenByOther(const std::string& name,
+                               const void* owner) const {
+  std::lock_guard lock(mutex_);
+  auto it = owner_.find(name);
+  return it != owner_.end() && it->second != owner;
+}
 
 bool ParseSyslogDatagram(std::string_view d, SyslogMessage* out) {
   // <PRI>: 1 to 3 digits, at most 191 (facility 23, severity 7).
@@ -429,10 +472,11 @@ bool ParseSyslogDatagram(std::string_view d, SyslogMessage* out) {
 
 std::unique_ptr<Producer> MakeSyslogProducer(
     const SourceSpec& spec, uint32_t index, SourceStatus& status,
-    std::vector<SyslogHostSlot> host_slots, BatchQueue& queue,
-    const ProducerOptions& options) {
-  return std::make_unique<SyslogProducer>(
-      spec, index, status, std::move(host_slots), queue, options);
+    std::vector<SyslogHostSlot> host_slots, std::shared_ptr<SyslogNames> names,
+    BatchQueue& queue, const ProducerOptions& options) {
+  return std::make_unique<SyslogProducer>(spec, index, status,
+                                          std::move(host_slots),
+                                          std::move(names), queue, options);
 }
 
 }  // namespace sshtail
