@@ -275,6 +275,7 @@ void Exporter::Impl::BindSyslogSources() {
     if (table.active(i)) configured.push_back(table.labels[i].name);
   }
   auto names = std::make_shared<SyslogNames>(configured);
+  syslog_names = names;
   std::vector<std::vector<SyslogHostSlot>> slots(syslog.size());
   for (size_t k = 0; k < syslog.size(); ++k) {
     for (size_t h = 0; h < kSyslogMaxHosts; ++h) {

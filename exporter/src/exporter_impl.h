@@ -221,7 +221,9 @@ struct Exporter::Impl {
   /// freed (a removed source's slot frees a moment after the reload).
   std::optional<size_t> retry_when_freed_past;  // guarded by reload_mutex
   std::unique_ptr<ShardKeeper> shard;           // guarded by reload_mutex
-  std::vector<std::string> start_claim;         // hosts held from the start
+  /// With syslog sockets: the names their senders may not take.
+  std::shared_ptr<SyslogNames> syslog_names;
+  std::vector<std::string> start_claim;  // hosts held from the start
   struct LettingGo {
     std::string key;
     std::vector<uint32_t> slots;

@@ -71,6 +71,16 @@ bool Exporter::Impl::Reload(std::string* error) {
       }
       waits = e.what();
     }
+    // A source may not take a name a syslog sender has (as a sender may
+    // not take a source's).
+    if (syslog_names) {
+      for (const auto& [slot, spec] : plan.add) {
+        if (!spec.glob && !syslog_names->Reserve(spec.name)) {
+          throw ConfigError("source '" + spec.url + "': the name '" +
+                            spec.name + "' is a syslog sender's already");
+        }
+      }
+    }
     next.sources = supervisor->ConfiguredBySlot(plan);
     FormatDefs defs = LoadFormatDefs(next, ContextFor(next));
     // All or nothing: everything that can fail fails in this check, before

@@ -57,6 +57,8 @@ _COUNTERS_AND_GAUGES = {
     "sshtail_config_last_reload_successful": False,
     "sshtail_glob_up": False,
     "sshtail_glob_files": False,
+    "sshtail_shard_hosts": False,
+    "sshtail_shard_handover_write_failures_total": False,
     "up": False,
 }
 _HISTOGRAMS = {

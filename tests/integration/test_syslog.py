@@ -357,7 +357,7 @@ def test_sender_hostname_cannot_take_a_configured_source_name():
         '  - syslog+udp://' + sock1,
         '  - {url: "syslog+udp://%s", name: edge}' % sock2,
         '']))
-    exp = harness.Exporter(['--config', cfg], d)
+    exp = harness.Exporter(['--web.enable-lifecycle', '--config', cfg], d)
     hdr = '<190>Dec  2 07:12:59 %s nginx: '
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = {sock1: 0, sock2: 0}
@@ -388,6 +388,20 @@ def test_sender_hostname_cannot_take_a_configured_source_name():
     with open(log, 'a') as f:
         f.write(LINE + '\n')
     exp.wait_value('nginx_http_requests_total', 1, source='web1')
+    # Nor may a source a reload adds take a sender's name; one that is
+    # added takes its own from the senders that come after.
+    other = harness.write_file(d, 'o.log', '')
+    base = open(cfg).read()
+    with open(cfg, 'w') as f:
+        f.write(base + '  - {url: %s, name: web3}\n' % other)
+    assert exp.post('/-/reload')[0] != 200
+    assert exp.value('sshtail_config_last_reload_successful') == 0
+    with open(cfg, 'w') as f:
+        f.write(base + '  - {url: %s, name: web9}\n' % other)
+    assert exp.post('/-/reload')[0] == 200
+    send(sock1, 'web9', 2)
+    exp.wait_value('sshtail_syslog_hostname_conflicts_total', 8, source=sock1)
+    assert rule_requests(exp.metrics(), source='web9') == 0
     assert exp.stop() == 0
 
 

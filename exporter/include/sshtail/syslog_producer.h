@@ -59,6 +59,9 @@ class SyslogNames {
   /// Takes `name` for `owner` (a producer) and returns true if it is free
   /// or already `owner`'s; false if configured or another owner's.
   bool Claim(const std::string& name, const void* owner);
+  /// Reserves `name` for a configured source (one a reload adds): false
+  /// if a sender hostname has it already (the reload must be refused).
+  bool Reserve(const std::string& name);
   /// True if `name` is configured or another owner's (claims nothing).
   bool TakenByOther(const std::string& name, const void* owner) const;
 

@@ -413,6 +413,12 @@ bool SyslogNames::Claim(const std::string& name, const void* owner) {
   return inserted || it->second == owner;
 }
 
+bool SyslogNames::Reserve(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = owner_.emplace(name, nullptr);
+  return inserted || it->second == nullptr;
+}
+
 bool SyslogNames::TakenByOther(const std::string& name,
                                const void* owner) const {
   std::lock_guard lock(mutex_);
