@@ -51,6 +51,10 @@ class SelfMetrics : public prometheus::Collectable {
   /// for (hashed here, still held by another replica). One caller at a
   /// time (the exporter's reload mutex).
   void SetShard(int index, int count, size_t followed, size_t waiting);
+  /// With a positions or state file (the families appear at this call,
+  /// once, at start): how many damaged generations were set aside, and
+  /// whether the run resumed from the previous generation (FILE.prev).
+  void StateFileLoaded(int set_aside, bool from_previous);
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
