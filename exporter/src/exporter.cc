@@ -187,6 +187,8 @@ Exporter::Impl::Impl(Options o)
   int64_t saved_at_ns = 0;
   if (!options.positions_file.empty() && !options.once) {
     keep_values = !options.state_file.empty();
+    StateFile::CheckPath(keep_values ? "--state-file" : "--positions-file",
+                         options.positions_file);  // exit 2
     // Both keep the generation they replace as FILE.prev, for a resume
     // when FILE is damaged.
     positions = std::make_unique<PositionsFile>(options.positions_file, true);

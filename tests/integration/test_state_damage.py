@@ -1,8 +1,12 @@
 """A damaged positions or state file loses no line: it is set aside (one
 metric says so) and the run resumes from the previous generation FILE.prev,
-reading again what came after it."""
+reading again what came after it. Also: a stale or planted FILE.tmp, a
+state file whose checksum holds but whose counters cannot be, and a state
+path that is a directory."""
 import glob
+import math
 import os
+import subprocess
 
 import yaml
 
@@ -186,10 +190,91 @@ def test_both_generations_damaged_start_as_with_no_file():
     assert exp.stop() == 0
 
 
+def test_checksummed_but_impossible_counter_is_damage():
+    d = harness.tmpdir()
+    paths = two_logs(d)
+    state = os.path.join(d, 'state')
+    lines, truth = harness.generate(30, 'timed', seed=45)
+    args = ['--format', 'timed', '--state-file', state,
+            '--positions.sync-interval', '200ms'] + paths
+    first_run(args, d, paths, lines)
+    for bad in ('nan', '-1', '-inf'):
+        with open(state) as f:
+            text = f.read()
+        out = []
+        for line in text.splitlines(True):
+            if line.startswith('counter "sshtail_lines_total"'):
+                line = line.rsplit(' ', 1)[0] + ' ' + bad + '\n'
+            out.append(line)
+        with open(state, 'w') as f:
+            f.write(rechecksum(''.join(out)))
+        for old in glob.glob(state + '.corrupt-*'):
+            os.unlink(old)
+        exp = harness.Exporter(args, d, name='bad-' + bad)
+        for p in paths:
+            exp.wait_value('sshtail_lines_total', 30, source=p)
+            v = exp.value('sshtail_lines_total', source=p)
+            assert not math.isnan(v)
+            harness.check_truth(exp.metrics(), truth, p)
+        assert damage_metrics(exp) == (1, 1), bad
+        assert exp.stop() == 0
+
+
+def test_stale_or_planted_tmp_is_replaced_not_followed():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    state = os.path.join(d, 'state')
+    victim = os.path.join(d, 'victim')
+    with open(victim, 'w') as f:
+        f.write('precious\n')
+    lines, truth = harness.generate(100, 'timed', seed=46)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    args = ['--format', 'timed', '--state-file', state, '--start-at', 'beginning', path]
+    for what in ('symlink', 'stale'):
+        if what == 'symlink':
+            os.symlink(victim, state + '.tmp')
+        else:
+            with open(state + '.tmp', 'w') as f:
+                f.write('half a state file from a crash')
+        exp = harness.Exporter(args, d, name=what)
+        exp.wait_value('sshtail_lines_total', 100, source=path)
+        harness.check_truth(exp.metrics(), truth, path)  # the scrape saved it
+        assert exp.stop() == 0
+        with open(victim) as f:
+            assert f.read() == 'precious\n', what
+        assert not os.path.lexists(state + '.tmp'), what
+        with open(state) as f:
+            assert f.read().count('version: 2') == 1, what
+
+
+def run_exit(args, timeout=60):
+    return subprocess.run([harness.BIN, '--web.listen-address', '127.0.0.1:0'] + args,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_state_path_that_is_a_directory_is_refused():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    open(path, 'w').close()
+    state = os.path.join(d, 'state')
+    os.mkdir(state)
+    for flag in ('--state-file', '--positions-file'):
+        r = run_exit([flag, state, path])
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert state in r.stderr and flag in r.stderr, r.stderr
+        assert os.path.isdir(state)
+        assert not glob.glob(state + '.corrupt-*')
+
+
 if __name__ == '__main__':
     import sys
     tests = [test_truncated_positions_file_resumes_from_previous_generation,
              test_damaged_state_file_resumes_from_previous_generation_exactly,
-             test_both_generations_damaged_start_as_with_no_file]
+             test_both_generations_damaged_start_as_with_no_file,
+             test_checksummed_but_impossible_counter_is_damage,
+             test_stale_or_planted_tmp_is_replaced_not_followed,
+             test_state_path_that_is_a_directory_is_refused]
     # `test_state_damage.py NAME...` runs only those.
     harness.main([t for t in tests if len(sys.argv) < 2 or t.__name__ in sys.argv[1:]])

@@ -123,7 +123,7 @@ TEST_CASE("positions files of releases before the checksum still load") {
   CHECK(error.find("line 5") != std::string::npos);
 }
 
-TEST_CASE("saving keeps the previous generation") {
+TEST_CASE("saving keeps the previous generation and never follows a tmp") {
   char dir[] = "/tmp/sshtail-pos-XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
   std::string path = std::string(dir) + "/positions";
@@ -143,6 +143,22 @@ TEST_CASE("saving keeps the previous generation") {
   REQUIRE(WriteFileAtomically(path, "four\n", &error, true));
   CHECK(Slurp(path) == "four\n");
   CHECK(Slurp(path + ".prev") == "three\n");
+  // A symlink planted at PATH.tmp is replaced, not written through.
+  std::string victim = std::string(dir) + "/victim";
+  { std::ofstream(victim) << "precious"; }
+  REQUIRE(symlink(victim.c_str(), (path + ".tmp").c_str()) == 0);
+  REQUIRE(WriteFileAtomically(path, "five\n", &error));
+  CHECK(Slurp(victim) == "precious");
+  CHECK(Slurp(path) == "five\n");
+  struct stat st {};
+  REQUIRE(lstat(path.c_str(), &st) == 0);
+  CHECK(S_ISREG(st.st_mode));
+  CHECK(Slurp(path + ".prev") == "three\n");  // not asked to keep one
+  // A directory at PATH.tmp: refused, reported, left alone.
+  REQUIRE(mkdir((path + ".tmp").c_str(), 0755) == 0);
+  CHECK_FALSE(WriteFileAtomically(path, "six\n", &error));
+  CHECK(error.find(".tmp") != std::string::npos);
+  CHECK(Slurp(path) == "five\n");
   std::system(("rm -rf " + std::string(dir)).c_str());
 }
 

@@ -322,5 +322,82 @@ TEST_CASE("a positions-only file keeps its previous generation too") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("checksummed counters that cannot be are damage") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  auto sources = At(10);
+  std::string text =
+      StateFile::Serialize(sources, h.store.Snapshot(),
+                           {{"sshtail_lines_total", {{"source", "src"}}, 8}});
+  auto rechecksum = [](std::string t) {
+    std::string body = t.substr(0, t.rfind("\nchecksum ") + 1);
+    return body + ChecksumLine("checksum ", body);
+  };
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string t = text;
+    size_t at = t.find(from);
+    REQUIRE(at != std::string::npos);
+    t.replace(at, from.size(), to);
+    return rechecksum(t);
+  };
+  for (const char* bad : {"nan", "-1", "-inf", "-0.5"}) {
+    INFO(bad);
+    CHECK_FALSE(
+        StateFile::Parse(with("\"source\" \"src\" 8\n",
+                              std::string("\"source\" \"src\" ") + bad + "\n"),
+                         &st, &error));
+    // A rule counter: req_total{GET,200} counted 3 lines.
+    CHECK_FALSE(
+        StateFile::Parse(with("\"status\" \"200\" 3\n",
+                              std::string("\"status\" \"200\" ") + bad + "\n"),
+                         &st, &error));
+  }
+  // +Inf is what a counter can reach live (a field "inf"): kept.
+  CHECK(StateFile::Parse(
+      with("\"source\" \"src\" 8\n", "\"source\" \"src\" inf\n"), &st, &error));
+  // A gauge may be anything, NaN too.
+  CHECK(StateFile::Parse(with("\"method\" \"GET\" \"source\" \"src\" 0.3\n",
+                              "\"method\" \"GET\" \"source\" \"src\" nan\n"),
+                         &st, &error));
+  // A histogram's count must be its +Inf bucket's.
+  size_t hist = text.find("metric \"t_seconds\"");
+  REQUIRE(hist != std::string::npos);
+  size_t series = text.find("series 0", hist);
+  size_t eol = text.find('\n', series);
+  std::string line = text.substr(series, eol - series);
+  std::string last = line.substr(line.rfind(' ') + 1);
+  std::string t = text;
+  t.replace(series, line.size(),
+            line.substr(0, line.rfind(' ') + 1) +
+                std::to_string(std::stoull(last) + 1));
+  CHECK_FALSE(StateFile::Parse(rechecksum(t), &st, &error));
+  CHECK(error.find("+Inf bucket") != std::string::npos);
+}
+
+TEST_CASE("a state path that is not a regular file is never renamed") {
+  std::string dir = TempDir("dir");
+  std::string path = dir + "/state";
+  std::filesystem::create_directory(path);
+  std::string problem;
+  SavedState st = StateFile(path, true).Load(&problem);
+  CHECK(problem.find("is a directory") != std::string::npos);
+  CHECK(problem.find("larger than") == std::string::npos);
+  CHECK(std::filesystem::is_directory(path));
+  CHECK(SetAside(path).empty());
+  CHECK_THROWS_AS(StateFile::CheckPath("--state-file", path), ConfigError);
+  try {
+    StateFile::CheckPath("--state-file", path);
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()) ==
+          "--state-file " + path +
+              ": is a directory, not a file the exporter may write");
+  }
+  CHECK_NOTHROW(StateFile::CheckPath("--state-file", dir + "/missing"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace sshtail

@@ -73,8 +73,9 @@ uint64_t Fnv1a(std::string_view s);
 /// "<prefix><16 hex digits of Fnv1a(body)>\n": a file's last line.
 std::string ChecksumLine(std::string_view prefix, std::string_view body);
 
-/// Replaces `path` with `text` atomically: PATH.tmp, fsync, rename, fsync
-/// of the directory. With
+/// Replaces `path` with `text` atomically: PATH.tmp (a stale one is
+/// removed first; opened O_CREAT|O_EXCL|O_NOFOLLOW, so a symlink there is
+/// never followed), fsync, rename, fsync of the directory. With
 /// `keep_previous`, the file being replaced stays as PATH.prev: it is
 /// hard-linked to PATH.prev.tmp and renamed over PATH.prev before the new
 /// file is renamed over PATH, so at every instant PATH and PATH.prev are

@@ -58,6 +58,10 @@ class StateFile {
   explicit StateFile(std::string path, bool keep_previous = false)
       : path_(std::move(path)), keep_previous_(keep_previous) {}
 
+  /// Throws ConfigError if `path` exists but is not a regular file (a
+  /// directory, a socket): the flag names the wrong thing.
+  static void CheckPath(const std::string& flag, const std::string& path);
+
   /// Reads the file; a missing or empty file is an empty state. A corrupt
   /// or foreign file (or one that does not parse in full) is renamed to
   /// PATH.corrupt-<unix time>; with `keep_previous` the state is then

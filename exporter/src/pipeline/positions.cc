@@ -238,14 +238,22 @@ std::map<std::string, PositionSet> PositionsFile::Load() const {
 bool WriteFileAtomically(const std::string& path, std::string_view text,
                          std::string* error, bool keep_previous) {
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A crashed save's temp file must not block saving, and whatever is
+  // there is never followed: removed, then created anew (O_EXCL also
+  // fails on a symlink someone puts there meanwhile).
+  if (!Clear(tmp, error)) return false;
+  int fd = ::open(tmp.c_str(),
+                  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   auto fail = [&](const char* what) {
     *error = std::string(what) + " " + tmp + ": " + std::strerror(errno);
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
     return false;
   };
-  if (fd < 0) return fail("open");
+  if (fd < 0) {
+    *error = "open " + tmp + ": " + std::strerror(errno);
+    return false;  // not ours to remove (EEXIST: created meanwhile)
+  }
   size_t done = 0;
   while (done < text.size()) {
     ssize_t n = ::write(fd, text.data() + done, text.size() - done);

@@ -13,6 +13,8 @@
 #include <set>
 #include <stdexcept>
 
+#include "sshtail/rules.h"
+
 namespace sshtail {
 namespace {
 
@@ -159,6 +161,12 @@ class Tokens {
   std::string_view s_;
   size_t pos_ = 0;
 };
+
+// A counter only ever grows from 0 by positive amounts: never NaN, never
+// below 0 (a restored NaN or negative value would read as garbage or as a
+// reset). +Inf can be reached (a log field "inf" or a sum past the largest
+// double) and restoring it gives back what was served, so it is kept.
+bool CounterValue(double v) { return v >= 0; }
 
 }  // namespace
 
@@ -353,8 +361,15 @@ bool StateFile::Parse(std::string_view text, SavedState* out,
           if (!t.Num(&bucket.cumulative_count)) return bad("syntax");
           h.bucket.push_back(bucket);
         }
+        // The writer writes the +Inf bucket's count as the count.
+        if (h.bucket.back().cumulative_count != h.sample_count) {
+          return bad("histogram count is not its +Inf bucket's");
+        }
       } else if (!t.Num(&s.value)) {
         return bad("syntax");
+      } else if (metric->type == MetricType::kCounter &&
+                 !CounterValue(s.value)) {
+        return bad("counter value " + std::to_string(s.value));
       }
       if (!t.End()) return bad("syntax");
       metric->series.push_back(std::move(s));
@@ -363,6 +378,9 @@ bool StateFile::Parse(std::string_view text, SavedState* out,
       if (!t.String(&c.family) || !t.Labels(&c.labels) || !t.Num(&c.value) ||
           !t.End()) {
         return bad("syntax");
+      }
+      if (!CounterValue(c.value)) {
+        return bad("counter value " + std::to_string(c.value));
       }
       st.counters.push_back(std::move(c));
     } else {
@@ -479,6 +497,15 @@ void SetAside(const std::string& path, std::string* problem) {
 }
 
 }  // namespace
+
+void StateFile::CheckPath(const std::string& flag, const std::string& path) {
+  struct stat sb {};
+  if (::stat(path.c_str(), &sb) != 0 || S_ISREG(sb.st_mode)) return;
+  throw ConfigError(
+      flag + " " + path + ": " +
+      (S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file") +
+      ", not a file the exporter may write");
+}
 
 SavedState StateFile::Load(std::string* problem) const {
   problem->clear();
