@@ -1,8 +1,9 @@
 """A damaged positions or state file loses no line: it is set aside (one
 metric says so) and the run resumes from the previous generation FILE.prev,
 reading again what came after it. Also: a stale or planted FILE.tmp, a
-state file whose checksum holds but whose counters cannot be, and a state
-path that is a directory."""
+state file whose checksum holds but whose counters cannot be, a state path
+that is a directory, and the label limit the state file and the
+configuration share."""
 import glob
 import math
 import os
@@ -268,6 +269,62 @@ def test_state_path_that_is_a_directory_is_refused():
         assert not glob.glob(state + '.corrupt-*')
 
 
+def labels_yaml(n):
+    return '{%s}' % ', '.join('l%d: "v%d"' % (i, i) for i in range(n))
+
+
+def test_label_limit_is_one_for_config_and_state_file():
+    d = harness.tmpdir()
+    path = os.path.join(d, 'a.log')
+    lines, truth = harness.generate(50, 'timed', seed=47)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    state = os.path.join(d, 'state')
+    # 62 static labels, `source` and `file`: the most a series may carry.
+    # It is saved and read back: values continue, nothing set aside.
+    cfg = harness.write_file(d, 'ok.yml', 'sources:\n  - url: %s\n    labels: %s\n'
+                             % (path, labels_yaml(62)))
+    rules = harness.write_file(d, 'rules.yml', '''rules:
+  - name: t
+    regex: '^(?P<a>\\S+) .*'
+    metrics:
+      - name: t_lines_total
+        type: counter
+''')
+    args = ['--config', cfg, '--rules', rules, '--state-file', state,
+            '--start-at', 'beginning']
+    exp = harness.Exporter(args, d, name='ok1')
+    exp.wait_value('t_lines_total', 50)
+    assert exp.stop() == 0
+    append(path, lines[:5])
+    exp = harness.Exporter(args, d, name='ok2')
+    exp.wait_value('t_lines_total', 55)
+    exp.wait_value('sshtail_lines_total', 55)
+    assert damage_metrics(exp) == (0, 0)
+    assert exp.stop() == 0
+    # One more static label: refused where it is written.
+    bad = harness.write_file(d, 'bad.yml', 'sources:\n  - url: %s\n    labels: %s\n'
+                             % (path, labels_yaml(63)))
+    r = run_exit(['--config', bad, '--rules', rules, '--state-file', state])
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert bad + ':3:' in r.stderr, r.stderr
+    # A rule whose labels with the sources' pass the limit: its labels line.
+    many = ''.join('          x%d: a\n' % i for i in range(64))
+    rules_bad = harness.write_file(d, 'rules_bad.yml', '''rules:
+  - name: t
+    regex: '^(?P<a>\\S+) .*'
+    metrics:
+      - name: t_lines_total
+        type: counter
+        labels:
+%s''' % many)
+    r = run_exit(['--rules', rules_bad, '--state-file', state, path])
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert rules_bad + ':8:' in r.stderr, r.stderr  # its labels
+
+
 if __name__ == '__main__':
     import sys
     tests = [test_truncated_positions_file_resumes_from_previous_generation,
@@ -275,6 +332,7 @@ if __name__ == '__main__':
              test_both_generations_damaged_start_as_with_no_file,
              test_checksummed_but_impossible_counter_is_damage,
              test_stale_or_planted_tmp_is_replaced_not_followed,
-             test_state_path_that_is_a_directory_is_refused]
+             test_state_path_that_is_a_directory_is_refused,
+             test_label_limit_is_one_for_config_and_state_file]
     # `test_state_damage.py NAME...` runs only those.
     harness.main([t for t in tests if len(sys.argv) < 2 or t.__name__ in sys.argv[1:]])

@@ -377,6 +377,23 @@ TEST_CASE("checksummed counters that cannot be are damage") {
   CHECK(error.find("+Inf bucket") != std::string::npos);
 }
 
+TEST_CASE("the state file reads back every label set it writes") {
+  prometheus::Labels most{{"source", "src"}};
+  for (size_t i = 1; i < kMaxSeriesLabels; ++i) {
+    most["l" + std::to_string(i)] = "v";
+  }
+  prometheus::Labels too_many = most;
+  too_many["one_more"] = "v";
+  std::string text = StateFile::Serialize(
+      At(10), {},
+      {{"sshtail_lines_total", most, 5}, {"sshtail_bytes_total", too_many, 7}});
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  REQUIRE(st.counters.size() == 1);  // what it cannot read is not written
+  CHECK(st.counters[0].labels == most);
+}
+
 TEST_CASE("a state path that is not a regular file is never renamed") {
   std::string dir = TempDir("dir");
   std::string path = dir + "/state";

@@ -39,6 +39,11 @@ struct SavedState {
   bool from_previous = false;
 };
 
+/// The most labels a series (or an sshtail_* counter) may carry: what the
+/// state file reads and writes, and what the configuration allows (a
+/// source's static labels, and a rule's labels with those of the sources).
+inline constexpr size_t kMaxSeriesLabels = 64;
+
 /// The state file: per source its positions and the values of its series
 /// (`--state-file`), or the positions only (`--positions-file`, the old
 /// format, which still loads). Version 2 is a line format with a `version:`

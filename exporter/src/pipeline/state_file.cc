@@ -139,7 +139,7 @@ class Tokens {
 
   bool Labels(prometheus::Labels* labels) {
     size_t n;
-    if (!Num(&n) || n > 64) return false;
+    if (!Num(&n) || n > kMaxSeriesLabels) return false;
     labels->clear();
     for (size_t i = 0; i < n; ++i) {
       std::string k, v;
@@ -211,7 +211,12 @@ std::string StateFile::Serialize(
       out += '\n';
     }
     for (const SeriesSnapshot& s : m.series) {
-      if (!names.count(SourceOf(s.labels))) continue;
+      // What the reader refuses is never written (the configuration keeps
+      // every series within the limit).
+      if (!names.count(SourceOf(s.labels)) ||
+          s.labels.size() > kMaxSeriesLabels) {
+        continue;
+      }
       out += s.overflow ? "series 1" : "series 0";
       Labels(&out, s.labels);
       if (m.type == MetricType::kHistogram) {
@@ -227,7 +232,10 @@ std::string StateFile::Serialize(
     }
   }
   for (const SavedCounter& c : counters) {
-    if (!names.count(SourceOf(c.labels))) continue;
+    if (!names.count(SourceOf(c.labels)) ||
+        c.labels.size() > kMaxSeriesLabels) {
+      continue;
+    }
     out += "counter ";
     Quote(&out, c.family);
     Labels(&out, c.labels);
