@@ -143,6 +143,16 @@ TEST_CASE("saving keeps the previous generation and never follows a tmp") {
   REQUIRE(WriteFileAtomically(path, "four\n", &error, true));
   CHECK(Slurp(path) == "four\n");
   CHECK(Slurp(path + ".prev") == "three\n");
+  // PATH.prev cannot be kept (a directory in the way): the save goes on,
+  // PATH.prev stays the older whole generation.
+  REQUIRE(mkdir((path + ".prev.tmp").c_str(), 0755) == 0);
+  REQUIRE(mkdir((path + ".prev.tmp/x").c_str(), 0755) == 0);
+  REQUIRE(WriteFileAtomically(path, "4b\n", &error, true));
+  CHECK(Slurp(path) == "4b\n");
+  CHECK(Slurp(path + ".prev") == "three\n");
+  std::system(("rm -rf " + path + ".prev.tmp").c_str());
+  REQUIRE(WriteFileAtomically(path, "four\n", &error, true));
+  CHECK(Slurp(path + ".prev") == "4b\n");
   // A symlink planted at PATH.tmp is replaced, not written through.
   std::string victim = std::string(dir) + "/victim";
   { std::ofstream(victim) << "precious"; }
@@ -153,7 +163,7 @@ TEST_CASE("saving keeps the previous generation and never follows a tmp") {
   struct stat st {};
   REQUIRE(lstat(path.c_str(), &st) == 0);
   CHECK(S_ISREG(st.st_mode));
-  CHECK(Slurp(path + ".prev") == "three\n");  // not asked to keep one
+  CHECK(Slurp(path + ".prev") == "4b\n");  // not asked to keep one
   // A directory at PATH.tmp: refused, reported, left alone.
   REQUIRE(mkdir((path + ".tmp").c_str(), 0755) == 0);
   CHECK_FALSE(WriteFileAtomically(path, "six\n", &error));

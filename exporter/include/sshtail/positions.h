@@ -79,8 +79,9 @@ std::string ChecksumLine(std::string_view prefix, std::string_view body);
 /// `keep_previous`, the file being replaced stays as PATH.prev: it is
 /// hard-linked to PATH.prev.tmp and renamed over PATH.prev before the new
 /// file is renamed over PATH, so at every instant PATH and PATH.prev are
-/// complete files (where hard links are not supported, no PATH.prev is
-/// kept). False with an errno-style message in `error`.
+/// complete files. Keeping PATH.prev never fails the save: where it
+/// cannot be done (no hard links), PATH.prev stays the older generation.
+/// False with an errno-style message in `error`.
 bool WriteFileAtomically(const std::string& path, std::string_view text,
                          std::string* error, bool keep_previous = false);
 

@@ -109,27 +109,18 @@ bool Clear(const std::string& path, std::string* error) {
 
 // Keeps the file at `path` as PATH.prev: a hard link under a temporary
 // name, renamed over PATH.prev, so PATH.prev is always a whole file (the
-// older or the newer generation). Skipped where hard links do not exist.
-bool KeepPrevious(const std::string& path, std::string* error) {
+// older or the newer generation). Best effort: where it fails (no hard
+// links on this file system, PATH.prev.tmp in the way) PATH.prev stays the
+// older whole generation, and the save goes on; a resume from it only
+// reads more lines again.
+void KeepPrevious(const std::string& path) {
   struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return true;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
   std::string prev = path + ".prev";
   std::string tmp = prev + ".tmp";
-  if (!Clear(tmp, error)) return false;
-  if (::link(path.c_str(), tmp.c_str()) != 0) {
-    if (errno == EPERM || errno == EOPNOTSUPP || errno == ENOSYS ||
-        errno == EMLINK || errno == EXDEV) {
-      return true;  // no hard links here: no previous generation
-    }
-    *error = "link " + path + " " + tmp + ": " + std::strerror(errno);
-    return false;
-  }
-  if (::rename(tmp.c_str(), prev.c_str()) != 0) {
-    *error = "rename " + tmp + ": " + std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return false;
-  }
-  return true;
+  std::string ignored;
+  if (!Clear(tmp, &ignored) || ::link(path.c_str(), tmp.c_str()) != 0) return;
+  if (::rename(tmp.c_str(), prev.c_str()) != 0) ::unlink(tmp.c_str());
 }
 
 }  // namespace
@@ -269,10 +260,7 @@ bool WriteFileAtomically(const std::string& path, std::string_view text,
     return fail("close");
   }
   fd = -1;
-  if (keep_previous && !KeepPrevious(path, error)) {
-    ::unlink(tmp.c_str());
-    return false;
-  }
+  if (keep_previous) KeepPrevious(path);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename");
   // The rename itself must reach the disk too (a power cut, not a kill).
   size_t slash = path.rfind('/');
