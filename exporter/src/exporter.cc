@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -197,17 +196,18 @@ Exporter::Impl::Impl(Options o)
   SavedState saved;
   int64_t saved_at_ns = 0;
   if (!options.positions_file.empty() && !options.once) {
-    positions = std::make_unique<PositionsFile>(options.positions_file);
-    state_file = std::make_unique<StateFile>(options.positions_file);
     keep_values = !options.state_file.empty();
-    // When it was saved: files rotated after that hold only new lines.
-    struct stat st {};
-    saved_at_ns =
-        ::stat(options.positions_file.c_str(), &st) == 0
-            ? int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec
-            : 0;
+    StateFile::CheckPath(keep_values ? "--state-file" : "--positions-file",
+                         options.positions_file);  // exit 2
+    // Both keep the generation they replace as FILE.prev, for a resume
+    // when FILE is damaged.
+    positions = std::make_unique<PositionsFile>(options.positions_file, true);
+    state_file = std::make_unique<StateFile>(options.positions_file, true);
     std::string problem;
     saved = state_file->Load(&problem);
+    // When it was saved: files rotated after that hold only new lines.
+    saved_at_ns = saved.saved_at_ns;
+    self.StateFileLoaded(saved.set_aside, saved.from_previous);
     if (!problem.empty()) {
       Log(LogLevel::kWarn,
           "state file " + options.positions_file + " not used: " + problem);

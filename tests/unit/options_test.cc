@@ -166,5 +166,25 @@ TEST_CASE("durations") {
   CHECK_FALSE(ParseDuration("1.5s", &d));
 }
 
+TEST_CASE("a source's static labels stay within the state file's limit") {
+  char dir[] = "/tmp/sshtail-opt-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  std::string cfg = std::string(dir) + "/c.yml";
+  auto with = [&](int n) {
+    std::ofstream f(cfg);
+    f << "sources:\n  - url: /var/log/a.log\n    labels: {";
+    for (int i = 0; i < n; ++i) f << (i ? ", " : "") << "l" << i << ": v";
+    f << "}\n";
+  };
+  with(62);  // with `source` and `file`: 64
+  Options ok;
+  CHECK(Parse({"--config", cfg}, &ok) == ParseResult::kRun);
+  CHECK(ok.sources.at(0).labels.size() == 62);
+  with(63);
+  Options bad;
+  CHECK(Parse({"--config", cfg}, &bad) == ParseResult::kExit2);
+  std::system(("rm -rf " + std::string(dir)).c_str());
+}
+
 }  // namespace
 }  // namespace sshtail

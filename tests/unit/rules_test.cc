@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 #include <string>
 
+#include "sshtail/state_file.h"
+
 namespace sshtail {
 namespace {
 
@@ -151,6 +153,38 @@ TEST_CASE("ttl and max_series parse") {
   CHECK(ErrorOf("rules:\n  - name: x\n    regex: a\n    metrics:\n"
                 "      - {name: a, type: counter, ttl: soon}\n") ==
         "r.yml:5: ttl must look like 30s, 15m, 2h or 7d");
+}
+
+TEST_CASE("a metric's labels with the sources' stay within the state file's") {
+  auto with = [](size_t n) {
+    std::string y =
+        "rules:\n"
+        "  - name: x\n"
+        "    regex: '(?P<a>.*)'\n"
+        "    metrics:\n"
+        "      - name: a_total\n"
+        "        type: counter\n";
+    if (n > 0) y += "        labels:\n";
+    for (size_t i = 0; i < n; ++i) {
+      y += "          l" + std::to_string(i) + ": a\n";
+    }
+    return y;
+  };
+  // `source` and `file` come on top: 62 of the metric's own at most.
+  CHECK(ErrorOf(with(kMaxSeriesLabels - 2)) == "");
+  CHECK(ErrorOf(with(kMaxSeriesLabels - 1))
+            .rfind("r.yml:8: metric 'a_total' has 63 labels", 0) == 0);
+  RuleContext ctx;
+  for (int i = 0; i < 10; ++i) {
+    ctx.reserved_labels.push_back("s" + std::to_string(i));
+  }
+  CHECK(ErrorOf(with(kMaxSeriesLabels - 12), ctx) == "");
+  CHECK(ErrorOf(with(kMaxSeriesLabels - 11), ctx).rfind("r.yml:8:", 0) == 0);
+  // A metric without labels of its own: still the sources' (line 5).
+  for (int i = 10; i < 63; ++i) {
+    ctx.reserved_labels.push_back("s" + std::to_string(i));
+  }
+  CHECK(ErrorOf(with(0), ctx).rfind("r.yml:5: metric 'a_total' has 0", 0) == 0);
 }
 
 }  // namespace

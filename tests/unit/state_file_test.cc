@@ -203,5 +203,218 @@ TEST_CASE("state file: missing, old positions format, corrupt") {
   }
 }
 
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void Spit(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+std::vector<std::string> SetAside(const std::string& path) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(
+           std::filesystem::path(path).parent_path())) {
+    if (e.path().string().find(".corrupt-") != std::string::npos &&
+        e.path().string().rfind(path, 0) == 0) {
+      out.push_back(e.path().string());
+    }
+  }
+  return out;
+}
+
+// A fresh directory of its own per test.
+std::string TempDir(const std::string& name) {
+  std::string d = TempPath(name);
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+std::map<std::string, SourceState> At(uint64_t offset) {
+  FilePosition p;
+  p.file = FileId{7, 42};
+  p.offset = offset;
+  return {{"/a.log", SourceState{"src", {p}}}};
+}
+
+TEST_CASE("a damaged state file resumes from the previous generation") {
+  std::string dir = TempDir("prev");
+  std::string path = dir + "/state";
+  StateFile file(path, true);
+  std::string error, problem;
+  std::vector<SavedCounter> c100 = {
+      {"sshtail_lines_total", {{"source", "src"}}, 100}};
+  std::vector<SavedCounter> c200 = {
+      {"sshtail_lines_total", {{"source", "src"}}, 200}};
+  REQUIRE(file.Save(At(1000), {}, c100, &error));
+  REQUIRE(file.Save(At(2000), {}, c200, &error));
+  SavedState st = file.Load(&problem);
+  CHECK(problem.empty());
+  CHECK(st.sources["/a.log"].positions.at(0).offset == 2000);
+  CHECK_FALSE(st.from_previous);
+
+  std::string good = Slurp(path);
+  for (std::string bad : {good.substr(0, good.size() / 2), std::string(),
+                          good.substr(0, good.size() - 2)}) {
+    Spit(path, bad);
+    st = file.Load(&problem);
+    INFO(problem);
+    CHECK(st.from_previous);
+    CHECK(st.set_aside == 1);
+    CHECK(st.sources["/a.log"].positions.at(0).offset == 1000);
+    REQUIRE(st.counters.size() == 1);
+    CHECK(st.counters[0].value == 100);  // values and positions of one save
+    auto aside = SetAside(path);
+    REQUIRE(aside.size() == 1);
+    CHECK(Slurp(aside[0]) == bad);
+    std::filesystem::remove(aside[0]);
+    // Set aside: a run that ends before its first save resumes there again.
+    CHECK_FALSE(std::filesystem::exists(path));
+    st = file.Load(&problem);
+    CHECK(st.from_previous);
+    CHECK(st.set_aside == 0);
+    CHECK(st.sources["/a.log"].positions.at(0).offset == 1000);
+    Spit(path, good);
+  }
+  // Both damaged: both set aside, nothing used.
+  std::string prev = Slurp(path + ".prev");
+  Spit(path, good.substr(0, 10));
+  Spit(path + ".prev", prev.substr(0, prev.size() - 1));
+  st = file.Load(&problem);
+  CHECK(st.set_aside == 2);
+  CHECK_FALSE(st.from_previous);
+  CHECK(st.sources.empty());
+  CHECK(SetAside(path).size() == 2);
+  // Without a previous generation kept (the shard's hand-over files), a
+  // damaged file is set aside and the state is empty, as before.
+  Spit(path, good.substr(0, good.size() / 2));
+  st = StateFile(path).Load(&problem);
+  CHECK(st.sources.empty());
+  CHECK(st.set_aside == 1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a positions-only file keeps its previous generation too") {
+  std::string dir = TempDir("posprev");
+  std::string path = dir + "/positions";
+  PositionsFile pos(path, true);
+  std::string error, problem;
+  REQUIRE(pos.Save({{"/a.log", At(1000)["/a.log"].positions}}, &error));
+  REQUIRE(pos.Save({{"/a.log", At(2000)["/a.log"].positions},
+                    {"/b.log", At(5)["/a.log"].positions}},
+                   &error));
+  std::string text = Slurp(path);
+  std::string cut;
+  for (size_t i = 0, nl = 0; i < 3; ++i, ++nl) {
+    nl = text.find('\n', nl);
+    cut = text.substr(0, nl + 1);
+  }
+  Spit(path, cut);  // issue #23: its first 3 lines
+  SavedState st = StateFile(path, true).Load(&problem);
+  CHECK(problem.find("no checksum line") != std::string::npos);
+  CHECK(st.from_previous);
+  CHECK(st.version == 1);
+  CHECK(st.sources["/a.log"].positions.at(0).offset == 1000);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("checksummed counters that cannot be are damage") {
+  RuleHarness h(kRules);
+  h.Feed(Lines());
+  auto sources = At(10);
+  std::string text =
+      StateFile::Serialize(sources, h.store.Snapshot(),
+                           {{"sshtail_lines_total", {{"source", "src"}}, 8}});
+  auto rechecksum = [](std::string t) {
+    std::string body = t.substr(0, t.rfind("\nchecksum ") + 1);
+    return body + ChecksumLine("checksum ", body);
+  };
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string t = text;
+    size_t at = t.find(from);
+    REQUIRE(at != std::string::npos);
+    t.replace(at, from.size(), to);
+    return rechecksum(t);
+  };
+  for (const char* bad : {"nan", "-1", "-inf", "-0.5"}) {
+    INFO(bad);
+    CHECK_FALSE(
+        StateFile::Parse(with("\"source\" \"src\" 8\n",
+                              std::string("\"source\" \"src\" ") + bad + "\n"),
+                         &st, &error));
+    // A rule counter: req_total{GET,200} counted 3 lines.
+    CHECK_FALSE(
+        StateFile::Parse(with("\"status\" \"200\" 3\n",
+                              std::string("\"status\" \"200\" ") + bad + "\n"),
+                         &st, &error));
+  }
+  // +Inf is what a counter can reach live (a field "inf"): kept.
+  CHECK(StateFile::Parse(
+      with("\"source\" \"src\" 8\n", "\"source\" \"src\" inf\n"), &st, &error));
+  // A gauge may be anything, NaN too.
+  CHECK(StateFile::Parse(with("\"method\" \"GET\" \"source\" \"src\" 0.3\n",
+                              "\"method\" \"GET\" \"source\" \"src\" nan\n"),
+                         &st, &error));
+  // A histogram's count must be its +Inf bucket's.
+  size_t hist = text.find("metric \"t_seconds\"");
+  REQUIRE(hist != std::string::npos);
+  size_t series = text.find("series 0", hist);
+  size_t eol = text.find('\n', series);
+  std::string line = text.substr(series, eol - series);
+  std::string last = line.substr(line.rfind(' ') + 1);
+  std::string t = text;
+  t.replace(series, line.size(),
+            line.substr(0, line.rfind(' ') + 1) +
+                std::to_string(std::stoull(last) + 1));
+  CHECK_FALSE(StateFile::Parse(rechecksum(t), &st, &error));
+  CHECK(error.find("+Inf bucket") != std::string::npos);
+}
+
+TEST_CASE("the state file reads back every label set it writes") {
+  prometheus::Labels most{{"source", "src"}};
+  for (size_t i = 1; i < kMaxSeriesLabels; ++i) {
+    most["l" + std::to_string(i)] = "v";
+  }
+  prometheus::Labels too_many = most;
+  too_many["one_more"] = "v";
+  std::string text = StateFile::Serialize(
+      At(10), {},
+      {{"sshtail_lines_total", most, 5}, {"sshtail_bytes_total", too_many, 7}});
+  SavedState st;
+  std::string error;
+  REQUIRE(StateFile::Parse(text, &st, &error));
+  REQUIRE(st.counters.size() == 1);  // what it cannot read is not written
+  CHECK(st.counters[0].labels == most);
+}
+
+TEST_CASE("a state path that is not a regular file is never renamed") {
+  std::string dir = TempDir("dir");
+  std::string path = dir + "/state";
+  std::filesystem::create_directory(path);
+  std::string problem;
+  SavedState st = StateFile(path, true).Load(&problem);
+  CHECK(problem.find("is a directory") != std::string::npos);
+  CHECK(problem.find("larger than") == std::string::npos);
+  CHECK(std::filesystem::is_directory(path));
+  CHECK(SetAside(path).empty());
+  CHECK_THROWS_AS(StateFile::CheckPath("--state-file", path), ConfigError);
+  try {
+    StateFile::CheckPath("--state-file", path);
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()) ==
+          "--state-file " + path +
+              ": is a directory, not a file the exporter may write");
+  }
+  CHECK_NOTHROW(StateFile::CheckPath("--state-file", dir + "/missing"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace sshtail

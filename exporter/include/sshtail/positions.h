@@ -68,16 +68,30 @@ class PositionTracker {
   int64_t restored_at_ns_ = 0;
 };
 
-/// Replaces `path` with `text` atomically: PATH.tmp, fsync, rename, fsync
-/// of the directory. False with an errno-style message in `error`.
-bool WriteFileAtomically(const std::string& path, std::string_view text,
-                         std::string* error);
+/// FNV-1a 64 of `s`: the checksum of the positions and state files.
+uint64_t Fnv1a(std::string_view s);
+/// "<prefix><16 hex digits of Fnv1a(body)>\n": a file's last line.
+std::string ChecksumLine(std::string_view prefix, std::string_view body);
 
-/// The positions file: source URL -> positions. Written atomically (temp
-/// file, fsync, rename).
+/// Replaces `path` with `text` atomically: PATH.tmp (a stale one is
+/// removed first; opened O_CREAT|O_EXCL|O_NOFOLLOW, so a symlink there is
+/// never followed), fsync, rename, fsync of the directory. With
+/// `keep_previous`, the file being replaced stays as PATH.prev: it is
+/// hard-linked to PATH.prev.tmp and renamed over PATH.prev before the new
+/// file is renamed over PATH, so at every instant PATH and PATH.prev are
+/// complete files. Keeping PATH.prev never fails the save: where it
+/// cannot be done (no hard links), PATH.prev stays the older generation.
+/// False with an errno-style message in `error`.
+bool WriteFileAtomically(const std::string& path, std::string_view text,
+                         std::string* error, bool keep_previous = false);
+
+/// The positions file: source URL -> positions, YAML with a checksum
+/// comment as its last line. Written atomically (temp file, fsync, rename),
+/// keeping the previous generation as PATH.prev when asked.
 class PositionsFile {
  public:
-  explicit PositionsFile(std::string path) : path_(std::move(path)) {}
+  explicit PositionsFile(std::string path, bool keep_previous = false)
+      : path_(std::move(path)), keep_previous_(keep_previous) {}
 
   /// Reads the file; a missing file is empty. Throws std::runtime_error if
   /// it exists but cannot be parsed.
@@ -86,10 +100,22 @@ class PositionsFile {
   bool Save(const std::map<std::string, PositionSet>& positions,
             std::string* error) const;
 
+  /// The text Save() writes, and back. A file that starts with the header
+  /// Save() writes must end with a matching checksum line; one without it
+  /// (written by releases before the checksum) is read as YAML, and a
+  /// source without positions is a defect there too. False with `error`
+  /// ("line N: ..." where known) on any defect: nothing of it is used.
+  static std::string Serialize(
+      const std::map<std::string, PositionSet>& positions);
+  static bool Parse(std::string_view text,
+                    std::map<std::string, PositionSet>* out,
+                    std::string* error);
+
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
+  bool keep_previous_;
 };
 
 }  // namespace sshtail

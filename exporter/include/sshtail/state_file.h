@@ -31,8 +31,18 @@ struct SavedState {
   std::map<std::string, SourceState> sources;  ///< by source URL
   std::vector<MetricSnapshot> metrics;         ///< rule metrics, by name
   std::vector<SavedCounter> counters;
-  int version = 0;  ///< 0: no file; 1: positions only; 2: with values
+  int version = 0;          ///< 0: no file; 1: positions only; 2: with values
+  int64_t saved_at_ns = 0;  ///< mtime of the file read (unix ns; 0: none)
+  /// Load(): damaged files set aside (PATH, and PATH.prev if it was
+  /// damaged too), and whether this state is PATH.prev's.
+  int set_aside = 0;
+  bool from_previous = false;
 };
+
+/// The most labels a series (or an sshtail_* counter) may carry: what the
+/// state file reads and writes, and what the configuration allows (a
+/// source's static labels, and a rule's labels with those of the sources).
+inline constexpr size_t kMaxSeriesLabels = 64;
 
 /// The state file: per source its positions and the values of its series
 /// (`--state-file`), or the positions only (`--positions-file`, the old
@@ -48,11 +58,21 @@ class StateFile {
   /// about 100 MB).
   static constexpr size_t kMaxBytes = size_t{1} << 30;
 
-  explicit StateFile(std::string path) : path_(std::move(path)) {}
+  /// With `keep_previous`, Save() keeps the generation it replaces as
+  /// PATH.prev and Load() falls back to it.
+  explicit StateFile(std::string path, bool keep_previous = false)
+      : path_(std::move(path)), keep_previous_(keep_previous) {}
+
+  /// Throws ConfigError if `path` exists but is not a regular file (a
+  /// directory, a socket): the flag names the wrong thing.
+  static void CheckPath(const std::string& flag, const std::string& path);
 
   /// Reads the file; a missing or empty file is an empty state. A corrupt
-  /// or foreign file is renamed to PATH.corrupt-<unix time> and yields an
-  /// empty state; `problem` then says what was wrong and where it went.
+  /// or foreign file (or one that does not parse in full) is renamed to
+  /// PATH.corrupt-<unix time>; with `keep_previous` the state is then
+  /// PATH.prev's (also when PATH is missing), else empty. `problem` then
+  /// says what was wrong, where it went and what was used. Something that
+  /// is not a regular file is never renamed.
   SavedState Load(std::string* problem) const;
 
   /// Writes the positions of `sources` and the series and counters whose
@@ -74,6 +94,7 @@ class StateFile {
 
  private:
   std::string path_;
+  bool keep_previous_;
 };
 
 }  // namespace sshtail

@@ -17,6 +17,7 @@
 #include "sources/path_glob.h"
 #include "sources/shard.h"
 #include "sshtail/rules.h"
+#include "sshtail/state_file.h"
 
 #ifndef SSHTAIL_VERSION
 #define SSHTAIL_VERSION "0.0.0"
@@ -529,6 +530,18 @@ SourceSpec SourceFromYaml(const YAML::Node& n, const std::string& file,
                               "' is set by the path of a glob source");
           }
         }
+      }
+      // Each series also carries `source`, and `file` or a glob's fields:
+      // within the limit the state file reads back.
+      size_t own = 1 + (spec.glob ? std::max<size_t>(
+                                        1, PathGlob(spec.path).fields().size())
+                                  : 1);
+      if (spec.labels.size() + own > kMaxSeriesLabels) {
+        throw ConfigError(Where(file, n["labels"]) + ": " +
+                          std::to_string(spec.labels.size()) +
+                          " static labels; with the exporter's own (source, "
+                          "file) a series may carry at most " +
+                          std::to_string(kMaxSeriesLabels));
       }
     }
   }

@@ -106,6 +106,27 @@ const SourceCounters& SelfMetrics::counters(uint32_t source) {
       .first->second;
 }
 
+void SelfMetrics::StateFileLoaded(int set_aside, bool from_previous) {
+  prometheus::BuildCounter()
+      .Name("sshtail_state_file_corrupt_total")
+      .Help(
+          "Damaged or foreign positions/state files found at start and "
+          "renamed to FILE.corrupt-<time> (FILE, and FILE.prev if it was "
+          "damaged too).")
+      .Register(*registry_)
+      .Add({})
+      .Increment(set_aside);
+  prometheus::BuildGauge()
+      .Name("sshtail_state_file_previous_generation")
+      .Help(
+          "1 if this run resumed from the previous generation FILE.prev "
+          "because FILE was damaged or missing: the lines written between "
+          "the two saves are read (and counted) again.")
+      .Register(*registry_)
+      .Add({})
+      .Set(from_previous ? 1 : 0);
+}
+
 void SelfMetrics::SetShard(int index, int count, size_t followed,
                            size_t waiting, size_t handing_over,
                            size_t failed_writes) {

@@ -55,6 +55,10 @@ class SelfMetrics : public prometheus::Collectable {
   /// that failed since start.
   void SetShard(int index, int count, size_t followed, size_t waiting,
                 size_t handing_over = 0, size_t failed_writes = 0);
+  /// With a positions or state file (the families appear at this call,
+  /// once, at start): how many damaged generations were set aside, and
+  /// whether the run resumed from the previous generation (FILE.prev).
+  void StateFileLoaded(int set_aside, bool from_previous);
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:

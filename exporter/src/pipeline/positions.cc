@@ -1,12 +1,15 @@
 #include "sshtail/positions.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <utility>
 
@@ -89,27 +92,99 @@ int64_t PositionTracker::RestoredAt() const {
   return restored_at_ns_;
 }
 
-std::map<std::string, PositionSet> PositionsFile::Load() const {
-  std::map<std::string, PositionSet> out;
-  std::ifstream in(path_);
-  if (!in) {
-    if (errno == ENOENT) return out;
-    throw std::runtime_error(path_ + ": " + std::strerror(errno));
+namespace {
+
+constexpr std::string_view kPositionsHeader =
+    "# sshtail_exporter positions (written atomically; the last line is a "
+    "checksum)\n";
+constexpr std::string_view kPositionsChecksum = "# checksum ";
+
+// PATH + suffix, removed first if it is there (a crashed save's leftover,
+// or anything planted there: a symlink is removed, not followed).
+bool Clear(const std::string& path, std::string* error) {
+  if (::unlink(path.c_str()) == 0 || errno == ENOENT) return true;
+  *error = "unlink " + path + ": " + std::strerror(errno);
+  return false;
+}
+
+// Keeps the file at `path` as PATH.prev: a hard link under a temporary
+// name, renamed over PATH.prev, so PATH.prev is always a whole file (the
+// older or the newer generation). Best effort: where it fails (no hard
+// links on this file system, PATH.prev.tmp in the way) PATH.prev stays the
+// older whole generation, and the save goes on; a resume from it only
+// reads more lines again.
+void KeepPrevious(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
+  std::string prev = path + ".prev";
+  std::string tmp = prev + ".tmp";
+  std::string ignored;
+  if (!Clear(tmp, &ignored) || ::link(path.c_str(), tmp.c_str()) != 0) return;
+  if (::rename(tmp.c_str(), prev.c_str()) != 0) ::unlink(tmp.c_str());
+}
+
+}  // namespace
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
   }
-  YAML::Node root;
-  try {
-    root = YAML::Load(in);
-  } catch (const YAML::Exception& e) {
-    throw std::runtime_error(path_ + ":" + std::to_string(e.mark.line + 1) +
-                             ": " + e.msg);
+  return h;
+}
+
+std::string ChecksumLine(std::string_view prefix, std::string_view body) {
+  char sum[24];
+  std::snprintf(sum, sizeof sum, "%016llx\n",
+                static_cast<unsigned long long>(Fnv1a(body)));
+  return std::string(prefix) + sum;
+}
+
+bool PositionsFile::Parse(std::string_view text,
+                          std::map<std::string, PositionSet>* out,
+                          std::string* error) {
+  std::string_view yaml = text;
+  if (text.substr(0, kPositionsHeader.size()) == kPositionsHeader) {
+    // Ours: the checksum first, a damaged file is not read at all.
+    size_t last = text.rfind("\n" + std::string(kPositionsChecksum));
+    if (last == std::string_view::npos || text.back() != '\n') {
+      *error = "no checksum line (truncated?)";
+      return false;
+    }
+    yaml = text.substr(0, last + 1);
+    if (text.substr(last + 1) != ChecksumLine(kPositionsChecksum, yaml)) {
+      *error = "checksum mismatch";
+      return false;
+    }
   }
-  if (!root || root.IsNull()) return out;
-  YAML::Node sources = root["sources"];
-  if (!sources || !sources.IsMap()) return out;
+  std::map<std::string, PositionSet> got;
   try {
+    YAML::Node root = YAML::Load(std::string(yaml));
+    if (!root.IsMap()) {
+      *error = "not a state or positions file";
+      return false;
+    }
+    YAML::Node sources = root["sources"];
+    if (!sources || !(sources.IsMap() || sources.IsNull())) {
+      *error = "not a state or positions file";
+      return false;
+    }
     for (const auto& kv : sources) {
+      auto line = [&](const YAML::Node& n) {
+        return "line " + std::to_string(n.Mark().line + 1) + ": ";
+      };
+      // The writer never leaves a source without its list: cut off here.
+      if (!kv.second.IsSequence()) {
+        *error = line(kv.first) + "source without positions (truncated?)";
+        return false;
+      }
       PositionSet set;
       for (const auto& item : kv.second) {
+        if (!item.IsMap()) {
+          *error = line(item) + "a position is a mapping";
+          return false;
+        }
         FilePosition p;
         p.file.dev = item["dev"].as<uint64_t>();
         p.file.ino = item["ino"].as<uint64_t>();
@@ -119,32 +194,57 @@ std::map<std::string, PositionSet> PositionsFile::Load() const {
             (!HexDecode(item["tail"].as<std::string>(), &p.tail) ||
              p.tail.size() > FilePosition::kTailBytes ||
              p.tail.size() > p.offset)) {
-          throw std::runtime_error(path_ + ":" +
-                                   std::to_string(item.Mark().line + 1) +
-                                   ": bad tail");
+          *error = line(item) + "bad tail";
+          return false;
         }
         set.push_back(p);
       }
-      out[kv.first.as<std::string>()] = std::move(set);
+      got[kv.first.as<std::string>()] = std::move(set);
     }
   } catch (const YAML::Exception& e) {
-    throw std::runtime_error(path_ + ":" + std::to_string(e.mark.line + 1) +
-                             ": " + e.msg);
+    *error = "line " + std::to_string(e.mark.line + 1) + ": " + e.msg;
+    return false;
+  }
+  *out = std::move(got);
+  return true;
+}
+
+std::map<std::string, PositionSet> PositionsFile::Load() const {
+  std::ifstream in(path_, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return {};
+    throw std::runtime_error(path_ + ": " + std::strerror(errno));
+  }
+  std::string text((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) return {};
+  std::map<std::string, PositionSet> out;
+  std::string error;
+  if (!Parse(text, &out, &error)) {
+    throw std::runtime_error(path_ + ": " + error);
   }
   return out;
 }
 
 bool WriteFileAtomically(const std::string& path, std::string_view text,
-                         std::string* error) {
+                         std::string* error, bool keep_previous) {
   std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A crashed save's temp file must not block saving, and whatever is
+  // there is never followed: removed, then created anew (O_EXCL also
+  // fails on a symlink someone puts there meanwhile).
+  if (!Clear(tmp, error)) return false;
+  int fd = ::open(tmp.c_str(),
+                  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   auto fail = [&](const char* what) {
     *error = std::string(what) + " " + tmp + ": " + std::strerror(errno);
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
     return false;
   };
-  if (fd < 0) return fail("open");
+  if (fd < 0) {
+    *error = "open " + tmp + ": " + std::strerror(errno);
+    return false;  // not ours to remove (EEXIST: created meanwhile)
+  }
   size_t done = 0;
   while (done < text.size()) {
     ssize_t n = ::write(fd, text.data() + done, text.size() - done);
@@ -160,6 +260,7 @@ bool WriteFileAtomically(const std::string& path, std::string_view text,
     return fail("close");
   }
   fd = -1;
+  if (keep_previous) KeepPrevious(path);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename");
   // The rename itself must reach the disk too (a power cut, not a kill).
   size_t slash = path.rfind('/');
@@ -173,8 +274,8 @@ bool WriteFileAtomically(const std::string& path, std::string_view text,
   return true;
 }
 
-bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
-                         std::string* error) const {
+std::string PositionsFile::Serialize(
+    const std::map<std::string, PositionSet>& positions) {
   YAML::Emitter em;
   em << YAML::BeginMap << YAML::Key << "sources" << YAML::Value
      << YAML::BeginMap;
@@ -193,11 +294,18 @@ bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
     em << YAML::EndSeq;
   }
   em << YAML::EndMap << YAML::EndMap;
-  std::string text = "# sshtail_exporter positions (written atomically)\n";
+  // A YAML comment: releases before the checksum still read the file.
+  std::string text(kPositionsHeader);
   text += em.c_str();
   text += "\n";
+  text += ChecksumLine(kPositionsChecksum, text);
+  return text;
+}
 
-  return WriteFileAtomically(path_, text, error);
+bool PositionsFile::Save(const std::map<std::string, PositionSet>& positions,
+                         std::string* error) const {
+  return WriteFileAtomically(path_, Serialize(positions), error,
+                             keep_previous_);
 }
 
 }  // namespace sshtail

@@ -1,16 +1,19 @@
 #include "sshtail/state_file.h"
 
-#include <yaml-cpp/yaml.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <stdexcept>
+
+#include "sshtail/rules.h"
 
 namespace sshtail {
 namespace {
@@ -29,15 +32,6 @@ namespace {
 constexpr std::string_view kHeader =
     "# sshtail_exporter state: positions and series values. Written "
     "atomically;\n# a checksum guards it, so do not edit it by hand.\n";
-
-uint64_t Fnv1a(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 void Quote(std::string* out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -145,7 +139,7 @@ class Tokens {
 
   bool Labels(prometheus::Labels* labels) {
     size_t n;
-    if (!Num(&n) || n > 64) return false;
+    if (!Num(&n) || n > kMaxSeriesLabels) return false;
     labels->clear();
     for (size_t i = 0; i < n; ++i) {
       std::string k, v;
@@ -167,6 +161,12 @@ class Tokens {
   std::string_view s_;
   size_t pos_ = 0;
 };
+
+// A counter only ever grows from 0 by positive amounts: never NaN, never
+// below 0 (a restored NaN or negative value would read as garbage or as a
+// reset). +Inf can be reached (a log field "inf" or a sum past the largest
+// double) and restoring it gives back what was served, so it is kept.
+bool CounterValue(double v) { return v >= 0; }
 
 }  // namespace
 
@@ -211,7 +211,12 @@ std::string StateFile::Serialize(
       out += '\n';
     }
     for (const SeriesSnapshot& s : m.series) {
-      if (!names.count(SourceOf(s.labels))) continue;
+      // What the reader refuses is never written (the configuration keeps
+      // every series within the limit).
+      if (!names.count(SourceOf(s.labels)) ||
+          s.labels.size() > kMaxSeriesLabels) {
+        continue;
+      }
       out += s.overflow ? "series 1" : "series 0";
       Labels(&out, s.labels);
       if (m.type == MetricType::kHistogram) {
@@ -227,17 +232,17 @@ std::string StateFile::Serialize(
     }
   }
   for (const SavedCounter& c : counters) {
-    if (!names.count(SourceOf(c.labels))) continue;
+    if (!names.count(SourceOf(c.labels)) ||
+        c.labels.size() > kMaxSeriesLabels) {
+      continue;
+    }
     out += "counter ";
     Quote(&out, c.family);
     Labels(&out, c.labels);
     Number(&out, c.value);
     out += '\n';
   }
-  char sum[32];
-  std::snprintf(sum, sizeof sum, "checksum %016llx\n",
-                static_cast<unsigned long long>(Fnv1a(out)));
-  out += sum;
+  out += ChecksumLine("checksum ", out);
   return out;
 }
 
@@ -253,10 +258,7 @@ bool StateFile::Parse(std::string_view text, SavedState* out,
   }
   std::string_view body = text.substr(0, last + 1);
   std::string_view trailer = text.substr(last + 1);
-  char want[32];
-  std::snprintf(want, sizeof want, "checksum %016llx\n",
-                static_cast<unsigned long long>(Fnv1a(body)));
-  if (trailer != want) {
+  if (trailer != ChecksumLine("checksum ", body)) {
     *error = "checksum mismatch";
     return false;
   }
@@ -367,8 +369,15 @@ bool StateFile::Parse(std::string_view text, SavedState* out,
           if (!t.Num(&bucket.cumulative_count)) return bad("syntax");
           h.bucket.push_back(bucket);
         }
+        // The writer writes the +Inf bucket's count as the count.
+        if (h.bucket.back().cumulative_count != h.sample_count) {
+          return bad("histogram count is not its +Inf bucket's");
+        }
       } else if (!t.Num(&s.value)) {
         return bad("syntax");
+      } else if (metric->type == MetricType::kCounter &&
+                 !CounterValue(s.value)) {
+        return bad("counter value " + std::to_string(s.value));
       }
       if (!t.End()) return bad("syntax");
       metric->series.push_back(std::move(s));
@@ -377,6 +386,9 @@ bool StateFile::Parse(std::string_view text, SavedState* out,
       if (!t.String(&c.family) || !t.Labels(&c.labels) || !t.Num(&c.value) ||
           !t.End()) {
         return bad("syntax");
+      }
+      if (!CounterValue(c.value)) {
+        return bad("counter value " + std::to_string(c.value));
       }
       st.counters.push_back(std::move(c));
     } else {
@@ -396,79 +408,163 @@ bool StateFile::Save(const std::map<std::string, SourceState>& sources,
                      const std::vector<SavedCounter>& counters,
                      std::string* error) const {
   return WriteFileAtomically(path_, Serialize(sources, metrics, counters),
-                             error);
+                             error, keep_previous_);
 }
 
-SavedState StateFile::Load(std::string* problem) const {
-  problem->clear();
-  SavedState st;
+namespace {
+
+enum class Read { kMissing, kGood, kDamaged, kUnusable };
+
+// Reads and parses one file. kDamaged: it is a regular file that is not a
+// whole state or positions file (`why` says what); kUnusable: it cannot be
+// read or is not a regular file, and is left where it is.
+Read ReadState(const std::string& path, bool empty_is_damage, SavedState* st,
+               std::string* why) {
+  *st = SavedState();
+  // O_NONBLOCK: a FIFO there must not hang the start.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return Read::kMissing;
+    *why = std::strerror(errno);
+    return Read::kUnusable;
+  }
+  struct stat sb {};
   std::string text;
-  {
-    std::ifstream in(path_, std::ios::binary);
-    if (!in) {
-      if (errno == ENOENT) return st;
-      *problem = path_ + ": " + std::strerror(errno);
-      return st;  // unreadable: not ours to move away
+  Read r = Read::kGood;
+  if (::fstat(fd, &sb) != 0) {
+    *why = std::strerror(errno);
+    r = Read::kUnusable;
+  } else if (!S_ISREG(sb.st_mode)) {
+    *why = S_ISDIR(sb.st_mode) ? "is a directory" : "not a regular file";
+    r = Read::kUnusable;
+  } else if (static_cast<uint64_t>(sb.st_size) > StateFile::kMaxBytes) {
+    *why = "larger than " + std::to_string(StateFile::kMaxBytes) + " bytes";
+    r = Read::kDamaged;
+  } else {
+    text.resize(static_cast<size_t>(sb.st_size));
+    size_t done = 0;
+    while (done < text.size()) {
+      ssize_t n = ::read(fd, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
     }
-    in.seekg(0, std::ios::end);
-    std::streamoff size = in.tellg();
-    in.seekg(0);
-    if (size < 0 || static_cast<size_t>(size) > kMaxBytes) {
-      text.clear();
-      *problem = "larger than " + std::to_string(kMaxBytes) + " bytes";
-    } else {
-      text.resize(static_cast<size_t>(size));
-      in.read(text.data(), size);
-      if (!in) *problem = "cannot read";
-    }
-  }
-  if (problem->empty()) {
-    // The first record tells the format: `version:` for ours, else the
-    // positions-only YAML of older releases (or a foreign file).
-    std::string_view rest = text;
-    bool blank = true, versioned = false;
-    while (!rest.empty()) {
-      size_t nl = rest.find('\n');
-      std::string_view line = rest.substr(0, nl);
-      rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
-      if (line.find_first_not_of(" \t\r") == std::string_view::npos ||
-          line[0] == '#') {
-        continue;
-      }
-      blank = false;
-      versioned = line.rfind("version:", 0) == 0;
-      break;
-    }
-    if (blank) return st;
-    if (versioned) {
-      std::string error;
-      if (Parse(text, &st, &error)) return st;
-      *problem = error;
-    } else {
-      try {
-        YAML::Node root = YAML::Load(text);
-        if (!root.IsMap() || !root["sources"] ||
-            !(root["sources"].IsMap() || root["sources"].IsNull())) {
-          *problem = "not a state or positions file";
-        } else {
-          st.version = 1;
-          for (auto& [url, set] : PositionsFile(path_).Load()) {
-            st.sources[url].positions = std::move(set);
-          }
-          return st;
-        }
-      } catch (const std::exception& e) {
-        *problem = e.what();
-      }
+    if (done != text.size()) {
+      *why = "cannot read";
+      r = Read::kUnusable;
     }
   }
-  st = SavedState();
-  std::string aside = path_ + ".corrupt-" + std::to_string(std::time(nullptr));
-  if (std::rename(path_.c_str(), aside.c_str()) == 0) {
+  ::close(fd);
+  if (r != Read::kGood) return r;
+  st->saved_at_ns =
+      int64_t{sb.st_mtim.tv_sec} * 1000000000 + sb.st_mtim.tv_nsec;
+  // The first record tells the format: `version:` for ours, else the
+  // positions-only YAML (or a foreign file).
+  std::string_view rest = text;
+  bool blank = true, versioned = false;
+  while (!rest.empty()) {
+    size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos ||
+        line[0] == '#') {
+      continue;
+    }
+    blank = false;
+    versioned = line.rfind("version:", 0) == 0;
+    break;
+  }
+  if (blank) {
+    // The writer never writes an empty file: beside a previous
+    // generation, it was emptied.
+    if (!empty_is_damage) return Read::kGood;
+    *why = "empty";
+    return Read::kDamaged;
+  }
+  if (versioned) {
+    if (StateFile::Parse(text, st, why)) return Read::kGood;
+    return Read::kDamaged;
+  }
+  std::map<std::string, PositionSet> positions;
+  if (!PositionsFile::Parse(text, &positions, why)) return Read::kDamaged;
+  st->version = 1;
+  for (auto& [url, set] : positions) {
+    st->sources[url].positions = std::move(set);
+  }
+  return Read::kGood;
+}
+
+// Renames a damaged file aside; says where to in `problem`.
+void SetAside(const std::string& path, std::string* problem) {
+  std::string aside = path + ".corrupt-" + std::to_string(std::time(nullptr));
+  if (std::rename(path.c_str(), aside.c_str()) == 0) {
     *problem += "; set aside as " + aside;
   } else {
     *problem += "; cannot set it aside: " + std::string(std::strerror(errno));
   }
+}
+
+}  // namespace
+
+void StateFile::CheckPath(const std::string& flag, const std::string& path) {
+  struct stat sb {};
+  if (::stat(path.c_str(), &sb) != 0 || S_ISREG(sb.st_mode)) return;
+  throw ConfigError(
+      flag + " " + path + ": " +
+      (S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file") +
+      ", not a file the exporter may write");
+}
+
+SavedState StateFile::Load(std::string* problem) const {
+  problem->clear();
+  std::string prev = path_ + ".prev";
+  bool have_prev = false;
+  if (keep_previous_) {
+    struct stat sb {};
+    have_prev = ::lstat(prev.c_str(), &sb) == 0;
+  }
+  SavedState st;
+  std::string why;
+  int set_aside = 0;
+  switch (ReadState(path_, have_prev, &st, &why)) {
+    case Read::kGood:
+      return st;
+    case Read::kUnusable:
+      *problem = path_ + ": " + why;
+      return SavedState();  // not ours to move away
+    case Read::kMissing:
+      // A damaged file set aside by a run that then ended before its
+      // first save: the previous generation is still the one to resume.
+      if (!have_prev) return SavedState();
+      *problem = "missing";
+      break;
+    case Read::kDamaged:
+      *problem = why;
+      SetAside(path_, problem);
+      ++set_aside;
+      break;
+  }
+  if (have_prev) {
+    switch (ReadState(prev, false, &st, &why)) {
+      case Read::kGood:
+        *problem += "; resumed from the previous generation " + prev +
+                    " (lines after it are read again)";
+        st.from_previous = true;
+        st.set_aside = set_aside;
+        return st;
+      case Read::kDamaged:
+        *problem += "; " + prev + " is damaged too: " + why;
+        SetAside(prev, problem);
+        ++set_aside;
+        break;
+      case Read::kMissing:
+      case Read::kUnusable:
+        *problem += "; " + prev + " not usable: " + why;
+        break;
+    }
+  }
+  st = SavedState();
+  st.set_aside = set_aside;
   return st;
 }
 

@@ -4,6 +4,7 @@
 #include <re2/re2.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "rules/nginx_variables.h"
+#include "sshtail/state_file.h"
 
 namespace sshtail {
 
@@ -370,6 +372,19 @@ class Parser {
         }
         m.labels.push_back(Label(ln, kv.second));
       }
+    }
+    // With the sources' labels (source, static ones, glob fields) and
+    // `file`: within the limit the state file reads back.
+    const auto& r = ctx_.reserved_labels;
+    size_t theirs =
+        r.size() + (std::find(r.begin(), r.end(), "file") == r.end());
+    if (m.labels.size() + theirs > kMaxSeriesLabels) {
+      Fail(n["labels"] ? n["labels"] : n,
+           "metric '" + m.name + "' has " + std::to_string(m.labels.size()) +
+               " labels; with the sources' " + std::to_string(theirs) +
+               " (source, file, static labels) a series may "
+               "carry at most " +
+               std::to_string(kMaxSeriesLabels));
     }
     if (n["buckets"]) {
       if (m.type != MetricType::kHistogram) {
