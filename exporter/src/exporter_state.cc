@@ -88,7 +88,12 @@ void Exporter::Impl::RestoreValues(const SavedState& saved,
   }
   std::vector<std::string> restored = store.Restore(metrics);
   for (const SavedCounter& c : saved.counters) {
-    if (!ours(c.labels) || c.value <= 0) continue;
+    // The exporter's own counters carry the name and file only (no static
+    // labels): the source's name is enough, as `which` below needs both.
+    auto src = c.labels.find("source");
+    if (src == c.labels.end() || !by_name.count(src->second) || c.value <= 0) {
+      continue;
+    }
     if (c.family == "sshtail_series_overflow_total") {
       auto m = c.labels.find("metric");
       if (m != c.labels.end() && std::find(restored.begin(), restored.end(),

@@ -256,10 +256,14 @@ def test_nginx_ssh_exporter_prometheus_dashboards_alerts():
             checks.append(('%s: panel %r' % (os.path.basename(path), title), expr, True))
     rules = dashboard_exprs.rule_exprs(ALERTS)
     assert len(rules) >= 9, rules
+    # Alerts on metrics only sharded replicas export: their expression must
+    # still succeed here (the metric names are checked by grafana: check,
+    # the values by test_shard_churn).
+    sharded_only = {'SshtailShardHandOverStuck'}
     for name, expr in rules:
         checks.append(('alert %s' % name, expr, False))
         for part in data_parts(expr):
-            checks.append(('alert %s, data part' % name, part, True))
+            checks.append(('alert %s, data part' % name, part, name not in sharded_only))
     pending = list(checks)
 
     def all_have_data():

@@ -152,32 +152,57 @@ void SshConnection::OpenPendingDrains(Stream& s) {
   }
 }
 
+bool SshConnection::Pending(const Stream& s, const FileId& id) {
+  for (const auto& c : s.channels) {
+    if (!c.closed && !c.begun && c.role == Channel::Role::kDraining &&
+        c.request.expect == id) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void SshConnection::SaveChannelPosition(Stream& s, Channel& c) {
   if (!c.begun || c.role == Channel::Role::kProbe) return;
   bool current = c.role == Channel::Role::kCurrent;
   auto& r = s.resume;
   r.erase(std::remove_if(r.begin(), r.end(),
                          [&](const FilePosition& p) {
-                           return p.file == c.id || (current && p.current);
+                           return p.file == c.id ||
+                                  (current && p.current && !Pending(s, p.file));
                          }),
           r.end());
+  // The old current file whose catch-up has not begun yet stays, as the
+  // rotated file it now is.
+  if (current) {
+    for (auto& p : r) p.current = false;
+  }
   r.push_back(FilePosition{c.id, c.file_offset(), current, c.tail});
   s.fresh = false;
 }
 
 PositionSet SshConnection::Positions(const Stream& s) const {
   PositionSet set;
+  bool current_begun = false;
   for (const auto& c : s.channels) {
     if (!c.begun || c.role == Channel::Role::kProbe) continue;
-    set.push_back(FilePosition{c.id, c.file_offset(),
-                               c.role == Channel::Role::kCurrent, c.tail});
+    bool current = c.role == Channel::Role::kCurrent;
+    current_begun = current_begun || current;
+    set.push_back(FilePosition{c.id, c.file_offset(), current, c.tail});
   }
-  // Files not reopened yet keep their saved place.
+  // Files not reopened yet keep their saved place; so does the saved
+  // current file when another is current now and its catch-up channel has
+  // not begun (a crash then must not lose the rest of it: issue 23, 14).
   for (const auto& p : s.resume) {
     bool have = false;
     for (const auto& q : set) have = have || q.file == p.file;
-    if (!have && !(p.current && s.HasRole(Channel::Role::kCurrent))) {
+    if (have) continue;
+    if (!p.current || !s.HasRole(Channel::Role::kCurrent)) {
       set.push_back(p);
+    } else if (current_begun && Pending(s, p.file)) {
+      FilePosition old = p;
+      old.current = false;
+      set.push_back(std::move(old));
     }
   }
   return set;

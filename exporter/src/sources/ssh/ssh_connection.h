@@ -119,6 +119,8 @@ class SshConnection : public SshProducer {
   // Remembers where a channel got to, for the next reconnect.
   void SaveChannelPosition(Stream& s, Channel& c);
   PositionSet Positions(const Stream& s) const;
+  // A draining channel that will read `id` has not begun yet.
+  static bool Pending(const Stream& s, const FileId& id);
   bool Publish(Stream& s);
   // Whether to keep filling the stream's batch instead of publishing it
   // now (kHoldRead); `got` is what this round read of its files.
