@@ -423,6 +423,7 @@ class Run:
         open(f.path, 'w').close()
         f.status = 'live'
         f.base = 0  # a new file: from its first line (after a restart: read whole)
+        f.lines_base = 0
         self.write(f, a['k'])
         self.log('  create %s with %d' % (f.name, a['k']))
 
@@ -458,7 +459,7 @@ class Run:
         f.path = f.home
         f.status = 'live'
         # Resumes where it was: a new series from its old position.
-        f.base = f.pos
+        f.base = f.lines_base = f.pos
         self.log('  back %s (base %d, written %d)' % (f.name, f.base, f.written))
 
     def act_quick_away(self, a):
@@ -514,6 +515,7 @@ class Run:
             f.pending = True  # its base is set at the start
         else:
             f.base = 0 if self.init['start_at'] == 'beginning' else f.written
+        f.lines_base = f.base
         self.write_inv()
         self.log('  add %s (written %d)' % (f.name, f.written))
         if not self.down:
@@ -591,7 +593,7 @@ class Run:
             if f.pending:
                 f.base = 0 if self.init['start_at'] == 'beginning' else f.written
                 f.pending = False
-            f.lines_base = max(f.lines_base, f.base)
+                f.lines_base = f.base
         self.sync('after the restart')
 
     def act_term_restart(self, a):
