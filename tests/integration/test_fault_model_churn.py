@@ -82,7 +82,7 @@ SYNC_TIMEOUT = 20.0
 # expects what the defect does instead of failing on it, so that the census
 # explores past it. SSHTAIL_CHURN_KNOWN=none (or --known none) expects the
 # README's behaviour.
-KNOWN = set(k for k in os.environ.get('SSHTAIL_CHURN_KNOWN', 'restart_lines').split(',')
+KNOWN = set(k for k in os.environ.get('SSHTAIL_CHURN_KNOWN', 'restart_lines,slots').split(',')
             if k and k != 'none')
 # Action kinds left out (each becomes an append): SSHTAIL_CHURN_SKIP / --skip.
 SKIP = set(k for k in os.environ.get('SSHTAIL_CHURN_SKIP', 'quick_away').split(',')
@@ -246,6 +246,16 @@ class Run:
     def write_conf(self):
         self.atomically(self.conf, self.conf_text())
 
+    def reload_within(self, what, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            code, body = self.exp.post('/-/reload')
+            if code == 200 or promtext.total(self.metrics(),
+                                            'sshtail_config_last_reload_successful') == 1:
+                return True
+            time.sleep(0.1)
+        return False
+
     def reload(self, what):
         """POST /-/reload until it is applied (a reload that needs slots
         freed a moment ago may be refused: tried again, noted)."""
@@ -390,7 +400,11 @@ class Run:
 
     def make_room(self, need):
         """Deleted files hold their slots until they retire: wait for that
-        rather than ask the exporter for more than the pool has."""
+        rather than ask the exporter for more than the pool has. (Known
+        defect S, KNOWN 'slots': the pool's count drifts from the sources
+        after two-step reloads; the model keeps one slot spare.)"""
+        if 'slots' in KNOWN:
+            need += 1
         if self.slots_used() + need <= self.init['slots']:
             return True
         for f in self.of('dying'):
@@ -519,6 +533,15 @@ class Run:
         self.write_inv()
         self.log('  add %s (written %d)' % (f.name, f.written))
         if not self.down:
+            if 'slots' in KNOWN and not self.reload_within('add %s' % f.name, 3.0):
+                # Known defect S: refused for slots the pool should have.
+                self.notes.append('step %s: add %s refused, %d of %d slots in use by the model '
+                                  '(known defect S)' % (self.step, f.name, self.slots_used() - 1,
+                                                        self.init['slots']))
+                f.status = 'idle'
+                self.write_inv()
+                self.reload('add %s taken back' % f.name)
+                return
             self.reload('add %s' % f.name)
             f.pos = f.written
 
@@ -539,6 +562,12 @@ class Run:
         failed = promtext.total(m, 'sshtail_config_reloads_failed_total')
         breakit()
         code, body = self.exp.post('/-/reload')
+        if code == 200 and 'slots' in KNOWN and what.startswith('inventory with'):
+            # Known defect S: a reload past --sources.max-slots is applied.
+            self.notes.append('step %s: %s applied (known defect S)' % (self.step, what))
+            repair()
+            self.reload(what + ' taken back')
+            return
         if code == 200:
             raise Failure('%s: a reload of it answered 200' % what)
         self.wait(lambda m: promtext.total(m, 'sshtail_config_reloads_failed_total') > failed and
@@ -569,7 +598,9 @@ class Run:
             self.refused('invalid inventory', breakit, self.write_inv)
 
     def act_overflow(self, a):
-        free = self.init['slots'] - self.slots_used()
+        # Deleted files may have given their slots back already: more than
+        # the pool holds without them.
+        free = self.init['slots'] - len(self.followed())
         if self.init['slots'] > 8:
             return
         extra = [os.path.join(self.plain, 'over%d.log' % k) for k in range(free + 1)]
@@ -578,6 +609,7 @@ class Run:
 
     def _window(self, a):
         self.down = True
+        stop_targets, stop_env = set(f.home for f in self.of('target')), self.env
         for o in a['ops']:
             self.log(' %s' % json.dumps(o))
             self.do(o, window=True)
@@ -590,7 +622,13 @@ class Run:
             f.lines_base = f.pos  # known defect R: what the restart reads anew
         self.start()
         for f in self.of('target'):
-            if f.pending:
+            if f.pending and f.home in stop_targets:
+                # Removed and added again while stopped: to the restart it
+                # is the source it was (relabelled if env changed).
+                f.pending = False
+                if self.env != stop_env:
+                    f.base = f.pos
+            elif f.pending:
                 f.base = 0 if self.init['start_at'] == 'beginning' else f.written
                 f.pending = False
                 f.lines_base = f.base
