@@ -277,6 +277,13 @@ class Run:
             if code == 200 or promtext.total(self.metrics(),
                                             'sshtail_config_last_reload_successful') == 1:
                 return True
+            if 'wait for their slots' in body:
+                try:
+                    self.wait(lambda m: promtext.total(
+                        m, 'sshtail_config_last_reload_successful') == 1, what, end - time.monotonic())
+                    return True
+                except Failure:
+                    return False
             time.sleep(0.1)
         return False
 
@@ -289,6 +296,12 @@ class Run:
             code, body = self.exp.post('/-/reload')
             tries += 1
             if code == 200:
+                break
+            if 'wait for their slots' in body:
+                # Applied in two steps (README "Limits"): the second one
+                # comes by itself once the removed sources' slots are free.
+                self.notes.append('step %s %s: two steps' % (self.step, what))
+                tries = 1
                 break
             m = self.metrics()
             if promtext.total(m, 'sshtail_config_last_reload_successful') == 1:
