@@ -553,7 +553,10 @@ class Run:
 
     def act_add(self, a):
         if self.down:
-            if len(self.of('live', 'target')) + 1 > self.init['slots']:
+            # At start the glob is one source of the check however few
+            # files it has (more sources than slots: exit 2, README).
+            if len(self.of('target')) + 1 + max(1, len(self.of('live', kind='glob'))) > \
+                    self.init['slots']:
                 return
         elif not self.make_room(1):
             return
