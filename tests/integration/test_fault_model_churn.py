@@ -72,6 +72,10 @@ explores past it; `--known none --skip none` expects the README):
     slot stays taken (4 sources, "5 in use", a fifth refused for good); a
     new glob file is then not followed with a slot free by the model's
     count. The model keeps a slot spare and takes a refused add back.
+    Lines lost (seed 59, action 11: --replay 59 --actions 40): a glob whose
+    4 files fill --sources.max-slots 4, relabelled: "reload partly
+    applied", and the new glob follows 3 of them ("no slot left (4 in
+    use) ... not following f4.log and later files"), for good.
   P readd_restart: a target removed by a live reload and added back while
     the exporter is stopped resumes at its old position (README: a removed
     source's position is forgotten, added again it starts at --start-at;
