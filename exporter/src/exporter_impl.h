@@ -144,8 +144,9 @@ struct Exporter::Impl {
   // the ledger until it is back instead of taking a slot now.
   static bool Elsewhere(const std::string& url, const PositionSet& saved);
   // Positions that no active source saves but that must outlive a crash:
-  // retired slots' (final: their batches are skipped) and the ledger's.
-  // Under table's read lock.
+  // the ledger's. A change of the source set moves positions between
+  // slots and the ledger while restore_gate is held, so a save (which
+  // holds it shared) sees each in one place.
   std::map<std::string, PositionSet> HeldPositions() const;
 
   // What was last made durable: rule metrics and the sshtail_* counters
@@ -237,9 +238,9 @@ struct Exporter::Impl {
   };
   std::map<std::string, Unwritten> unwritten;  // guarded by reload_mutex
   size_t handover_write_failures = 0;          // guarded by reload_mutex
-  /// Held exclusively while sources are added and their values restored
-  /// (a host taken over), shared by scrapes and saves: no one sees a
-  /// restored series at 0, nor saves it so.
+  /// Held exclusively while the source set changes (ChangeSources, the
+  /// scan's retirements), shared by scrapes and saves: no one sees a
+  /// position in neither a slot nor the ledger, or a restored series at 0.
   std::shared_mutex restore_gate;
   std::chrono::milliseconds expire_every{10000};
   mutable std::atomic<size_t> last_exposition_size{0};

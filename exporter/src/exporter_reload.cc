@@ -138,6 +138,10 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan,
                                    const std::vector<SourceSpec>& desired,
                                    const ShardClaim* claim) {
   size_t total = desired.size();
+  // No scrape or save sees the change half made: a removed source's
+  // position between its slot and the ledger, or a host taken over with
+  // its counters at 0 before their restored values (a reset).
+  std::unique_lock gate(restore_gate);
   std::vector<uint32_t> gone = supervisor->Retire(plan.remove);
   // Hosts let go: their state is written before their series go.
   if (claim) LetGo(*claim, gone);
@@ -150,16 +154,12 @@ void Exporter::Impl::ChangeSources(const SourcePlan& plan,
     handed = HandedOver(claim->gained, nullptr, -1, nullptr);
     for (const auto& [url, st] : handed.sources) carried[url] = st;
   }
-  // A host taken over shows its values from its first scrape: never its
-  // counters at 0 first (a reset to Prometheus), nor saved so.
-  std::unique_lock gate(restore_gate);
   for (uint32_t slot : supervisor->Add(plan, std::move(carried), &desired)) {
     self.counters(slot);
   }
   if (!handed.sources.empty()) {
     RestoreValues(handed, "the shard directory " + options.shard_dir);
   }
-  gate.unlock();
   Log(LogLevel::kInfo,
       "sources: " + std::to_string(plan.add.size()) + " added, " +
           std::to_string(plan.remove.size()) + " removed, " +
@@ -202,8 +202,11 @@ void Exporter::Impl::Tick() {
   {
     std::lock_guard lock(reload_mutex);
     std::vector<uint32_t> retired;
-    for (uint32_t slot : supervisor->Scan(&retired)) self.counters(slot);
-    if (!retired.empty()) supervisor->KeepPositions(Forget(retired, {}));
+    {
+      std::unique_lock gate(restore_gate);  // see ChangeSources
+      for (uint32_t slot : supervisor->Scan(&retired)) self.counters(slot);
+      if (!retired.empty()) supervisor->KeepPositions(Forget(retired, {}));
+    }
     changed = watch && watch->Changed();
     changed |=
         retry_when_freed_past && supervisor->freed() > *retry_when_freed_past;

@@ -125,15 +125,6 @@ void Exporter::Impl::RestoreValues(const SavedState& saved,
 
 std::map<std::string, PositionSet> Exporter::Impl::HeldPositions() const {
   std::map<std::string, PositionSet> out;
-  for (size_t i = 0; i < table.size(); ++i) {
-    if (table.state(i) != SourceTable::State::kRetired ||
-        !HasPosition(table.specs[i]) || table.specs[i].glob ||
-        !table.status[i]) {
-      continue;
-    }
-    PositionSet p = table.status[i]->positions.Committed();
-    if (!p.empty()) out.try_emplace(table.specs[i].url, std::move(p));
-  }
   for (auto& [url, st] : supervisor->ledger().Held()) {
     out.try_emplace(url, std::move(st.positions));
   }

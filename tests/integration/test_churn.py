@@ -11,18 +11,7 @@ import subprocess
 
 import harness
 import promtext
-
-
-def write_lines(path, lines, mode='a'):
-    with open(path, mode) as f:
-        f.write('\n'.join(lines) + '\n')
-
-
-def write_atomically(path, text):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.rename(tmp, path)
+from test_inventory import write_atomically, write_lines
 
 
 def write_config(d, text):

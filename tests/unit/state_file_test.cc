@@ -1,5 +1,6 @@
 #include "sshtail/state_file.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -416,5 +417,22 @@ TEST_CASE("a state path that is not a regular file is never renamed") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("a loaded state says when it was saved") {
+  // The time dates the files created while the exporter was stopped (read
+  // whole); Parse replaced the whole state and it was 0 for a v2 file.
+  std::string dir = TempDir("saved-at");
+  StateFile file(dir + "/state", true);
+  std::string error, problem;
+  REQUIRE(file.Save(At(10), {}, {}, &error));
+  struct stat sb {};
+  REQUIRE(::stat((dir + "/state").c_str(), &sb) == 0);
+  SavedState st = file.Load(&problem);
+  CHECK(problem.empty());
+  CHECK(st.version == StateFile::kVersion);
+  CHECK(st.saved_at_ns ==
+        int64_t{sb.st_mtim.tv_sec} * 1000000000 + sb.st_mtim.tv_nsec);
+}
+
 }  // namespace
+
 }  // namespace sshtail

@@ -456,8 +456,9 @@ Read ReadState(const std::string& path, bool empty_is_damage, SavedState* st,
   }
   ::close(fd);
   if (r != Read::kGood) return r;
-  st->saved_at_ns =
+  const int64_t saved_at =
       int64_t{sb.st_mtim.tv_sec} * 1000000000 + sb.st_mtim.tv_nsec;
+  st->saved_at_ns = saved_at;
   // The first record tells the format: `version:` for ours, else the
   // positions-only YAML (or a foreign file).
   std::string_view rest = text;
@@ -482,8 +483,9 @@ Read ReadState(const std::string& path, bool empty_is_damage, SavedState* st,
     return Read::kDamaged;
   }
   if (versioned) {
-    if (StateFile::Parse(text, st, why)) return Read::kGood;
-    return Read::kDamaged;
+    if (!StateFile::Parse(text, st, why)) return Read::kDamaged;
+    st->saved_at_ns = saved_at;  // Parse replaces the whole state
+    return Read::kGood;
   }
   std::map<std::string, PositionSet> positions;
   if (!PositionsFile::Parse(text, &positions, why)) return Read::kDamaged;

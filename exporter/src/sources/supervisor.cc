@@ -201,17 +201,10 @@ void SourceSupervisor::ExpandGlobs(const std::set<std::string>& saved_urls,
       for (auto& p : g.pattern->Expand()) paths.insert(std::move(p));
     }
     for (const auto& url : saved_urls) {
-      SourceSpec s;
-      try {
-        s = ParseSourceUrl(url);
-      } catch (const std::invalid_argument&) {
-        continue;
-      }
-      if (s.kind == glob.kind && !s.glob &&
-          (!g.remote || SshConnectionKey(s) == SshConnectionKey(glob)) &&
-          g.pattern->Matches(s.path, nullptr)) {
-        paths.insert(s.path);
-        saved.insert(s.path);
+      std::string path;
+      if (Matched(g, url, &path)) {
+        paths.insert(path);
+        saved.insert(path);
       }
     }
     g.saved = !saved.empty();
@@ -675,21 +668,29 @@ std::vector<uint32_t> SourceSupervisor::Add(
   return out;
 }
 
+bool SourceSupervisor::Matched(const Glob& g, const std::string& url,
+                               std::string* path) const {
+  const SourceSpec& glob = table_.specs[g.config];
+  SourceSpec s;
+  try {
+    s = ParseSourceUrl(url);
+  } catch (const std::invalid_argument&) {
+    return false;
+  }
+  if (s.kind != glob.kind || s.glob ||
+      (g.remote && SshConnectionKey(s) != SshConnectionKey(glob)) ||
+      !g.pattern->Matches(s.path, nullptr)) {
+    return false;
+  }
+  *path = s.path;
+  return true;
+}
+
 std::vector<std::string> SourceSupervisor::HeldPaths(const Glob& g) const {
   std::vector<std::string> out;
-  const SourceSpec& glob = table_.specs[g.config];
   for (const auto& [url, st] : ledger_.Held()) {
-    SourceSpec s;
-    try {
-      s = ParseSourceUrl(url);
-    } catch (const std::invalid_argument&) {
-      continue;
-    }
-    if (s.kind == glob.kind && !s.glob &&
-        SshConnectionKey(s) == SshConnectionKey(glob) &&
-        g.pattern->Matches(s.path, nullptr)) {
-      out.push_back(s.path);
-    }
+    std::string path;
+    if (Matched(g, url, &path)) out.push_back(std::move(path));
   }
   return out;
 }

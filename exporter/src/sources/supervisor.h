@@ -192,6 +192,9 @@ class SourceSupervisor {
   void Carry(uint32_t slot);
   // Stops slot's reader and forgets its file.
   void StopReader(uint32_t slot);
+  // Whether `url` names a file glob `g` matches (same kind and
+  // connection); `path` gets it.
+  bool Matched(const Glob& g, const std::string& url, std::string* path) const;
   // The paths of the ledger's entries that remote glob `g` matches.
   std::vector<std::string> HeldPaths(const Glob& g) const;
   // Starts the configured plain sources in waiting_ whose file is free.
