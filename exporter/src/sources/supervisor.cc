@@ -652,12 +652,7 @@ std::vector<uint32_t> SourceSupervisor::Add(
       waiting_.insert(slot);
       continue;
     }
-    followed_.insert(Key(spec));
-    if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
-    Carry(slot);
-    table_.Activate(slot);
-    ledger_.Erase(spec.url);
-    StartReader(slot, options_.start_at);
+    Follow(slot);
     out.push_back(slot);
   }
   for (uint32_t slot : StartWaiting()) out.push_back(slot);
@@ -711,15 +706,20 @@ std::vector<uint32_t> SourceSupervisor::StartWaiting() {
     Log(LogLevel::kInfo, "source " + spec.url +
                              ": no glob follows its file any more; "
                              "following it");
-    followed_.insert(Key(spec));
-    if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
-    Carry(slot);
-    table_.Activate(slot);
-    ledger_.Erase(spec.url);
-    StartReader(slot, options_.start_at);
+    Follow(slot);
     out.push_back(slot);
   }
   return out;
+}
+
+void SourceSupervisor::Follow(uint32_t slot) {
+  const SourceSpec& spec = table_.specs[slot];
+  followed_.insert(Key(spec));
+  if (spec.kind == SourceSpec::Kind::kFile) local_paths_.insert(spec.path);
+  Carry(slot);
+  table_.Activate(slot);
+  ledger_.Erase(spec.url);  // after Activate: a save finds it somewhere
+  StartReader(slot, options_.start_at);
 }
 
 void SourceSupervisor::Listed(size_t k, std::vector<std::string> paths) {

@@ -197,6 +197,9 @@ class SourceSupervisor {
   bool Matched(const Glob& g, const std::string& url, std::string* path) const;
   // The paths of the ledger's entries that remote glob `g` matches.
   std::vector<std::string> HeldPaths(const Glob& g) const;
+  // A configured plain source's file: marked followed, resumed from the
+  // ledger, activated, its reader started.
+  void Follow(uint32_t slot);
   // Starts the configured plain sources in waiting_ whose file is free.
   std::vector<uint32_t> StartWaiting();
   // What names a file whatever the URL's spelling.
